@@ -1,0 +1,436 @@
+"""Field-level encryption envelope: one signed envelope per (event, recipient agency).
+
+Byte-level specification: docs/envelope.md. In short: every shared field value is canonical
+JSON encrypted with XChaCha20-Poly1305 under a fresh per-envelope data key (DEK) and an AAD
+that binds it to event, recipient, recipient key, field path and schema; the DEK is wrapped
+with a cached X25519 ``Box`` (router -> agency); the Avro body is signed with Ed25519 and the
+signature is checked over the exact body bytes before the body is decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import fastavro
+import nacl.bindings
+import nacl.exceptions
+import nacl.public
+import nacl.signing
+import nacl.utils
+
+from .keys import Keyring, PrivateKeyRecord, key_id, printable_key_id
+
+ENVELOPE_VERSION = 1
+FIELD_AAD_PREFIX = b"MASB-FIELD-v1"
+SIGNATURE_PREFIX = b"MASB-ENVELOPE-v1\x00"
+DEK_BYTES = 32
+FIELD_NONCE_BYTES = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES  # 24
+WRAPPED_KEY_BYTES = nacl.public.Box.NONCE_SIZE + DEK_BYTES + 16  # nonce || DEK ciphertext || tag = 72
+SIGNATURE_BYTES = 64
+_BOX_CACHE_LIMIT = 1024
+
+_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "envelope.avsc"
+
+
+def _load_schemas() -> tuple[Any, Any]:
+    body, signed = json.loads(_SCHEMA_PATH.read_text("utf-8"))
+    return fastavro.parse_schema(body), fastavro.parse_schema(signed)
+
+
+_BODY_SCHEMA, _SIGNED_SCHEMA = _load_schemas()
+
+RandomBytes = Callable[[int], bytes]
+
+
+# --- errors: messages name the key id or field path that failed, never a value -------------
+
+class EnvelopeError(Exception):
+    """Any reason an envelope cannot be opened. Subclasses say which."""
+
+
+class MalformedEnvelope(EnvelopeError):
+    """Not a well-formed version-1 envelope (bad Avro, wrong sizes, unsorted fields, ...)."""
+
+
+class UnknownSigner(EnvelopeError):
+    """Signed (or wrapped) by a router key this agency does not trust."""
+
+
+class BadSignature(EnvelopeError):
+    """The Ed25519 signature does not verify: the bytes were altered or forged."""
+
+
+class WrongRecipient(EnvelopeError):
+    """The envelope is addressed to another agency."""
+
+
+class UnknownRecipientKey(EnvelopeError):
+    """Addressed to a key id that is not in this agency's keyring (rotated away or lost)."""
+
+
+class KeyUnwrapFailed(EnvelopeError):
+    """The wrapped data key does not open with this agency key and the router's exchange key."""
+
+
+class FieldDecryptionFailed(EnvelopeError):
+    """A field ciphertext does not authenticate (moved between envelopes or paths, or altered)."""
+
+
+# --- byte-level helpers (docs/envelope.md, "AAD") -----------------------------------------------
+
+def lp(text: str) -> bytes:
+    """2-byte big-endian length of the UTF-8 encoding, then the bytes."""
+    raw = text.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raise ValueError("string too long for a length prefix")
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def field_aad(event_id: str, recipient_agency: str, recipient_key_id: str, path: str, schema_ref: str) -> bytes:
+    return (
+        FIELD_AAD_PREFIX + lp(event_id) + lp(recipient_agency) + lp(recipient_key_id) + lp(path) + lp(schema_ref)
+    )
+
+
+def canonical_json(value: Any) -> bytes:
+    # allow_nan=False: NaN/Infinity are not JSON, another client could not parse them.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def envelope_sha256(data: bytes) -> str:
+    """Hex SHA-256 of the exact SignedEnvelope bytes: the id the audit log records."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _avro_encode(schema: Any, record: dict[str, Any]) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, schema, record)
+    return out.getvalue()
+
+
+def _avro_decode(schema: Any, data: bytes, what: str) -> dict[str, Any]:
+    stream = io.BytesIO(data)
+    try:
+        record = fastavro.schemaless_reader(stream, schema, None)
+    except Exception:  # fastavro raises many types on hostile input; none may escape as-is
+        raise MalformedEnvelope(f"{what} is not valid Avro") from None
+    if stream.tell() != len(data):
+        raise MalformedEnvelope(f"{what} has trailing bytes")
+    return record
+
+
+def _require_aware(name: str, moment: datetime | None) -> None:
+    if moment is not None and moment.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware")
+
+
+# --- sealing (router side) --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RouterKeys:
+    """What an agency trusts about one router: its Ed25519 public key and its X25519 public keys."""
+
+    signing_public: bytes
+    exchange_public_by_id: dict[str, bytes]
+
+
+class EnvelopeSealer:
+    """Seals envelopes for recipients; caches one precomputed ``Box`` per recipient key.
+
+    ``random_bytes`` exists ONLY so tests can reproduce the known-answer vector; production
+    code must leave it at the default (libsodium's CSPRNG).
+    """
+
+    def __init__(
+        self,
+        signing_key_record: PrivateKeyRecord,
+        exchange_key_record: PrivateKeyRecord,
+        *,
+        random_bytes: RandomBytes = nacl.utils.random,
+    ):
+        self._signer = signing_key_record.signing_key()
+        self._exchange = exchange_key_record.exchange_key()
+        self.signer_key_id = signing_key_record.key_id
+        self.exchange_key_id = exchange_key_record.key_id
+        self._signing_public = signing_key_record.public_key
+        self._exchange_public = exchange_key_record.public_key
+        self._random = random_bytes
+        self._boxes: OrderedDict[bytes, nacl.public.Box] = OrderedDict()
+
+    def router_keys(self) -> RouterKeys:
+        """The trust entry agencies configure for this router."""
+        return RouterKeys(self._signing_public, {self.exchange_key_id: self._exchange_public})
+
+    def _box_for(self, recipient_public_key: bytes) -> nacl.public.Box:
+        box = self._boxes.get(recipient_public_key)
+        if box is None:
+            box = nacl.public.Box(self._exchange, nacl.public.PublicKey(recipient_public_key))
+            self._boxes[recipient_public_key] = box
+            if len(self._boxes) > _BOX_CACHE_LIMIT:
+                self._boxes.popitem(last=False)
+        else:
+            self._boxes.move_to_end(recipient_public_key)
+        return box
+
+    def seal(
+        self,
+        *,
+        event_id: str,
+        case_ref: str,
+        event_type: str,
+        schema_ref: str,
+        recipient_agency: str,
+        recipient_key_id: str,
+        recipient_public_key: bytes,
+        fields: Mapping[str, Any],
+        agreement_id: str,
+        agreement_version: int,
+        policy_version: int,
+        legal_basis: str,
+        purpose: str,
+        protective_marking: str,
+        sent_at: datetime,
+        deliver_by: datetime | None,
+    ) -> bytes:
+        """Return the SignedEnvelope bytes (the Kafka record value) for one recipient."""
+        if key_id(recipient_public_key) != recipient_key_id:
+            raise ValueError(f"recipient public key does not match key id {recipient_key_id}")
+        _require_aware("sent_at", sent_at)
+        _require_aware("deliver_by", deliver_by)
+        box = self._box_for(recipient_public_key)
+
+        # Draw order (DEK, wrap nonce, field nonces by sorted path) is fixed for the test vector.
+        dek = self._random(DEK_BYTES)
+        wrapped_key = bytes(box.encrypt(dek, self._random(nacl.public.Box.NONCE_SIZE)))
+        encrypted = []
+        for path in sorted(fields):
+            try:
+                plaintext = canonical_json(fields[path])
+            except (TypeError, ValueError):
+                raise ValueError(f"field {path!r}: value cannot be encoded as canonical JSON") from None
+            nonce = self._random(FIELD_NONCE_BYTES)
+            aad = field_aad(event_id, recipient_agency, recipient_key_id, path, schema_ref)
+            ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, dek)
+            encrypted.append({"path": path, "nonce": nonce, "ciphertext": ciphertext})
+
+        body = _avro_encode(
+            _BODY_SCHEMA,
+            {
+                "version": ENVELOPE_VERSION,
+                "event_id": event_id,
+                "case_ref": case_ref,
+                "event_type": event_type,
+                "schema_ref": schema_ref,
+                "recipient_agency": recipient_agency,
+                "recipient_key_id": recipient_key_id,
+                "sender_exchange_key_id": self.exchange_key_id,
+                "wrapped_key": wrapped_key,
+                "agreement_id": agreement_id,
+                "agreement_version": agreement_version,
+                "policy_version": policy_version,
+                "legal_basis": legal_basis,
+                "purpose": purpose,
+                "protective_marking": protective_marking,
+                "sent_at": sent_at,
+                "deliver_by": deliver_by,
+                "fields": encrypted,
+            },
+        )
+        signature = self._signer.sign(SIGNATURE_PREFIX + body).signature
+        return _avro_encode(
+            _SIGNED_SCHEMA,
+            {"version": ENVELOPE_VERSION, "body": body, "signer_key_id": self.signer_key_id, "signature": signature},
+        )
+
+
+# --- opening (agency side) --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OpenedEnvelope:
+    version: int
+    event_id: str
+    case_ref: str
+    event_type: str
+    schema_ref: str
+    recipient_agency: str
+    recipient_key_id: str
+    sender_exchange_key_id: str
+    signer_key_id: str
+    agreement_id: str
+    agreement_version: int
+    policy_version: int
+    legal_basis: str
+    purpose: str
+    protective_marking: str
+    sent_at: datetime
+    deliver_by: datetime | None
+    # repr=False: printing or logging an opened envelope must not print personal data.
+    fields: dict[str, Any] = field(repr=False)
+    envelope_sha256: str
+
+
+class EnvelopeOpener:
+    """Verifies and decrypts envelopes addressed to ``agency_id`` (verification order: docs/envelope.md)."""
+
+    def __init__(self, agency_id: str, keyring: Keyring, trusted_routers: Mapping[str, RouterKeys]):
+        if keyring.owner != agency_id or keyring.kind != "exchange":
+            raise ValueError(f"keyring must hold exchange keys of {agency_id}")
+        for signer_id, router in trusted_routers.items():
+            if key_id(router.signing_public) != signer_id:
+                raise ValueError(f"trusted router entry {signer_id} does not match its signing key")
+            for exchange_id, public in router.exchange_public_by_id.items():
+                if key_id(public) != exchange_id:
+                    raise ValueError(f"router exchange key entry {exchange_id} does not match its key")
+        self.agency_id = agency_id
+        self._keyring = keyring
+        self._verifiers = {sid: nacl.signing.VerifyKey(r.signing_public) for sid, r in trusted_routers.items()}
+        self._routers = dict(trusted_routers)
+        self._boxes: dict[tuple[str, str], nacl.public.Box] = {}
+
+    def _box_for(self, recipient_key_id: str, signer_id: str, sender_exchange_id: str) -> nacl.public.Box:
+        cache_key = (recipient_key_id, sender_exchange_id)
+        box = self._boxes.get(cache_key)
+        if box is not None:
+            return box
+        rec = self._keyring.get(recipient_key_id)
+        if rec is None:
+            raise UnknownRecipientKey(
+                f"envelope is sealed to key {recipient_key_id}, which is not in the keyring of {self.agency_id}"
+            )
+        router_public = self._routers[signer_id].exchange_public_by_id.get(sender_exchange_id)
+        if router_public is None:
+            raise UnknownSigner(f"router exchange key {sender_exchange_id} is not trusted for signer {signer_id}")
+        box = nacl.public.Box(rec.exchange_key(), nacl.public.PublicKey(router_public))
+        self._boxes[cache_key] = box
+        return box
+
+    def open(self, data: bytes) -> OpenedEnvelope:
+        signed = _avro_decode(_SIGNED_SCHEMA, data, "signed envelope")
+        if signed["version"] != ENVELOPE_VERSION:
+            raise MalformedEnvelope(f"unsupported signed envelope version {signed['version']}")
+        signer_id = signed["signer_key_id"]
+        verifier = self._verifiers.get(signer_id)
+        if verifier is None:
+            raise UnknownSigner(f"signer key {printable_key_id(signer_id)} is not a trusted router key")
+        if len(signed["signature"]) != SIGNATURE_BYTES:
+            raise MalformedEnvelope("signature must be 64 bytes")
+        body_bytes = signed["body"]
+        try:
+            verifier.verify(SIGNATURE_PREFIX + body_bytes, signed["signature"])
+        except nacl.exceptions.BadSignatureError:
+            raise BadSignature(f"signature by router key {signer_id} does not verify") from None
+
+        body = _avro_decode(_BODY_SCHEMA, body_bytes, "envelope body")
+        if body["version"] != ENVELOPE_VERSION:
+            raise MalformedEnvelope(f"unsupported envelope body version {body['version']}")
+        if body["recipient_agency"] != self.agency_id:
+            raise WrongRecipient(f"envelope is addressed to agency {body['recipient_agency']}, not {self.agency_id}")
+        recipient_key_id = body["recipient_key_id"]
+        if recipient_key_id not in self._keyring:
+            raise UnknownRecipientKey(
+                f"envelope is sealed to key {recipient_key_id}, which is not in the keyring of {self.agency_id}"
+            )
+        if len(body["wrapped_key"]) != WRAPPED_KEY_BYTES:
+            raise MalformedEnvelope(f"wrapped_key must be {WRAPPED_KEY_BYTES} bytes")
+        box = self._box_for(recipient_key_id, signer_id, body["sender_exchange_key_id"])
+        try:
+            dek = box.decrypt(body["wrapped_key"])
+        except nacl.exceptions.CryptoError:
+            raise KeyUnwrapFailed(
+                f"data key does not unwrap with key {recipient_key_id} and router key {body['sender_exchange_key_id']}"
+            ) from None
+
+        values = self._decrypt_fields(body, dek)
+        return OpenedEnvelope(
+            version=body["version"],
+            event_id=body["event_id"],
+            case_ref=body["case_ref"],
+            event_type=body["event_type"],
+            schema_ref=body["schema_ref"],
+            recipient_agency=body["recipient_agency"],
+            recipient_key_id=recipient_key_id,
+            sender_exchange_key_id=body["sender_exchange_key_id"],
+            signer_key_id=signer_id,
+            agreement_id=body["agreement_id"],
+            agreement_version=body["agreement_version"],
+            policy_version=body["policy_version"],
+            legal_basis=body["legal_basis"],
+            purpose=body["purpose"],
+            protective_marking=body["protective_marking"],
+            sent_at=body["sent_at"],
+            deliver_by=body["deliver_by"],
+            fields=values,
+            envelope_sha256=envelope_sha256(data),
+        )
+
+    @staticmethod
+    def _decrypt_fields(body: dict[str, Any], dek: bytes) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        previous: str | None = None
+        for item in body["fields"]:
+            path = item["path"]
+            # Strictly increasing paths: one canonical encoding, no duplicate field.
+            if previous is not None and path <= previous:
+                raise MalformedEnvelope("field paths are not strictly sorted")
+            previous = path
+            if len(item["nonce"]) != FIELD_NONCE_BYTES:
+                raise MalformedEnvelope(f"field {path!r}: nonce must be {FIELD_NONCE_BYTES} bytes")
+            try:
+                aad = field_aad(body["event_id"], body["recipient_agency"], body["recipient_key_id"], path,
+                                body["schema_ref"])
+            except ValueError:
+                raise MalformedEnvelope(f"field {path!r}: header string too long for the AAD") from None
+            try:
+                plaintext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                    item["ciphertext"], aad, item["nonce"], dek
+                )
+            except nacl.exceptions.CryptoError:
+                raise FieldDecryptionFailed(f"field {path!r} does not decrypt for this envelope") from None
+            try:
+                values[path] = json.loads(plaintext.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise MalformedEnvelope(f"field {path!r}: plaintext is not UTF-8 JSON") from None
+        return values
+
+
+def assemble(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Rebuild a nested dict from dotted paths, e.g. {"victim.name": v} -> {"victim": {"name": v}}."""
+    tree: dict[str, Any] = {}
+    for path in sorted(fields):
+        parts = path.split(".")
+        if any(part == "" for part in parts):
+            raise ValueError(f"field path {path!r} has an empty segment")
+        node = tree
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"field path {path!r} conflicts with {'.'.join(parts[: depth + 1])!r}")
+            node = child
+        if parts[-1] in node:
+            raise ValueError(f"field path {path!r} conflicts with a longer path")
+        node[parts[-1]] = _Leaf(fields[path])
+    return _unwrap(tree)
+
+
+class _Leaf:
+    """Marks a value placed by a path, so a dict VALUE is never mistaken for a subtree."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+def _unwrap(node: Any) -> Any:
+    if isinstance(node, _Leaf):
+        return node.value
+    return {key: _unwrap(child) for key, child in node.items()}
