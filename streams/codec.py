@@ -1,0 +1,243 @@
+"""Case event codec: JSON form <-> Confluent wire format (0x00, 4-byte big-endian schema id, Avro body).
+
+Encoding always uses the latest registered schema of the event's type; decoding reads with the
+writer schema named by the id and resolves to the latest reader schema of the same type, so old
+data stays readable. Schemas come only from the frozen registry (see streams.schema_registry).
+Errors name field paths and problems, never values: events carry highly sensitive personal data.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import parse_schema
+
+from streams.jsonform import FieldError, SchemaWalker, key_label, rule_errors, to_json_form
+from streams.schema_registry import DEFAULT_SCHEMA_ROOT, Registry
+
+__all__ = [
+    "EVENT_TYPES", "MAX_EVENT_BYTES", "MAGIC_BYTE", "FieldError", "EventValidationError", "WireFormatError",
+    "Codec", "validate_event", "encode_event", "decode_event", "schema_id_of", "schema_ref", "field_paths",
+    "get_path", "default_codec",
+]
+
+EVENT_TYPES: tuple[str, ...] = (
+    "RISK_ASSESSMENT_COMPLETED", "MARAC_REFERRAL", "PROTECTION_NOTICE_ISSUED", "PROTECTION_ORDER_GRANTED",
+    "CHILD_NOTIFICATION", "SAFETY_PLAN_UPDATED", "CASE_CLOSED",
+)
+MAX_EVENT_BYTES = 64 * 1024  # limit on the whole wire-format message
+MAGIC_BYTE = 0
+_PREFIX = struct.Struct(">bI")  # magic byte, schema id
+PREFIX_BYTES = _PREFIX.size
+
+
+class EventValidationError(ValueError):
+    """The JSON form of an event is invalid; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = list(errors)
+        lines = "\n".join(f"{e.path}: {e.problem}" for e in self.errors)
+        super().__init__(f"invalid case event ({len(self.errors)} problem(s)):\n{lines}")
+
+
+class WireFormatError(ValueError):
+    """Bytes that are not a valid message: bad prefix, unknown schema id, undecodable body."""
+
+
+@dataclass(frozen=True)
+class _TypeSchemas:
+    schema_id: int
+    parsed: dict  # fastavro-parsed latest schema (writer on encode, reader on decode)
+    walker: SchemaWalker
+    paths: frozenset[str]
+
+
+class Codec:
+    """Encoder/decoder bound to one schema root; parsed schemas are cached on first use."""
+
+    def __init__(self, root: Path = DEFAULT_SCHEMA_ROOT):
+        self.registry = Registry(root)
+        self._latest: dict[str, _TypeSchemas] = {}
+        self._writers: dict[int, dict] = {}
+        self._lock = threading.Lock()
+
+    # -- schema lookup
+
+    def _schemas(self, event_type: str) -> _TypeSchemas:
+        cached = self._latest.get(event_type)
+        if cached is not None:
+            return cached
+        with self._lock:
+            entry = self.registry.latest(event_type)
+            if entry is None:
+                raise KeyError(f"no registered schema for event type {event_type}")
+            raw = self.registry.schema(entry.id)
+            walker = SchemaWalker(raw)
+            cached = _TypeSchemas(entry.id, parse_schema(raw), walker, walker.field_paths())
+            self._latest[event_type] = cached
+            return cached
+
+    def _writer(self, schema_id: int) -> tuple[str, dict]:
+        entry = self.registry.entry(schema_id)
+        if entry is None:
+            raise WireFormatError(f"unknown schema id {schema_id}")
+        parsed = self._writers.get(schema_id)
+        if parsed is None:
+            parsed = parse_schema(self.registry.schema(schema_id))
+            self._writers[schema_id] = parsed
+        return entry.event_type, parsed
+
+    def schema_ref(self, event_type: str) -> str:
+        return f"{event_type}@{self._schemas(event_type).schema_id}"
+
+    def field_paths(self, event_type: str) -> frozenset[str]:
+        if event_type not in EVENT_TYPES:
+            raise KeyError(f"unknown event type {key_label(event_type)}")
+        return self._schemas(event_type).paths
+
+    # -- encode
+
+    @staticmethod
+    def _event_type(event: Any) -> str:
+        """The schema is chosen by header.event_type, so it must be sound before anything else."""
+        if not isinstance(event, dict):
+            problem = FieldError("<event>", "expected an object")
+        elif not isinstance(event.get("header"), dict):
+            problem = FieldError("header", "required field is missing" if "header" not in event else "expected an object")
+        elif "event_type" not in event["header"]:
+            problem = FieldError("header.event_type", "required field is missing")
+        elif event["header"]["event_type"] in EVENT_TYPES:
+            return event["header"]["event_type"]
+        else:
+            problem = FieldError("header.event_type", f"unknown event type; expected one of {', '.join(EVENT_TYPES)}")
+        raise EventValidationError([problem])
+
+    def encode(self, event: dict) -> bytes:
+        schemas = self._schemas(self._event_type(event))
+        errors: list[FieldError] = []
+        datum = schemas.walker.to_datum(event, errors)
+        errors.extend(rule_errors(event["header"]["event_type"], datum))
+        if errors:
+            raise EventValidationError(errors)
+        buf = io.BytesIO()
+        buf.write(_PREFIX.pack(MAGIC_BYTE, schemas.schema_id))
+        schemaless_writer(buf, schemas.parsed, datum)
+        data = buf.getvalue()
+        if len(data) > MAX_EVENT_BYTES:
+            raise EventValidationError([FieldError("<event>", f"encoded size exceeds MAX_EVENT_BYTES ({MAX_EVENT_BYTES})")])
+        return data
+
+    def validate(self, event: dict) -> None:
+        self.encode(event)  # the size limit applies to the encoded form, so validate by encoding
+
+    # -- decode
+
+    def decode(self, data: bytes, *, validate: bool = True) -> dict:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise WireFormatError("expected bytes")
+        data = bytes(data)
+        if len(data) < PREFIX_BYTES:
+            raise WireFormatError(f"message shorter than the {PREFIX_BYTES}-byte prefix")
+        if len(data) > MAX_EVENT_BYTES:
+            raise WireFormatError(f"message larger than MAX_EVENT_BYTES ({MAX_EVENT_BYTES})")
+        magic, schema_id = _PREFIX.unpack_from(data)
+        if magic != MAGIC_BYTE:
+            raise WireFormatError("bad magic byte (expected 0x00)")
+        event_type, writer = self._writer(schema_id)
+        reader = self._schemas(event_type)
+        body = io.BytesIO(data)
+        body.seek(PREFIX_BYTES)
+        try:
+            datum = schemaless_reader(body, writer, None if reader.schema_id == schema_id else reader.parsed)
+        except Exception:  # noqa: BLE001 - any decoder failure is a wire format error
+            # `from None`: the decoder's message may quote body bytes, i.e. personal data.
+            raise WireFormatError(f"undecodable Avro body for schema id {schema_id}") from None
+        if body.tell() != len(data):
+            raise WireFormatError(f"trailing bytes after the Avro body for schema id {schema_id}")
+        try:
+            event = to_json_form(datum)
+        except Exception:  # noqa: BLE001 - e.g. a timestamp outside the datetime range
+            raise WireFormatError(f"undecodable Avro body for schema id {schema_id}") from None
+        if validate:
+            self._check_decoded(event, event_type, schema_id)
+        return event
+
+    def _check_decoded(self, event: dict, event_type: str, schema_id: int) -> None:
+        # Publishers may bypass this codec; re-apply the rules (case_ref pattern etc.) on ingest.
+        if _header_type(event) != event_type:
+            raise WireFormatError(f"header.event_type does not match schema id {schema_id}")
+        try:
+            self.validate(event)
+        except EventValidationError as exc:
+            paths = ", ".join(sorted({e.path for e in exc.errors}))
+            raise WireFormatError(f"body for schema id {schema_id} fails validation at: {paths}") from None
+
+
+def _header_type(event: Any) -> Any:
+    header = event.get("header") if isinstance(event, dict) else None
+    return header.get("event_type") if isinstance(header, dict) else None
+
+
+_default: Codec | None = None
+_default_lock = threading.Lock()
+
+
+def default_codec() -> Codec:
+    """The process-wide codec over DEFAULT_SCHEMA_ROOT, created on first use."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Codec(DEFAULT_SCHEMA_ROOT)
+    return _default
+
+
+def validate_event(event: dict) -> None:
+    """Raise EventValidationError listing every invalid field of the JSON-form event."""
+    default_codec().validate(event)
+
+
+def encode_event(event: dict) -> bytes:
+    """Validate, then encode with the latest registered schema of the event's type."""
+    return default_codec().encode(event)
+
+
+def decode_event(data: bytes, *, validate: bool = True) -> dict:
+    """Wire bytes -> JSON form resolved to the latest schema of the type. Raises WireFormatError only."""
+    return default_codec().decode(data, validate=validate)
+
+
+def schema_id_of(data: bytes) -> int:
+    """The schema id in a message's prefix (WireFormatError if the prefix is malformed)."""
+    if len(data) < PREFIX_BYTES or data[0] != MAGIC_BYTE:
+        raise WireFormatError("not a wire-format message (short or bad magic byte)")
+    return _PREFIX.unpack_from(data)[1]
+
+
+def schema_ref(event_type: str) -> str:
+    """'EVENT_TYPE@<latest schema id>', e.g. 'RISK_ASSESSMENT_COMPLETED@3'."""
+    return default_codec().schema_ref(event_type)
+
+
+def field_paths(event_type: str) -> frozenset[str]:
+    """Every dotted path into the JSON form of the latest schema (records recursed; arrays are leaves)."""
+    return default_codec().field_paths(event_type)
+
+
+def get_path(event: dict, path: str) -> Any:
+    """Value at a dotted field path; None when an optional value is absent. KeyError if not a field path."""
+    event_type = _header_type(event)
+    if event_type not in EVENT_TYPES or path not in field_paths(event_type):
+        raise KeyError(path)
+    value: Any = event
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
