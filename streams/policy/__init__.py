@@ -1,0 +1,18 @@
+"""Information sharing agreements as code: the policy model, its checks, explain and diff.
+
+Format and semantics: docs/policy.md.
+"""
+from .diff import PolicyDiff, diff, policy_change_summary
+from .durations import deliver_by, parse_duration
+from .explain import explain
+from .model import Agency, Agreement, KeyEntry, Policy, PolicyError, RouterKeySet, Share, Unit, canonical_json
+from .parse import key_id_for, load_policy, parse_policy
+from .template import render_template, template_placeholders
+from .vocab import AGENCY_KINDS, AREAS, KEY_STATUSES, LEGAL_BASES, NEXT_SCHOOL_DAY
+
+__all__ = [
+    "AGENCY_KINDS", "AREAS", "KEY_STATUSES", "LEGAL_BASES", "NEXT_SCHOOL_DAY",
+    "Agency", "Agreement", "KeyEntry", "Policy", "PolicyDiff", "PolicyError", "RouterKeySet", "Share", "Unit",
+    "canonical_json", "deliver_by", "diff", "explain", "key_id_for", "load_policy", "parse_duration", "parse_policy",
+    "policy_change_summary", "render_template", "template_placeholders",
+]

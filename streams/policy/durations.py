@@ -1,0 +1,86 @@
+"""ISO 8601 durations (retention, deadline) and the delivery deadline of a share."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from functools import lru_cache
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from .vocab import NEXT_SCHOOL_DAY
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import Share
+
+LONDON = ZoneInfo("Europe/London")
+SCHOOL_DAY_START = time(8, 0)
+
+# PnYnMnWnDTnHnMnS with integer components, at least one component, "T" only when a time part follows.
+_DURATION = re.compile(
+    r"P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
+    r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?"
+)
+
+
+@dataclass(frozen=True)
+class Duration:
+    years: int = 0
+    months: int = 0
+    weeks: int = 0
+    days: int = 0
+    hours: int = 0
+    minutes: int = 0
+    seconds: int = 0
+
+    @property
+    def is_calendar(self) -> bool:
+        """Years and months have no fixed length, so they cannot be added to an instant exactly."""
+        return bool(self.years or self.months)
+
+    def as_timedelta(self) -> timedelta:
+        if self.is_calendar:
+            raise ValueError("a duration with years or months has no fixed length")
+        return timedelta(weeks=self.weeks, days=self.days, hours=self.hours, minutes=self.minutes, seconds=self.seconds)
+
+
+@lru_cache(maxsize=256)
+def parse_duration(text: str) -> Duration:
+    """Parse an ISO 8601 duration such as P6Y, P30D or PT2H; raises ValueError (message names the problem)."""
+    match = _DURATION.fullmatch(text) if isinstance(text, str) and text != "P" else None
+    if match is None:
+        raise ValueError("not an ISO 8601 duration like P6Y, P30D or PT2H")
+    parts = {name: int(value) for name, value in match.groupdict().items() if value is not None}
+    duration = Duration(**parts)
+    if not any(parts.values()):
+        raise ValueError("must be longer than zero")
+    return duration
+
+
+def check_deadline(text: str) -> None:
+    """A deadline is `next_school_day` or a fixed-length duration (no years or months)."""
+    if text == NEXT_SCHOOL_DAY:
+        return
+    duration = parse_duration(text)
+    if duration.is_calendar:
+        raise ValueError("uses years or months, which have no fixed length; use weeks, days, hours or minutes")
+
+
+def next_school_day_start(sent_at: datetime) -> datetime:
+    """08:00 Europe/London on the first Monday-to-Friday date after sent_at's London date.
+
+    School holidays and bank holidays are not modelled: every weekday counts as a school day.
+    """
+    day: date = sent_at.astimezone(LONDON).date() + timedelta(days=1)
+    while day.weekday() >= 5:  # Saturday, Sunday
+        day += timedelta(days=1)
+    return datetime.combine(day, SCHOOL_DAY_START, tzinfo=LONDON)
+
+
+def deliver_by(share: "Share", sent_at: datetime) -> datetime:
+    """When the recipient of `share` must have the data, for data sent at `sent_at` (timezone-aware)."""
+    if sent_at.tzinfo is None or sent_at.utcoffset() is None:
+        raise ValueError("sent_at must be timezone-aware")
+    if share.deadline == NEXT_SCHOOL_DAY:
+        return next_school_day_start(sent_at)
+    return sent_at + parse_duration(share.deadline).as_timedelta()

@@ -1,0 +1,336 @@
+"""Validate a policy document and build a Policy, reporting every problem at once."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from streams.codec import EVENT_TYPES, field_paths
+
+from .durations import check_deadline, parse_duration
+from .model import Agency, Agreement, KeyEntry, Policy, PolicyError, RouterKeySet, Unit, active_keys
+from .vocab import AGENCY_KINDS, AREAS, KEY_STATUSES, LEGAL_BASES
+
+TOP_KEYS = ("policy_version", "effective_from", "router", "units", "agencies", "agreements")
+ROUTER_KEYS = ("id", "signing_keys", "exchange_keys")
+UNIT_KEYS = ("id", "areas", "event_types", "signing_keys")
+AGENCY_KEYS = ("id", "name", "kind", "areas", "exchange_keys")
+AGREEMENT_KEYS = ("id", "version", "agency", "purpose", "legal_basis", "retention", "deadline", "shares")
+KEY_ENTRY_KEYS = ("key_id", "public_key", "status")
+
+# Party ids become Kafka topic names (partner.<agency-id>) and key file names: keep them plain.
+ID_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+PUBLIC_KEY_BYTES = 32  # both Ed25519 and X25519
+
+
+def key_id_for(public_key: bytes) -> str:
+    """Lowercase hex of the first 8 bytes of SHA-256(public key): 16 characters."""
+    return hashlib.sha256(public_key).digest()[:8].hex()
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read a YAML policy file; raises PolicyError listing every problem."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise PolicyError([f"{path.name}: not valid YAML{where}"]) from None
+    except yaml.YAMLError:
+        raise PolicyError([f"{path.name}: not valid YAML"]) from None
+    return parse_policy(document)
+
+
+def parse_policy(document: Mapping[str, Any]) -> Policy:
+    """Validate a policy document (the YAML as plain data); raises PolicyError listing every problem."""
+    return _Parser().parse(document)
+
+
+def _describe(value: Any) -> str:
+    return type(value).__name__
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.party_ids: dict[str, str] = {}  # unit, agency and router ids share one namespace
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    # ---- generic shapes -------------------------------------------------------------------------
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any] | None:
+        if not isinstance(value, Mapping):
+            self.problem(where, f"must be a mapping, not {_describe(value)}")
+            return None
+        for key in value:
+            if key not in allowed:
+                self.problem(where, f"unknown key {str(key)!r}")
+        for key in allowed:
+            if key not in value:
+                self.problem(where, f"missing required key {key!r}")
+        return dict(value)
+
+    def items(self, value: Any, where: str) -> list[Any]:
+        if not isinstance(value, list):
+            self.problem(where, f"must be a list, not {_describe(value)}")
+            return []
+        return value
+
+    def strings(self, value: Any, where: str, *, allowed: tuple[str, ...] | None = None, noun: str = "value",
+                non_empty: bool = True) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem(where, "must be a list of strings")
+            return ()
+        if non_empty and not value:
+            self.problem(where, "must not be empty")
+        good: list[str] = []
+        for item in value:
+            if allowed is not None and item not in allowed:
+                self.problem(where, f"unknown {noun} {item!r}")
+            elif item in good:
+                self.problem(where, f"{noun} {item!r} listed twice")
+            else:
+                good.append(item)
+        return tuple(sorted(good))
+
+    def text(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            self.problem(where, "must be a non-empty string")
+            return ""
+        return value
+
+    def positive_int(self, value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.problem(where, "must be a positive integer")
+            return 0
+        return value
+
+    def party_id(self, value: Any, where: str) -> str | None:
+        if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+            self.problem(where, "id: must be 1-64 lowercase letters, digits or hyphens, not starting or ending with a hyphen")
+            return None
+        if value in self.party_ids:
+            self.problem(where, f"duplicate id {value!r} (first used at {self.party_ids[value]})")
+            return None
+        self.party_ids[value] = where
+        return value
+
+    @staticmethod
+    def located(section: str, index: int, value: Any) -> str:
+        ident = value.get("id") if isinstance(value, Mapping) else None
+        return f"{section}[{index}] ({ident})" if isinstance(ident, str) and ident else f"{section}[{index}]"
+
+    # ---- keys -----------------------------------------------------------------------------------
+    def keys(self, value: Any, where: str, algorithm: str) -> tuple[KeyEntry, ...]:
+        entries: list[KeyEntry] = []
+        seen: set[str] = set()
+        for i, raw in enumerate(self.items(value, where)):
+            here = f"{where}[{i}]"
+            entry = self.mapping(raw, here, KEY_ENTRY_KEYS)
+            if entry is None:
+                continue
+            status, key_id, public_b64 = entry.get("status"), entry.get("key_id"), entry.get("public_key")
+            ok = True
+            if "status" in entry and status not in KEY_STATUSES:
+                self.problem(here, f"status: unknown key status {str(status)!r} (expected active, retired or revoked)")
+                ok = False
+            public_key = self.public_key(public_b64, here, algorithm) if "public_key" in entry else None
+            if "key_id" in entry and not isinstance(key_id, str):
+                self.problem(here, "key_id: must be a string")
+                ok = False
+            elif isinstance(key_id, str) and public_key is not None and key_id != key_id_for(public_key):
+                self.problem(here, f"key_id {key_id!r} does not match the public key (expected {key_id_for(public_key)!r})")
+                ok = False
+            if isinstance(key_id, str) and key_id in seen:
+                self.problem(here, f"duplicate key_id {key_id!r}")
+                ok = False
+            if ok and public_key is not None and isinstance(key_id, str) and status in KEY_STATUSES:
+                seen.add(key_id)
+                entries.append(KeyEntry(key_id, public_key, status))
+        return tuple(sorted(entries, key=lambda k: k.key_id))
+
+    def public_key(self, value: Any, where: str, algorithm: str) -> bytes | None:
+        if not isinstance(value, str):
+            self.problem(where, "public_key: must be a base64 string")
+            return None
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            self.problem(where, "public_key: not valid base64")
+            return None
+        if len(raw) != PUBLIC_KEY_BYTES:
+            self.problem(where, f"public_key: decodes to {len(raw)} bytes; an {algorithm} public key is "
+                                f"{PUBLIC_KEY_BYTES} bytes")
+            return None
+        return raw
+
+    def require_active(self, keys: tuple[KeyEntry, ...], where: str, noun: str, *, exactly_one: bool) -> None:
+        count = len(active_keys(keys))
+        if count == 0:
+            self.problem(where, f"no active {noun}")
+        elif exactly_one and count > 1:
+            self.problem(where, f"{count} active {noun}s; exactly one may be active")
+
+    # ---- sections -------------------------------------------------------------------------------
+    def parse(self, document: Any) -> Policy:
+        top = self.mapping(document, "policy", TOP_KEYS)
+        if top is None:
+            raise PolicyError(self.problems)
+        version = self.positive_int(top.get("policy_version"), "policy_version") if "policy_version" in top else 0
+        effective_from = self.effective_from(top["effective_from"]) if "effective_from" in top else None
+        router = self.router(top["router"]) if "router" in top else None
+        units = self.units(top.get("units", []))
+        agencies = self.agencies(top.get("agencies", []))
+        agreements = self.agreements(top.get("agreements", []), {a.id: a for a in agencies})
+        if self.problems or router is None or effective_from is None:
+            raise PolicyError(self.problems)
+        return Policy(version=version, effective_from=effective_from, router=router, units=tuple(units),
+                      agencies=tuple(agencies), agreements=tuple(agreements))
+
+    def effective_from(self, value: Any) -> date | None:
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return value
+        if isinstance(value, str):
+            try:
+                return date.fromisoformat(value)
+            except ValueError:
+                pass
+        self.problem("effective_from", "must be a date like 2026-11-01")
+        return None
+
+    def router(self, value: Any) -> RouterKeySet | None:
+        router = self.mapping(value, "router", ROUTER_KEYS)
+        if router is None:
+            return None
+        router_id = self.party_id(router.get("id"), "router") if "id" in router else None
+        signing = self.keys(router.get("signing_keys", []), "router.signing_keys", "Ed25519")
+        exchange = self.keys(router.get("exchange_keys", []), "router.exchange_keys", "X25519")
+        self.require_active(signing, "router", "signing key", exactly_one=False)
+        self.require_active(exchange, "router", "exchange key", exactly_one=True)
+        return RouterKeySet(router_id, signing, exchange) if router_id is not None else None
+
+    def units(self, value: Any) -> list[Unit]:
+        units = []
+        for i, raw in enumerate(self.items(value, "units")):
+            where = self.located("units", i, raw)
+            unit = self.mapping(raw, where, UNIT_KEYS)
+            if unit is None:
+                continue
+            unit_id = self.party_id(unit.get("id"), where) if "id" in unit else None
+            areas = self.strings(unit.get("areas", []), f"{where}: areas", allowed=AREAS, noun="area")
+            types = self.strings(unit.get("event_types", []), f"{where}: event_types", allowed=EVENT_TYPES,
+                                 noun="event type")
+            keys = self.keys(unit.get("signing_keys", []), f"{where}: signing_keys", "Ed25519")
+            self.require_active(keys, where, "signing key", exactly_one=False)
+            if unit_id is not None:
+                units.append(Unit(unit_id, areas, types, keys))
+        return units
+
+    def agencies(self, value: Any) -> list[Agency]:
+        agencies = []
+        for i, raw in enumerate(self.items(value, "agencies")):
+            where = self.located("agencies", i, raw)
+            agency = self.mapping(raw, where, AGENCY_KEYS)
+            if agency is None:
+                continue
+            agency_id = self.party_id(agency.get("id"), where) if "id" in agency else None
+            name = self.text(agency.get("name"), f"{where}: name") if "name" in agency else ""
+            kind = agency.get("kind")
+            if "kind" in agency and kind not in AGENCY_KINDS:
+                self.problem(where, f"kind: unknown agency kind {str(kind)!r} (expected one of {', '.join(AGENCY_KINDS)})")
+            areas = self.strings(agency.get("areas", []), f"{where}: areas", allowed=AREAS, noun="area")
+            keys = self.keys(agency.get("exchange_keys", []), f"{where}: exchange_keys", "X25519")
+            if len(active_keys(keys)) > 1:
+                self.problem(where, f"{len(active_keys(keys))} active exchange keys; exactly one may receive new data")
+            if agency_id is not None:
+                agencies.append(Agency(agency_id, name, str(kind), areas, keys))
+        return agencies
+
+    def agreements(self, value: Any, agencies: dict[str, Agency]) -> list[Agreement]:
+        agreements = []
+        seen_ids: dict[str, str] = {}
+        received: dict[tuple[str, str], str] = {}  # (agency, event type) -> agreement that already shares it
+        for i, raw in enumerate(self.items(value, "agreements")):
+            where = self.located("agreements", i, raw)
+            agreement = self.mapping(raw, where, AGREEMENT_KEYS)
+            if agreement is None:
+                continue
+            agreement_id = agreement.get("id")
+            if not isinstance(agreement_id, str) or not ID_PATTERN.fullmatch(agreement_id):
+                self.problem(where, "id: must be 1-64 lowercase letters, digits or hyphens")
+                agreement_id = None
+            elif agreement_id in seen_ids:
+                self.problem(where, f"duplicate agreement id {agreement_id!r} (first used at {seen_ids[agreement_id]})")
+            else:
+                seen_ids[agreement_id] = where
+            version = self.positive_int(agreement.get("version"), f"{where}: version") if "version" in agreement else 0
+            agency_id = agreement.get("agency")
+            agency = agencies.get(agency_id) if isinstance(agency_id, str) else None
+            if "agency" in agreement and agency is None:
+                self.problem(where, f"agency: unknown agency {str(agency_id)!r}")
+            elif agency is not None and not active_keys(agency.exchange_keys):
+                self.problem(where, f"agency {agency.id!r} has no active exchange key, so it cannot receive new data")
+            purpose = self.text(agreement.get("purpose"), f"{where}: purpose") if "purpose" in agreement else ""
+            basis = agreement.get("legal_basis")
+            if "legal_basis" in agreement and basis not in LEGAL_BASES:
+                self.problem(where, f"legal_basis: unknown legal basis {str(basis)!r} "
+                                    f"(expected one of {', '.join(LEGAL_BASES)})")
+            retention = self.duration(agreement.get("retention"), f"{where}: retention", deadline=False) \
+                if "retention" in agreement else ""
+            deadline = self.duration(agreement.get("deadline"), f"{where}: deadline", deadline=True) \
+                if "deadline" in agreement else ""
+            shares = self.shares(agreement.get("shares", {}), where) if "shares" in agreement else {}
+            if agency is not None:
+                for event_type in shares:
+                    first = received.setdefault((agency.id, event_type), where)
+                    if first != where:
+                        self.problem(where, f"shares.{event_type}: agency {agency.id!r} already receives {event_type} "
+                                            f"under {first}")
+            if agreement_id is not None and agency is not None:
+                agreements.append(Agreement(agreement_id, version, agency.id, purpose, str(basis), retention,
+                                            deadline, shares))
+        return agreements
+
+    def duration(self, value: Any, where: str, *, deadline: bool) -> str:
+        if not isinstance(value, str):
+            self.problem(where, "must be an ISO 8601 duration string" + (" or next_school_day" if deadline else ""))
+            return ""
+        try:
+            check_deadline(value) if deadline else parse_duration(value)
+        except ValueError as exc:
+            self.problem(where, f"{value!r}: {exc}")
+            return ""
+        return value
+
+    def shares(self, value: Any, where: str) -> dict[str, tuple[str, ...]]:
+        if not isinstance(value, Mapping) or not value:
+            self.problem(where, "shares: must be a non-empty mapping of event type to field paths")
+            return {}
+        shares: dict[str, tuple[str, ...]] = {}
+        for event_type, raw_fields in value.items():
+            here = f"{where}: shares.{event_type}"
+            if event_type not in EVENT_TYPES:
+                self.problem(where, f"shares: unknown event type {str(event_type)!r}")
+                continue
+            valid = field_paths(event_type)
+            fields = self.strings(raw_fields, here, noun="field")
+            good = []
+            for path in fields:
+                if path not in valid:
+                    self.problem(here, f"unknown field {path!r} for {event_type}")
+                    continue
+                parent = next((p for p in fields if path.startswith(p + ".")), None)
+                if parent is not None:
+                    self.problem(here, f"field {path!r} is already covered by {parent!r}")
+                    continue
+                good.append(path)
+            shares[event_type] = tuple(good)
+        return shares
