@@ -99,6 +99,11 @@ def field_aad(event_id: str, recipient_agency: str, recipient_key_id: str, path:
     )
 
 
+def _aad_parts(event_id: str, recipient_agency: str, recipient_key_id: str, schema_ref: str) -> tuple[bytes, bytes]:
+    """The per-envelope head and tail of every field AAD: aad = head || lp(path) || tail."""
+    return FIELD_AAD_PREFIX + lp(event_id) + lp(recipient_agency) + lp(recipient_key_id), lp(schema_ref)
+
+
 def canonical_json(value: Any) -> bytes:
     # allow_nan=False: NaN/Infinity are not JSON, another client could not parse them.
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
@@ -211,6 +216,7 @@ class EnvelopeSealer:
         # Draw order (DEK, wrap nonce, field nonces by sorted path) is fixed for the test vector.
         dek = self._random(DEK_BYTES)
         wrapped_key = bytes(box.encrypt(dek, self._random(nacl.public.Box.NONCE_SIZE)))
+        aad_head, aad_tail = _aad_parts(event_id, recipient_agency, recipient_key_id, schema_ref)
         encrypted = []
         for path in sorted(fields):
             try:
@@ -218,7 +224,7 @@ class EnvelopeSealer:
             except (TypeError, ValueError):
                 raise ValueError(f"field {path!r}: value cannot be encoded as canonical JSON") from None
             nonce = self._random(FIELD_NONCE_BYTES)
-            aad = field_aad(event_id, recipient_agency, recipient_key_id, path, schema_ref)
+            aad = aad_head + lp(path) + aad_tail
             ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, dek)
             encrypted.append({"path": path, "nonce": nonce, "ciphertext": ciphertext})
 
@@ -374,6 +380,12 @@ class EnvelopeOpener:
 
     @staticmethod
     def _decrypt_fields(body: dict[str, Any], dek: bytes) -> dict[str, Any]:
+        try:
+            aad_head, aad_tail = _aad_parts(
+                body["event_id"], body["recipient_agency"], body["recipient_key_id"], body["schema_ref"]
+            )
+        except ValueError:
+            raise MalformedEnvelope("envelope header string too long for the field AAD") from None
         values: dict[str, Any] = {}
         previous: str | None = None
         for item in body["fields"]:
@@ -385,10 +397,9 @@ class EnvelopeOpener:
             if len(item["nonce"]) != FIELD_NONCE_BYTES:
                 raise MalformedEnvelope(f"field {path!r}: nonce must be {FIELD_NONCE_BYTES} bytes")
             try:
-                aad = field_aad(body["event_id"], body["recipient_agency"], body["recipient_key_id"], path,
-                                body["schema_ref"])
+                aad = aad_head + lp(path) + aad_tail
             except ValueError:
-                raise MalformedEnvelope(f"field {path!r}: header string too long for the AAD") from None
+                raise MalformedEnvelope(f"field path of {len(path)} characters is too long for the AAD") from None
             try:
                 plaintext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
                     item["ciphertext"], aad, item["nonce"], dek
