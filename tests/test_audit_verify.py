@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import nacl.signing
 import pytest
 
 from streams.audit.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string
+from streams.audit.export import ExportError, read_export, verify_export, write_export
 from streams.audit.merkle import CompactRange, consistency_proof, leaf_hash
 from streams.audit.verify import check_checkpoint_chain, find_divergence, verify_log
 
@@ -253,3 +257,85 @@ def test_checkpoint_chain_detects_rewritten_history() -> None:
 def test_checkpoint_chain_needs_one_proof_per_pair() -> None:
     report = check_checkpoint_chain(NOTES, PROOFS[:-1], [VKEY], ORIGIN)
     assert not report.ok and "expected 9 consistency proofs" in report.problems[0]
+
+
+# --- export bundles ---------------------------------------------------------------------
+
+META = {"origin": ORIGIN, "verifier_keys": [VKEY], "source": "audit topic partition 0"}
+
+
+def _rehash_manifest(directory) -> None:
+    """What a forger who can edit the bundle would do: make the manifest match the files again."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for name in ("entries.bin", "checkpoints.txt"):
+        data = (directory / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_export_round_trip_and_verify(tmp_path) -> None:
+    manifest = write_export(tmp_path, positioned(GOOD), NOTES, META)
+    assert manifest.entry_count == N and manifest.checkpoint_count == 10
+    entries, notes, read_manifest = read_export(tmp_path)
+    assert notes == NOTES and read_manifest == manifest
+    assert read_manifest.meta == {"source": "audit topic partition 0"}
+    assert [e for _, e in entries] == GOOD
+    # Byte layout: uint32 BE length then the entry; checkpoint records are length-framed.
+    raw = (tmp_path / "entries.bin").read_bytes()
+    assert raw[:4] == len(GOOD[0]).to_bytes(4, "big") and raw[4 : 4 + len(GOOD[0])] == GOOD[0]
+    assert (tmp_path / "checkpoints.txt").read_bytes().startswith(b"checkpoint %d\n" % len(NOTES[0].encode()))
+    assert verify_export(tmp_path, [VKEY], ORIGIN).ok
+
+
+def test_export_refuses_to_overwrite(tmp_path) -> None:
+    write_export(tmp_path, GOOD[:3], NOTES[:0], META)
+    with pytest.raises(ExportError, match="already exists"):
+        write_export(tmp_path, GOOD[:3], NOTES[:0], META)
+
+
+def test_corrupted_export_file_is_detected(tmp_path) -> None:
+    write_export(tmp_path, GOOD, NOTES, META)
+    path = tmp_path / "entries.bin"
+    data = bytearray(path.read_bytes())
+    data[5000] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="entries.bin: SHA-256 does not match"):
+        read_export(tmp_path)
+
+
+def test_forged_export_with_rewritten_manifest_still_fails_verification(tmp_path) -> None:
+    write_export(tmp_path, GOOD, NOTES, META)
+    path = tmp_path / "entries.bin"
+    data = path.read_bytes()
+    target = GOOD[436]
+    path.write_bytes(data.replace(target, target.replace(b"entry", b"ENTRY")))
+    _rehash_manifest(tmp_path)
+    report = verify_export(tmp_path, [VKEY], ORIGIN)
+    assert not report.ok and report.first_bad_checkpoint == 5
+    assert "entries 401..500 (positions 400..499)" in report.problems[0]
+
+
+def test_truncated_export_is_detected_even_with_rewritten_manifest(tmp_path) -> None:
+    write_export(tmp_path, GOOD, NOTES, META)
+    path = tmp_path / "entries.bin"
+    path.write_bytes(path.read_bytes()[:-3])
+    _rehash_manifest(tmp_path)
+    entries, _, _ = read_export(tmp_path)
+    with pytest.raises(ExportError, match="entry 1000: truncated body"):
+        list(entries)
+
+
+def test_export_with_missing_manifest_is_incomplete(tmp_path) -> None:
+    write_export(tmp_path, GOOD[:5], NOTES[:1], META)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(ExportError, match="manifest.json: missing"):
+        read_export(tmp_path)
+
+
+def test_bad_checkpoint_framing_is_detected(tmp_path) -> None:
+    write_export(tmp_path, GOOD[:5], NOTES[:2], META)
+    path = tmp_path / "checkpoints.txt"
+    path.write_bytes(path.read_bytes().replace(b"checkpoint ", b"checkpoint 1", 1))
+    _rehash_manifest(tmp_path)
+    with pytest.raises(ExportError, match="record 1"):
+        read_export(tmp_path)
