@@ -161,7 +161,10 @@ def load_source_schemas(root: Path = DEFAULT_SCHEMA_ROOT) -> dict[str, dict]:
     for path, schema in raw.items():
         if _is_event_schema(schema):
             result = _expand(schema, None, library, set())
-            parse_schema(result, _write_hint=False)  # fastavro rejects anything malformed
+            try:
+                parse_schema(result, _write_hint=False)  # fastavro rejects anything malformed
+            except Exception as exc:  # noqa: BLE001 - schema text holds no personal data
+                raise SchemaSourceError(f"{path.name}: invalid Avro schema: {exc}") from exc
             expanded[path.stem.upper()] = result
     return expanded
 
@@ -244,6 +247,8 @@ def _field_path(schema: dict, location: str) -> str:
             names.append(field["name"])
             node = field["type"]
             i += 2
+            if i < len(parts) and parts[i] == "type":  # the field's type, which `node` already is
+                i += 1
             continue
         if isinstance(node, list) and part.isdigit():
             node = node[int(part)]
@@ -259,9 +264,11 @@ def _incompatibilities(reader: dict, writer: dict) -> list[str]:
         avro.schema.parse(json.dumps(reader)), avro.schema.parse(json.dumps(writer)))
     if result.compatibility is SchemaCompatibilityType.compatible:
         return []
-    fields = sorted(_field_path(reader, loc) for loc in result.locations)
-    kinds = sorted(t.name for t in result.incompatibilities)
-    return [f"field {', '.join(fields)}: {'; '.join(sorted(result.messages))} ({', '.join(kinds)})"]
+    # The checker's merged result also carries the root location "/"; keep it only if alone.
+    fields = sorted({_field_path(reader, loc) for loc in result.locations} - {"<root>"}) or ["<root>"]
+    kinds = sorted({t.name.upper() for t in result.incompatibilities})
+    label = "field" if len(fields) == 1 else "fields"
+    return [f"{label} {', '.join(fields)}: {'; '.join(sorted(result.messages))} ({', '.join(kinds)})"]
 
 
 def _canonical_json(schema: dict) -> str:
