@@ -279,6 +279,8 @@ def test_seal_refuses_mismatched_key_id_naive_times_and_non_json_values():
     with pytest.raises(ValueError, match="field 'victim.dob'") as info:
         seal(fields={"victim.dob": datetime(1990, 1, 2)})
     assert "1990" not in str(info.value)
+    with pytest.raises(ValueError, match="non-empty"):
+        seal(fields={"": "x"})
     with pytest.raises(ValueError, match="field 'score'"):
         seal(fields={"score": float("nan")})
     assert key  # fixture used
@@ -362,3 +364,16 @@ def test_schema_files_are_valid_for_the_reference_avro_library():
 
     for name in ("envelope.avsc", "publication.avsc"):
         avro.schema.parse((ROOT / "schemas" / name).read_text())
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=30), json_values, max_size=6))
+@settings(max_examples=150, deadline=None)
+def test_any_json_field_values_round_trip(fields):
+    assert opener_for("school-0042").open(seal("school-0042", fields=fields)).fields == fields

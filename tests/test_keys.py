@@ -23,6 +23,7 @@ from streams.crypto.keys import (
     parse_public_record,
     public_record,
     write_private_key,
+    write_public_key,
 )
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
@@ -152,3 +153,24 @@ def test_import_private_key_is_deterministic():
     a = import_private_key("router", "exchange", secret, T0)
     assert a.public_key == bytes(nacl.public.PrivateKey(secret).public_key)
     assert a == import_private_key("router", "exchange", secret, T0)
+
+
+def test_public_key_file_round_trips_and_is_never_overwritten(tmp_path):
+    rec = generate_key("hau-north", "signing", created_at=T0)
+    path = tmp_path / "hau-north.pub.json"
+    write_public_key(path, rec)
+    parsed = parse_public_record(json.loads(path.read_text("utf-8")))
+    assert (parsed.owner, parsed.kind, parsed.alg, parsed.public_key) == ("hau-north", "signing", "ed25519", rec.public_key)
+    assert rec.private_key.hex() not in path.read_text() and "private_key" not in path.read_text()
+    with pytest.raises(KeyFileError, match="refusing to overwrite"):
+        write_public_key(path, rec)
+
+
+def test_empty_keyring_has_no_current_key():
+    with pytest.raises(KeyFileError, match="holds no exchange key"):
+        Keyring("housing").current
+
+
+def test_equal_created_at_picks_the_same_current_key_every_time():
+    a, b = (generate_key("housing", "exchange", created_at=T0) for _ in range(2))
+    assert Keyring("housing", [a, b]).current == Keyring("housing", [b, a]).current == max(a, b, key=lambda r: r.key_id)

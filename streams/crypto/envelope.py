@@ -219,6 +219,8 @@ class EnvelopeSealer:
         aad_head, aad_tail = _aad_parts(event_id, recipient_agency, recipient_key_id, schema_ref)
         encrypted = []
         for path in sorted(fields):
+            if not isinstance(path, str) or not path:
+                raise ValueError("field paths must be non-empty strings")
             try:
                 plaintext = canonical_json(fields[path])
             except (TypeError, ValueError):
