@@ -308,6 +308,11 @@ def test_digest_ignores_order_but_not_meaning(policy):
     assert parse_policy(doc).digest != policy.digest
 
 
+def test_digest_known_answer_is_the_one_documented(policy):
+    documented = re.search(r"valid\.yaml` has digest\s+`([0-9a-f]{64})`", (ROOT / "docs/policy.md").read_text())
+    assert documented is not None and documented.group(1) == policy.digest
+
+
 def test_digest_is_sha256_of_the_canonical_document(policy):
     import json
     canonical = json.dumps(policy.to_document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -359,8 +364,12 @@ def test_diff_shows_newly_shared_and_no_longer_shared_fields(policy):
     assert "agreement isa-health: version 2 -> 3" in changes.other_changes
     assert changes.warnings == []
     text = changes.render()
-    assert "+ nhs-test-health MARAC_REFERRAL victim.date_of_birth [shropshire, worcestershire]" in text
-    assert "- nhs-test-health MARAC_REFERRAL risks_and_triggers [shropshire, worcestershire]" in text
+    added = text.split("Newly shared")[1].split("No longer shared")[0]
+    removed = text.split("No longer shared")[1].split("Other changes")[0]
+    assert "nhs-test-health MARAC_REFERRAL under isa-health v3 (UK_GDPR_6_1_E_9_2_G_DPA_SCH1_18):" in added
+    assert "+ victim.date_of_birth [shropshire, worcestershire]" in added and "risks_and_triggers" not in added
+    assert "nhs-test-health MARAC_REFERRAL under isa-health v2 (UK_GDPR_6_1_E_9_2_G_DPA_SCH1_18):" in removed
+    assert "- risks_and_triggers [shropshire, worcestershire]" in removed
 
 
 def test_diff_widening_a_record_lists_the_new_leaves_only(policy):
@@ -372,7 +381,9 @@ def test_diff_widening_a_record_lists_the_new_leaves_only(policy):
     assert "victim.nhs_number" in gained and "victim.date_of_birth" in gained
     assert not any(f.startswith(("victim.address", "victim.safe_contact")) or f == "victim.name" for f in gained)
     assert diff(policy, new).no_longer_shared == []
-    assert diff(new, policy).newly_shared == []
+    narrowed = diff(new, policy)  # and back: the same leaves are reported as no longer shared
+    assert narrowed.newly_shared == []
+    assert {f for (_, _, f, _) in narrowed.no_longer_shared} == gained
 
 
 def test_diff_counts_an_added_area_as_new_sharing(policy):

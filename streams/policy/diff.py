@@ -22,6 +22,9 @@ class PolicyDiff:
     no_longer_shared: list[Flow] = field(default_factory=list)  # the old policy shared it, the new does not
     other_changes: list[str] = field(default_factory=list)      # keys, parties, agreement terms
     warnings: list[str] = field(default_factory=list)           # things an approver should refuse or query
+    # (agency, event type) -> "agreement-id vN (LEGAL_BASIS)" in the old / new policy, to show under what terms.
+    old_terms: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    new_terms: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
 
     @property
     def is_empty(self) -> bool:
@@ -32,21 +35,32 @@ class PolicyDiff:
         for title, items in (("Warnings", self.warnings),):
             if items:
                 lines += ["", f"{title} ({len(items)}):", *(f"  ! {w}" for w in items)]
-        lines += ["", f"Newly shared, needs approval ({len(self.newly_shared)}):", *_render_flows(self.newly_shared, "+")]
-        lines += ["", f"No longer shared ({len(self.no_longer_shared)}):", *_render_flows(self.no_longer_shared, "-")]
+        lines += ["", f"Newly shared, needs approval ({len(self.newly_shared)} field-area pairs):",
+                  *_render_flows(self.newly_shared, "+", self.new_terms)]
+        lines += ["", f"No longer shared ({len(self.no_longer_shared)} field-area pairs):",
+                  *_render_flows(self.no_longer_shared, "-", self.old_terms)]
         lines += ["", f"Other changes ({len(self.other_changes)}):", *(f"  * {c}" for c in self.other_changes or ["none"])]
         return "\n".join(lines) + "\n"
 
 
-def _render_flows(flows: list[Flow], sign: str) -> list[str]:
-    """One line per (agency, event type, field) with the areas it applies to."""
-    grouped: dict[tuple[str, str, str], list[str]] = {}
+def _render_flows(flows: list[Flow], sign: str, terms: dict[tuple[str, str], str]) -> list[str]:
+    """One block per (agency, event type) naming the agreement, then one line per field with its areas."""
+    grouped: dict[tuple[str, str], dict[str, list[str]]] = {}
     for agency, event_type, path, area in flows:
-        grouped.setdefault((agency, event_type, path), []).append(area)
+        grouped.setdefault((agency, event_type), {}).setdefault(path, []).append(area)
     if not grouped:
         return ["  none"]
-    return [f"  {sign} {agency} {event_type} {path} [{', '.join(sorted(areas))}]"
-            for (agency, event_type, path), areas in sorted(grouped.items())]
+    lines = []
+    for (agency, event_type), paths in sorted(grouped.items()):
+        under = terms.get((agency, event_type))
+        lines.append(f"  {agency} {event_type}" + (f" under {under}" if under else "") + ":")
+        lines += [f"    {sign} {path} [{', '.join(sorted(areas))}]" for path, areas in sorted(paths.items())]
+    return lines
+
+
+def _terms(policy: Policy) -> dict[tuple[str, str], str]:
+    return {(g.agency, event_type): f"{g.id} v{g.version} ({g.legal_basis})"
+            for g in policy.agreements for event_type in g.shares}
 
 
 def _flows(policy: Policy) -> dict[tuple[str, str, str], tuple[str, ...]]:
@@ -84,7 +98,8 @@ def _gained(event_type: str, now: tuple[str, ...], before: tuple[str, ...]) -> l
 
 
 def diff(old: Policy, new: Policy) -> PolicyDiff:
-    result = PolicyDiff(old.version, new.version, old.digest, new.digest)
+    result = PolicyDiff(old.version, new.version, old.digest, new.digest,
+                        old_terms=_terms(old), new_terms=_terms(new))
     old_flows, new_flows = _flows(old), _flows(new)
     for key in sorted(old_flows.keys() | new_flows.keys()):
         agency, event_type, area = key
