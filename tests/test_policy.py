@@ -477,6 +477,14 @@ def demo() -> Policy:
     return parse_policy(yaml.safe_load(render_template(text, _demo_keys(text))))
 
 
+def test_demo_template_needs_only_signing_and_exchange_keys_of_its_parties(demo):
+    # The demo generates one key per placeholder with streams.crypto.keys.generate_key(owner, kind).
+    needed = template_placeholders(TEMPLATE.read_text())
+    assert {kind for _, kind in needed} == {"signing", "exchange"}
+    parties = {demo.router.id} | {u.id for u in demo.units} | {a.id for a in demo.agencies}
+    assert {owner for owner, _ in needed} == parties
+
+
 def test_demo_template_renders_to_a_valid_west_mercia_policy(demo):
     assert {u.id for u in demo.units} == {"hau-worcestershire", "hau-shropshire", "hau-herefordshire"}
     assert {a for u in demo.units for a in u.areas} == set(AREAS)
