@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from streams.codec import EVENT_TYPES
 
-from .model import Policy
+from .model import Policy, Share
 from .vocab import AREAS, LEGAL_BASES
 
 
@@ -44,7 +44,7 @@ def explain(policy: Policy, event_type: str, area: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _field_matrix(shares) -> list[str]:
+def _field_matrix(shares: tuple[Share, ...]) -> list[str]:
     """Rows are field paths, columns the numbered recipients, 'x' where the recipient gets the field."""
     fields = sorted({f for s in shares for f in s.fields})
     width = max(len("field"), *(len(f) for f in fields))
