@@ -7,6 +7,8 @@ import json
 
 import nacl.signing
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.audit.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string
 from streams.audit.export import ExportError, read_export, verify_export, write_export
@@ -339,3 +341,32 @@ def test_bad_checkpoint_framing_is_detected(tmp_path) -> None:
     _rehash_manifest(tmp_path)
     with pytest.raises(ExportError, match="record 1"):
         read_export(tmp_path)
+
+
+# --- property: any single change inside the signed range is detected ----------------------
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(min_value=2, max_value=40))
+def test_any_single_tampering_within_signed_range_is_detected(data: st.DataObject, n: int) -> None:
+    entries = [b"e%d" % i for i in range(n)]
+    sizes = sorted(set(data.draw(st.lists(st.integers(1, n), max_size=4), label="extra checkpoints")) | {n})
+    notes = sign_checkpoints(entries, sizes)
+    assert verify_log(positioned(entries), notes, [VKEY], ORIGIN).ok
+    op = data.draw(st.sampled_from(["alter", "delete", "insert", "swap"]), label="op")
+    i = data.draw(st.integers(0, n - 1), label="at")
+    log = list(entries)
+    if op == "alter":
+        log[i] = b"x" + log[i]
+    elif op == "delete":
+        del log[i]
+    elif op == "insert":
+        log.insert(i, b"forged")  # before entry i, so inside the signed range
+    else:
+        j = data.draw(st.integers(0, n - 1).filter(lambda j: j != i), label="with")
+        log[i], log[j] = log[j], log[i]
+    report = verify_log(positioned(log), notes, [VKEY], ORIGIN)
+    assert not report.ok
+    # The first bad checkpoint is the first one that covers the change.
+    first = min(i, j) if op == "swap" else i
+    expected = next(k for k, s in enumerate(sizes, start=1) if s > first)
+    assert report.first_bad_checkpoint == expected
