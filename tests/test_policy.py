@@ -11,10 +11,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
+from hypothesis import given, settings, strategies as st
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from streams.codec import EVENT_TYPES
+from streams.codec import EVENT_TYPES, field_paths
 from streams.policy import (
     AREAS, Policy, PolicyError, deliver_by, diff, explain, key_id_for, load_policy, parse_policy,
     policy_change_summary, render_template, template_placeholders,
@@ -515,3 +516,38 @@ def test_render_template_names_every_missing_key():
 def test_render_template_fills_key_and_key_id():
     text = 'public_key: "{{key:idva-wm:exchange}}"\nkey_id: "{{kid:idva-wm:exchange}}"\n'
     assert render_template(text, {("idva-wm", "exchange"): ("00aa", "QUJD")}) == 'public_key: "QUJD"\nkey_id: "00aa"\n'
+
+
+# ---- diff property: reported paths cover exactly the newly shared data --------------------------
+
+MARAC_PATHS = sorted(field_paths("MARAC_REFERRAL"))
+MARAC_LEAVES = [p for p in MARAC_PATHS if not any(q.startswith(p + ".") for q in MARAC_PATHS)]
+
+
+def _without_descendants(paths: set[str]) -> list[str]:
+    return sorted(p for p in paths if not any(p.startswith(q + ".") for q in paths))
+
+
+def _leaves(paths) -> set[str]:
+    return {leaf for leaf in MARAC_LEAVES if any(leaf == p or leaf.startswith(p + ".") for p in paths)}
+
+
+field_lists = st.sets(st.sampled_from(MARAC_PATHS), min_size=1, max_size=8).map(_without_descendants)
+
+
+@settings(max_examples=150, deadline=None)
+@given(before=field_lists, after=field_lists)
+def test_diff_reports_exactly_the_leaves_gained_and_lost(before, after):
+    def with_fields(fields):
+        doc = base_doc()
+        agreement(doc, "isa-health")["shares"]["MARAC_REFERRAL"] = fields
+        return parse_policy(doc)
+
+    old, new = with_fields(before), with_fields(after)
+    forward, backward = diff(old, new), diff(new, old)
+    gained = [f for (a, t, f, area) in forward.newly_shared if area == "worcestershire"]
+    lost = [f for (a, t, f, area) in forward.no_longer_shared if area == "worcestershire"]
+    assert _leaves(gained) == _leaves(after) - _leaves(before)
+    assert _leaves(lost) == _leaves(before) - _leaves(after)
+    assert forward.newly_shared == backward.no_longer_shared
+    assert forward.no_longer_shared == backward.newly_shared
