@@ -101,6 +101,34 @@ class Scenario:
                 offset += 2 + size
 
 
+def primitive_costs(seconds: float) -> dict[str, float]:
+    """Microseconds per call of the primitives both designs are made of, through PyNaCl."""
+    import nacl.bindings as sodium
+
+    signer = generate_key("router", "signing").signing_key()
+    message = b"x" * 900
+    signature = signer.sign(message).signature
+    verifier = signer.verify_key
+    recipient = generate_key("agency", "exchange")
+    sealed_box = nacl.public.SealedBox(nacl.public.PublicKey(recipient.public_key))
+    unseal_box = nacl.public.SealedBox(recipient.exchange_key())
+    field = canonical_json(FIELDS["victim.safe_contact"])
+    sealed = sealed_box.encrypt(field)
+    key, nonce, aad = b"k" * 32, b"n" * 24, b"a" * 120
+    ciphertext = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(field, aad, nonce, key)
+    work = {
+        "ed25519 sign (900 B)": lambda: signer.sign(message),
+        "ed25519 verify (900 B)": lambda: verifier.verify(message, signature),
+        "xchacha20poly1305 encrypt (field)": lambda: sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            field, aad, nonce, key),
+        "xchacha20poly1305 decrypt (field)": lambda: sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            ciphertext, aad, nonce, key),
+        "sealed box encrypt (field)": lambda: sealed_box.encrypt(field),
+        "sealed box decrypt (field)": lambda: unseal_box.decrypt(sealed),
+    }
+    return {name: 1e6 / rate(fn, seconds / 4) for name, fn in work.items()}
+
+
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
     plaintext = sum(len(canonical_json(v)) for v in FIELDS.values())
@@ -117,6 +145,9 @@ def main() -> None:
         size = len(s.envelopes[0])
         print(f"{recipients:>10} | {seal:>8.0f} {open_:>8.0f} | {naive_seal:>10.0f} {naive_open:>10.0f} | "
               f"{seal / naive_seal:>5.1f}x {open_ / naive_open:>5.1f}x | {size:>9}")
+    print("primitive costs through PyNaCl (us per call):")
+    for name, micros in primitive_costs(seconds).items():
+        print(f"  {name:<36} {micros:7.1f}")
 
 
 if __name__ == "__main__":
