@@ -230,6 +230,39 @@ class SchemaWalker:
                 return value
         return self._convert(node["type"], value, path, "", errors)
 
+    # -- decoded datum checks: Avro already guarantees the types, so only string rules remain
+
+    def check_strings(self, datum: Any, errors: list[FieldError]) -> None:
+        self._strings(self.schema, datum, "", "", errors)
+
+    def _strings(self, node: Any, value: Any, path: str, name: str, errors: list[FieldError]) -> None:
+        node = self.resolve(node)
+        if value is None:
+            return
+        if isinstance(node, list):
+            candidates = [b for b in node if b != "null"]
+            if len(candidates) == 1:
+                self._strings(candidates[0], value, path, name, errors)
+            return
+        if isinstance(node, str):
+            if node == "string":
+                self._primitive(node, value, path, name, errors)
+            return
+        kind = node["type"]
+        if "logicalType" in node or kind == "enum":
+            return
+        if kind == "record":
+            for field in node["fields"]:
+                self._strings(field["type"], value.get(field["name"]), _join(path, field["name"]), field["name"], errors)
+        elif kind == "array":
+            for i, item in enumerate(value):
+                self._strings(node["items"], item, f"{path}[{i}]", name, errors)
+        elif kind == "map":
+            for key, item in value.items():
+                self._strings(node["values"], item, f"{path}.{key_label(key)}", name, errors)
+        elif isinstance(kind, (str, list, dict)):
+            self._strings(kind, value, path, name, errors)
+
     # -- schema shape
 
     def field_paths(self) -> frozenset[str]:
@@ -291,6 +324,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _instant(value: Any) -> int | None:
+    """Timestamps/dates as ms/days whether from to_datum (ints) or fastavro (datetime/date)."""
+    if isinstance(value, datetime):
+        return (value - _EPOCH) // _MS
+    if isinstance(value, date):
+        return (value - _EPOCH_DATE).days
+    return value if _is_int(value) else None
+
+
 def _score_in_range(datum: dict, field: str, errors: list[FieldError]) -> None:
     score = datum.get(field)
     if _is_int(score) and not 0 <= score <= DASH_MAX_SCORE:
@@ -325,13 +367,14 @@ def _risk_rules(datum: dict, errors: list[FieldError]) -> None:
 
 
 def _after(datum: dict, start: str, end: str, errors: list[FieldError]) -> None:
-    if _is_int(datum.get(start)) and _is_int(datum.get(end)) and datum[end] <= datum[start]:
+    begin, finish = _instant(datum.get(start)), _instant(datum.get(end))
+    if begin is not None and finish is not None and finish <= begin:
         errors.append(FieldError(end, f"must be after {start}"))
 
 
 def _child_rules(datum: dict, errors: list[FieldError]) -> None:
-    incident, notify_by = datum.get("incident_at"), datum.get("notify_by")
-    if _is_int(incident) and _is_int(notify_by) and notify_by < incident // 86_400_000:
+    incident, notify_by = _instant(datum.get("incident_at")), _instant(datum.get("notify_by"))
+    if incident is not None and notify_by is not None and notify_by < incident // 86_400_000:
         errors.append(FieldError("notify_by", "must not be before the incident date"))
 
 

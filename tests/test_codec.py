@@ -345,3 +345,11 @@ def test_public_names_exist() -> None:
                  "MAX_EVENT_BYTES"):
         assert hasattr(codec, name)
     assert MAX_EVENT_BYTES == 64 * 1024
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_events_doc_lists_every_field_path(event_type: str) -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "events.md").read_text()
+    missing = sorted(p for p in field_paths(event_type) if f"`{p}`" not in doc)
+    assert missing == []
+    assert f"## {event_type}" in doc
