@@ -7,6 +7,7 @@ topic never holds plaintext and only the router can read it. Spec: docs/envelope
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from dataclasses import dataclass, field
@@ -47,6 +48,18 @@ class OpenedPublication:
     wire_event: bytes = field(repr=False)
 
 
+# Deriving a key object from its record costs a scalar multiplication; a router or unit uses the
+# same few records for every publication, so keep the derived objects.
+@functools.lru_cache(maxsize=32)
+def _signing_key(rec: PrivateKeyRecord) -> nacl.signing.SigningKey:
+    return rec.signing_key()
+
+
+@functools.lru_cache(maxsize=32)
+def _unsealer(rec: PrivateKeyRecord) -> nacl.public.SealedBox:
+    return nacl.public.SealedBox(rec.exchange_key())
+
+
 def _signature_input(unit_id: str, wire_event: bytes) -> bytes:
     return PUBLICATION_SIGNATURE_PREFIX + lp(unit_id) + wire_event
 
@@ -62,7 +75,7 @@ def seal_publication(
     """Return the Publication bytes to produce to the input topic."""
     if key_id(router_exchange_public) != router_key_id:
         raise ValueError(f"router public key does not match key id {router_key_id}")
-    signature = unit_signing_key.signing_key().sign(_signature_input(unit_id, wire_event)).signature
+    signature = _signing_key(unit_signing_key).sign(_signature_input(unit_id, wire_event)).signature
     sealed = nacl.public.SealedBox(nacl.public.PublicKey(router_exchange_public)).encrypt(signature + wire_event)
     out = io.BytesIO()
     fastavro.schemaless_writer(
@@ -117,7 +130,7 @@ def open_publication(
         raise PublicationError("UNKNOWN_UNIT_KEY", f"unit key {printable_key_id(unit_key_id)} is not authorised for this unit")
 
     try:
-        opened = nacl.public.SealedBox(router_key.exchange_key()).decrypt(record["sealed"])
+        opened = _unsealer(router_key).decrypt(record["sealed"])
     except nacl.exceptions.CryptoError:
         raise PublicationError("UNSEALED_FAILED", f"sealed payload does not open with router key {router_key_id}") from None
     if len(opened) < SIGNATURE_BYTES:
