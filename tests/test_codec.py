@@ -257,6 +257,14 @@ def test_truncated_body() -> None:
             decode_event(data[:cut])
 
 
+def test_header_event_type_must_match_the_schema_id() -> None:
+    data = encode_event(load("CASE_CLOSED"))
+    assert data[42] == 12  # header.event_type enum index 6 (zigzag), see docs/wire-format.md
+    forged = data[:42] + bytes([8]) + data[43:]  # index 4 = CHILD_NOTIFICATION
+    with pytest.raises(WireFormatError, match="header.event_type"):
+        decode_event(forged)
+
+
 def test_trailing_bytes() -> None:
     with pytest.raises(WireFormatError, match="trailing"):
         decode_event(encode_event(load("CASE_CLOSED")) + b"\x00")
@@ -276,9 +284,14 @@ def test_body_from_a_non_conforming_publisher_is_rejected_without_values() -> No
     schemaless_writer(buf, schema, datum)
     forged = data[:5] + buf.getvalue()
     with pytest.raises(WireFormatError) as info:
-        decode_event(forged)
+        decode_event(forged, validate=True)
     assert "header.case_ref" in str(info.value) and "Sam Example" not in str(info.value)
-    assert decode_event(forged, validate=False)["header"]["case_ref"] == "Sam Example"
+    decoded = decode_event(forged)  # types are fine, so a plain decode succeeds...
+    assert decoded["header"]["case_ref"] == "Sam Example"
+    with pytest.raises(EventValidationError) as invalid:  # ...and validate_event catches it
+        validate_event(decoded)
+    assert [e.path for e in invalid.value.errors] == ["header.case_ref"]
+    assert "Sam Example" not in str(invalid.value)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -294,7 +307,7 @@ def test_arbitrary_bytes_only_raise_wire_format_error(data: bytes) -> None:
 @given(st.sampled_from(range(1, 8)), st.binary(max_size=400))
 def test_random_body_under_a_valid_id_only_raises_wire_format_error(schema_id: int, body: bytes) -> None:
     try:
-        decode_event(b"\x00" + struct.pack(">I", schema_id) + body)
+        decode_event(b"\x00" + struct.pack(">I", schema_id) + body, validate=True)
     except WireFormatError:
         pass
 
@@ -306,7 +319,7 @@ def test_corrupting_one_byte_never_escapes_as_another_exception(data: st.DataObj
     index = data.draw(st.integers(5, len(message) - 1))
     message[index] = data.draw(st.integers(0, 255))
     try:
-        decode_event(bytes(message))
+        decode_event(bytes(message), validate=True)
     except WireFormatError as exc:
         assert "Alex Example" not in str(exc)
 
