@@ -84,6 +84,8 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         datadir=str(settings.datadir),
         autodiscover=False,
         broker_commit_every=100,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
     )
     app.masb = runtime  # the agents below reach the shared runtime through the app
 

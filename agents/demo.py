@@ -24,10 +24,15 @@ import sys
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deploy.brokers import TansuBroker, free_port, wait_until_ready
+
+if TYPE_CHECKING:
+    from streams.policy import Policy
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "deploy" / "demo"
 ROUTER = "masb-router"
@@ -41,19 +46,30 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def generate_demo_keys(keys_dir: Path) -> dict[tuple[str, str], tuple[str, str]]:
-    """Private key files for every party named in the policy template; returns their public keys."""
-    from streams.crypto.keys import generate_key, write_private_key
-    from streams.policy import template_placeholders
+@dataclass(frozen=True)
+class Deployment:
+    workdir: Path
+    keys_dir: Path
+    policy_path: Path
+    policy: "Policy"
 
-    template = (DEMO_DIR / "policy.template.yaml").read_text()
+
+def prepare_deployment(workdir: Path, template: Path = DEMO_DIR / "policy.template.yaml") -> Deployment:
+    """Fresh private keys for every party a policy template names, and the policy rendered with them."""
+    from streams.crypto.keys import generate_key, write_private_key
+    from streams.policy import load_policy, render_template, template_placeholders
+
+    text = template.read_text()
+    keys_dir = workdir / "keys"
     keys_dir.mkdir(parents=True, exist_ok=True)
     public: dict[tuple[str, str], tuple[str, str]] = {}
-    for owner, kind in sorted(template_placeholders(template)):
+    for owner, kind in sorted(template_placeholders(text)):
         record = generate_key(owner, kind)
         write_private_key(keys_dir / f"{owner}.{kind}.{record.key_id}.key", record)
         public[(owner, kind)] = (record.key_id, base64.b64encode(record.public_key).decode())
-    return public
+    policy_path = workdir / "policy.yaml"
+    policy_path.write_text(render_template(text, public))
+    return Deployment(workdir, keys_dir, policy_path, load_policy(policy_path))
 
 
 def scenario(now: datetime) -> list[dict]:
@@ -76,7 +92,7 @@ class WorkerProcess:
         self.web_port = free_port()
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents", "worker", "--web-port", str(self.web_port)],
+            [sys.executable, "-m", "agents", "worker", "--web-port", str(self.web_port), "--log-level", os.environ.get("MASB_WORKER_LOG_LEVEL", "warn")],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
 
@@ -155,24 +171,21 @@ def run_demo(bootstrap: str | None, workdir: Path) -> int:
 
 
 def _run(bootstrap: str, workdir: Path, started: float) -> int:
-    from streams.policy import load_policy, render_template
     from streams.publisher import Publisher
     from streams.crypto.keys import Keyring
     from streams.topics import Topics
 
     shutil.rmtree(workdir, ignore_errors=True)
-    keys_dir = workdir / "keys"
-    public = generate_demo_keys(keys_dir)
-    policy_path = workdir / "policy.yaml"
-    policy_path.write_text(render_template((DEMO_DIR / "policy.template.yaml").read_text(), public))
-    policy = load_policy(policy_path)
-    say(f"generated keys for {len(public)} party keys in {keys_dir}; policy version {policy.version} "
+    deployment = prepare_deployment(workdir)
+    keys_dir, policy_path, policy = deployment.keys_dir, deployment.policy_path, deployment.policy
+    say(f"generated keys in {keys_dir}; policy version {policy.version} "
         f"with {len(policy.agencies)} agencies and {len(policy.agreements)} agreements")
 
     prefix = f"demo-{uuid.uuid4().hex[:8]}."
     topics = Topics(prefix)
     env = dict(os.environ, MASB_BOOTSTRAP=bootstrap, MASB_POLICY=str(policy_path), MASB_KEYS_DIR=str(keys_dir),
-               MASB_TOPIC_PREFIX=prefix, MASB_DATADIR=str(workdir / "worker-data"), MASB_CHECKPOINT_INTERVAL="1")
+               MASB_TOPIC_PREFIX=prefix, MASB_DATADIR=str(workdir / "worker-data"), MASB_CHECKPOINT_INTERVAL="1",
+               MASB_SESSION_TIMEOUT="6")
     worker = WorkerProcess(env, workdir / "worker.log")
     try:
         worker.wait_healthy()
@@ -197,12 +210,15 @@ def _run(bootstrap: str, workdir: Path, started: float) -> int:
                 expected[share.agency_id] = expected.get(share.agency_id, 0) + 1
         received, problems = asyncio.run(collect_feeds(bootstrap, topics, policy, keys_dir, expected, timeout=45))
         _print_summary(events, policy, received)
+        refused = _dead_letters(bootstrap, topics)
+        say(f"dead-letter topic {topics.dead_letter}: {len(refused)} refused record(s), kept with their reasons: "
+            + "; ".join(f"{code} ({reason})" for code, reason in refused))
 
         missing = {a: n - len(received[a]) for a, n in expected.items() if len(received[a]) < n}
         entries_expected = 1 + sum(expected.values()) + 1  # policy change + deliveries + one refusal
         verified = _verify_audit(bootstrap, topics, policy, worker, entries_expected)
         elapsed = time.monotonic() - started
-        ok = not missing and not problems and verified
+        ok = not missing and not problems and verified and len(refused) == 1
         for agency, n in missing.items():
             say(f"MISSING: {agency} did not receive {n} expected envelope(s)")
         for problem in problems:
@@ -233,6 +249,17 @@ def _print_summary(events, policy, received) -> None:
         if covering:
             say(f"    (nothing for {', '.join(covering)}: no agreement covers this event type)")
     say("")
+
+
+def _dead_letters(bootstrap, topics) -> list[tuple[str, str]]:
+    from streams.kafka import read_topic
+    from streams.routing import decode_dead_letter
+
+    async def read() -> list[tuple[str, str]]:
+        letters = [decode_dead_letter(r.value) async for r in read_topic(bootstrap, topics.dead_letter)]
+        return [(letter["reason_code"], letter["reason"]) for letter in letters]
+
+    return asyncio.run(read())
 
 
 def _verify_audit(bootstrap, topics, policy, worker, entries_expected: int) -> bool:

@@ -22,7 +22,7 @@ log = logging.getLogger("masb.router")
 def install(app: faust.App, runtime) -> None:
     topics = runtime.topics
     source = app.topic(topics.case_events, key_serializer="raw", value_serializer="raw")
-    seen = app.Table("seen-events", key_serializer="raw", value_serializer="raw",
+    seen = app.Table("seen-events",  # raw bytes: the app default serializers
                      partitions=runtime.settings.partitions)
     app.masb_seen = seen
     out_topics: dict[str, faust.types.TopicT] = {}

@@ -29,6 +29,9 @@ class Settings:
     checkpoint_interval: float = 5.0     # seconds between signed checkpoints while entries arrive
     checkpoint_max_entries: int = 10_000  # ... or sooner, after this many unsigned entries
     policy_poll_interval: float = 2.0    # seconds between checks of the policy file for changes
+    # Consumer-group session timeout. Tansu completes a group join only after half of it has
+    # passed, so the demo (one worker, embedded broker) sets it to Kafka's minimum, 6 s.
+    session_timeout: float = 60.0
     log_origin: str = "masb.local/exchange-log"  # C2SP origin line of the audit checkpoints
     log_level: str = "warn"
 
@@ -43,6 +46,7 @@ class Settings:
             datadir=Path(env_or(getattr(args, "datadir", None), "MASB_DATADIR", ".masb-worker")),
             checkpoint_interval=float(env_or(getattr(args, "checkpoint_interval", None),
                                              "MASB_CHECKPOINT_INTERVAL", 5.0)),
+            session_timeout=float(env_or(None, "MASB_SESSION_TIMEOUT", 60.0)),
             log_origin=env_or(None, "MASB_LOG_ORIGIN", "masb.local/exchange-log"),
             log_level=getattr(args, "log_level", None) or "warn",
         )
