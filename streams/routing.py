@@ -145,7 +145,7 @@ class Router:
                 unit_verify_key=self.policy.unit_verify_key,
             )
         except PublicationError as exc:
-            return self.refuse(record, exc.reason_code, str(exc))
+            return self.refuse(record, exc.reason_code, exc.message)
         try:
             event = codec.decode_event(opened.wire_event)
         except codec.WireFormatError as exc:

@@ -38,3 +38,12 @@ def tansu() -> str:
 def topic_prefix() -> str:
     """A prefix of this test's own, so tests sharing a broker never see each other's records."""
     return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture(scope="module")
+def deployment_on_kafka(kafka, tmp_path_factory):
+    """A running worker on Apache Kafka with the demo policy, shared by one test module."""
+    from tests.harness import running_deployment
+
+    with running_deployment(kafka, tmp_path_factory.mktemp("deployment")) as running:
+        yield running

@@ -38,6 +38,7 @@ class PublicationError(Exception):
     def __init__(self, reason_code: ReasonCode, message: str):
         super().__init__(f"{reason_code}: {message}")
         self.reason_code: ReasonCode = reason_code
+        self.message = message  # the explanation alone, for records that carry the code separately
 
 
 @dataclass(frozen=True)
