@@ -1,0 +1,41 @@
+"""`masb demo` as a new user runs it: embedded Tansu broker, no Kafka installed, exit 0, a
+readable summary, and no process left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.tansu
+
+
+def _broker_processes(workdir) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "tansu" in line and "broker" in line]
+
+
+def test_demo_runs_end_to_end_on_the_embedded_broker(tmp_path):
+    before = _broker_processes(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "agents", "demo", "--workdir", str(tmp_path / "demo")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "embedded broker (Tansu) started" in out
+    # The scripted high-risk case reaches the health trust and the IDVA service, and the summary
+    # names the fields each decrypted (names only: no values are printed).
+    assert "RISK_ASSESSMENT_COMPLETED case WM-7Q2K9D4XJ3 (worcestershire, risk HIGH)" in out
+    assert "-> nhs-worcs-acute" in out and "victim.nhs_number" in out
+    assert "-> school-oakfield-primary" in out and "child_present" in out
+    assert "Alex Example" not in out and "9434765919" not in out
+    assert "1 refused record(s)" in out
+    assert "verified intact" in out and "demo completed" in out
+    assert _broker_processes(tmp_path) == before  # the embedded broker was stopped
+
+
+def test_demo_against_a_running_broker(tansu, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "agents", "demo", "--bootstrap", tansu,
+                             "--workdir", str(tmp_path / "demo")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"using Kafka at {tansu}" in result.stdout and "demo completed" in result.stdout
