@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -100,7 +98,7 @@ def _run(bootstrap: str, workdir: Path, started: float) -> int:
 
     shutil.rmtree(workdir, ignore_errors=True)
     deployment = prepare_deployment(workdir)
-    keys_dir, policy_path, policy = deployment.keys_dir, deployment.policy_path, deployment.policy
+    keys_dir, policy = deployment.keys_dir, deployment.policy
     say(f"generated keys in {keys_dir}; policy version {policy.version} "
         f"with {len(policy.agencies)} agencies and {len(policy.agreements)} agreements")
 

@@ -12,6 +12,7 @@ import logging
 import time
 
 import faust
+from aiokafka.errors import KafkaError
 
 from agents import metrics
 from streams.routing import Admitted, InputRecord, Refusal, INTERNAL_ERROR
@@ -81,7 +82,11 @@ def install(app: faust.App, runtime) -> None:
             started = time.perf_counter()
             try:
                 await handle(record)
-            except Exception as exc:  # never crash the worker: keep the record, say why, go on
+            except KafkaError:
+                # The broker, not the record, failed: let the agent restart and re-read the
+                # uncommitted offset rather than dead-letter an event that can still be delivered.
+                raise
+            except Exception as exc:  # a bug must not stop the flow: keep the record, say why, go on
                 log.error("internal error routing %s: %s", record.source, type(exc).__name__)
                 await refuse(runtime.router.refuse(
                     record, INTERNAL_ERROR, f"internal error while routing ({type(exc).__name__}); record kept"))
