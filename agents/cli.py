@@ -193,7 +193,96 @@ def cmd_keys(args) -> int:
     if args.action == "export-public":
         print(json.dumps(public_record(load_private_key(args.key_file)), indent=2))
         return EXIT_OK
+    if args.action == "revoke":
+        return _revoke_key(args)
     raise CommandError(f"unknown keys action {args.action}")
+
+
+def _key_status_node(document, owner: str, kid: str):
+    """(kind of key list, status scalar node) of key `kid` of party `owner` in a composed policy."""
+    import yaml
+
+    def get(node, name):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == name:
+                    return value
+        return None
+
+    parties = [get(document, "router")]
+    for section in ("units", "agencies"):
+        seq = get(document, section)
+        parties += list(seq.value) if isinstance(seq, yaml.SequenceNode) else []
+    party = next((p for p in parties if p is not None and getattr(get(p, "id"), "value", None) == owner), None)
+    if party is None:
+        raise CommandError(f"no router, unit or agency with id {owner} in the policy")
+    for list_name in ("signing_keys", "exchange_keys"):
+        entries = get(party, list_name)
+        for entry in entries.value if isinstance(entries, yaml.SequenceNode) else []:
+            if getattr(get(entry, "key_id"), "value", None) == kid:
+                status = get(entry, "status")
+                if not isinstance(status, yaml.ScalarNode):
+                    raise CommandError(f"key {kid} of {owner} has no status to change")
+                return list_name, status
+    raise CommandError(f"{owner} has no key with id {kid} in the policy")
+
+
+def _revoke_key(args) -> int:
+    """Mark one key revoked by editing only its status and policy_version (comments and layout kept)."""
+    import os
+    import tempfile
+
+    import yaml
+
+    from streams.policy import PolicyError, diff, load_policy
+
+    path = Path(args.policy)
+    text = path.read_text(encoding="utf-8")
+    try:
+        document = yaml.compose(text)
+    except yaml.YAMLError:
+        raise CommandError(f"policy file {path} is not valid YAML; run masb policy check") from None
+    version_node = next((v for k, v in getattr(document, "value", []) if k.value == "policy_version"), None)
+    if not isinstance(version_node, yaml.ScalarNode) or not version_node.value.isdigit():
+        raise CommandError(f"policy file {path} has no integer policy_version; run masb policy check")
+    list_name, status = _key_status_node(document, args.owner, args.key_id)
+    if status.value == "revoked":
+        print(f"masb: key {args.key_id} of {args.owner} is already revoked; nothing changed", file=sys.stderr)
+        return EXIT_OK
+    old_version, new_version = int(version_node.value), int(version_node.value) + 1
+    try:
+        old_policy = load_policy(path)
+    except PolicyError:
+        old_policy = None  # e.g. two active keys while replacing one: only the result must pass the checks
+    edits = sorted([(status, "revoked"), (version_node, str(new_version))],
+                   key=lambda edit: edit[0].start_mark.index, reverse=True)
+    new_text = text
+    for node, replacement in edits:  # from the end, so earlier offsets stay valid
+        new_text = new_text[:node.start_mark.index] + replacement + new_text[node.end_mark.index:]
+    out = Path(args.out_policy) if args.out_policy else path
+    fd, temp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(new_text)
+        try:
+            new_policy = load_policy(temp_name)
+        except PolicyError as exc:
+            raise CommandError(f"refused: with key {args.key_id} revoked the policy fails its checks; "
+                               f"nothing written\n{exc}\n(to replace an agency's only active key, add the "
+                               f"new key as active first; docs/operations.md)") from None
+        os.chmod(temp_name, path.stat().st_mode & 0o777)
+        os.replace(temp_name, out)
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+    print(json.dumps({"revoked": args.key_id, "owner": args.owner, "key_list": list_name,
+                      "previous_status": status.value, "policy_version": [old_version, new_version],
+                      "wrote": str(out)}))
+    if old_policy is not None:
+        print(diff(old_policy, new_policy).render())
+    print(f"masb: review with `masb policy diff <policy in force> {out}` and get it approved before "
+          f"deploying it (docs/operations.md)", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_policy(args) -> int:
@@ -282,9 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max", type=int, default=0, help="stop after this many events")
     p.set_defaults(func=cmd_consume)
 
-    p = sub.add_parser("keys", help="generate, rotate or export keys")
-    p.add_argument("action", choices=["generate", "rotate", "export-public"])
+    p = sub.add_parser("keys", help="generate, rotate, export or revoke keys")
+    p.add_argument("action", choices=["generate", "rotate", "export-public", "revoke"])
     p.add_argument("--owner", help="unit, agency or router id")
+    p.add_argument("--policy", help="with revoke: the policy file to edit")
+    p.add_argument("--key-id", help="with revoke: the key id to mark revoked")
+    p.add_argument("--output", dest="out_policy",
+                   help="with revoke: write the edited policy here instead of in place (to diff before deploying)")
     p.add_argument("--kind", choices=["signing", "exchange", "both"], default="both")
     p.add_argument("--out", default="keys", help="directory for the private key files (written 0600)")
     p.add_argument("key_file", nargs="?", help="with export-public: the private key file")
@@ -323,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("keys generate/rotate need --owner")
     if args.command == "keys" and args.action == "export-public" and not args.key_file:
         parser.error("keys export-public needs the private key file")
+    if args.command == "keys" and args.action == "revoke" and not (args.policy and args.owner and args.key_id):
+        parser.error("keys revoke needs --policy, --owner and --key-id")
     try:
         return args.func(args)
     except CommandError as exc:
