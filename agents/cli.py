@@ -302,6 +302,9 @@ def cmd_policy(args) -> int:
     except PolicyError as exc:
         print(f"masb: policy refused:\n{exc}", file=sys.stderr)
         return EXIT_FAIL
+    except ValueError as exc:  # explain: unknown event type or area
+        print(f"masb: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
