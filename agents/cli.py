@@ -411,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_parsers(p, _kafka_flags)
     p.set_defaults(func=cmd_audit)
+
+    from agents.ingest_cli import add_ingest_parser
+
+    add_ingest_parser(sub, _kafka_flags)
     return parser
 
 

@@ -1,0 +1,58 @@
+"""`masb ingest`: serve the HTTP ingest (streams/ingest.py) for one harm assessment unit."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from agents.settings import DEFAULT_BOOTSTRAP, env_or
+
+
+def add_ingest_parser(sub, kafka_flags) -> None:
+    p = sub.add_parser("ingest", help="serve POST /events for a unit's case system (validate, sign, seal, produce)")
+    kafka_flags(p)
+    p.add_argument("--as", dest="unit", required=True, help="the harm assessment unit id")
+    p.add_argument("--key", required=True, help="the unit's private signing key file (never leaves the unit)")
+    p.add_argument("--policy", help="sharing policy YAML (env MASB_POLICY)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: the case system's host)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--token-file", help="file holding a bearer token that requests must present")
+    p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default 1 MiB)")
+    p.add_argument("--send-timeout", type=float, default=None,
+                   help="seconds to wait for Kafka's acknowledgement before answering 503 (default 10)")
+    p.set_defaults(func=cmd_ingest)
+
+
+def cmd_ingest(args) -> int:
+    from aiohttp import web
+
+    from agents.cli import CommandError, _policy, _topics
+    from streams.crypto.keys import KeyFileError, load_private_key
+    from streams.ingest import DEFAULT_SEND_TIMEOUT, MAX_BODY_BYTES, IngestConfigError, IngestService, build_ingest_app
+
+    policy = _policy(args)
+    try:
+        unit_key = load_private_key(args.key)
+    except (KeyFileError, OSError) as exc:
+        raise CommandError(f"cannot read the key file {args.key}: {type(exc).__name__}") from None
+    if unit_key.owner != args.unit or unit_key.kind != "signing":
+        raise CommandError(f"the key given is not a signing key of unit {args.unit}")
+    token = None
+    if args.token_file:
+        token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        if not token:
+            raise CommandError(f"token file {args.token_file} is empty")
+    try:
+        service = IngestService(
+            env_or(args.bootstrap, "MASB_BOOTSTRAP", DEFAULT_BOOTSTRAP), policy, unit_key, _topics(args),
+            send_timeout=args.send_timeout or DEFAULT_SEND_TIMEOUT, token=token,
+            max_body_bytes=args.max_body_bytes or MAX_BODY_BYTES,
+        )
+    except IngestConfigError as exc:
+        raise CommandError(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print(f"masb ingest: unit {service.unit_id}, policy version {policy.version}, "
+          f"POST http://{args.host}:{args.port}/events", file=sys.stderr, flush=True)
+    web.run_app(build_ingest_app(service), host=args.host, port=args.port, print=None, access_log=None)
+    return 0
