@@ -1,13 +1,30 @@
-"""`masb audit ...`: the auditor's commands over the exchange log in Kafka (or an export)."""
+"""`masb audit ...`: the auditor's commands over the exchange log in Kafka (or an export).
+
+    verify [--from-export DIR]        replay the log, check it against every signed checkpoint
+    prove EVENT_ID [--agency A]       inclusion proof file for the event's deliveries
+    check-proof FILE                  verify a proof file offline, say what the entries record
+    consistency OLD_SIZE NEW_SIZE     consistency proof file between two signed checkpoints
+    report [filters] [--format F]     who received what, when, under which agreement and legal basis
+    export DIR                        the log and its checkpoints as files (streams/audit/export.py)
+    shred CASE_REF                    destroy a case's key: its entries can no longer be linked to it
+
+Output never contains entry contents other than what the command exists to show (a report shows
+field names and, with the case key store, pseudonymous case references; never field values).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 from agents.settings import env_or
 from streams.auditing import DEFAULT_ORIGIN, checkpoint_verifiers, read_log
+
+CASE_KEYS_DIR = "case-keys"  # under the router's keys dir (agents/checkpointer.py)
 
 
 class Progress:
@@ -30,12 +47,59 @@ class Progress:
             print(f"\r{self.what}: {self.count:,} done", file=sys.stderr, flush=True)
 
 
+class AuditCommandError(Exception):
+    """A user-facing failure of an audit command (printed as one line, exit code 1)."""
+
+
 def add_audit_parsers(parser, kafka_flags) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
+
+    def log_source(p, kafka: bool = True) -> None:
+        if kafka:
+            kafka_flags(p)
+            p.add_argument("--from-export", metavar="DIR", help="read an export directory instead of Kafka")
+        p.add_argument("--policy", help="sharing policy YAML, for the router's checkpoint keys (env MASB_POLICY)")
+        p.add_argument("--origin", help="log origin (env MASB_LOG_ORIGIN)")
+
     p = sub.add_parser("verify", help="replay the whole log and check it against the signed checkpoints")
-    kafka_flags(p)
-    p.add_argument("--policy", help="sharing policy YAML, for the router's checkpoint keys (env MASB_POLICY)")
-    p.add_argument("--origin", help="log origin (env MASB_LOG_ORIGIN)")
+    log_source(p)
+
+    p = sub.add_parser("prove", help="inclusion proof of an event's deliveries, as a self-contained JSON file")
+    log_source(p)
+    p.add_argument("event_id")
+    p.add_argument("--agency", help="only the delivery to this agency")
+    p.add_argument("--out", help="write the proof here (default: stdout)")
+
+    p = sub.add_parser("check-proof", help="verify a proof file offline (no Kafka) and print what it proves")
+    log_source(p, kafka=False)
+    p.add_argument("file")
+
+    p = sub.add_parser("consistency", help="consistency proof between two signed checkpoints")
+    log_source(p)
+    p.add_argument("old_size", type=int)
+    p.add_argument("new_size", type=int)
+    p.add_argument("--out", help="write the proof here (default: stdout)")
+
+    p = sub.add_parser("report", help="who received what, when, under which agreement and legal basis")
+    log_source(p)
+    p.add_argument("--keys-dir", help="router keys dir holding case-keys/ (env MASB_KEYS_DIR); "
+                                      "needed for --case-ref and to show case references")
+    p.add_argument("--case-ref")
+    p.add_argument("--agency")
+    p.add_argument("--event-type")
+    p.add_argument("--legal-basis")
+    p.add_argument("--since", help="ISO 8601 date or date-time (UTC if no zone), inclusive")
+    p.add_argument("--until", help="ISO 8601 date or date-time (UTC if no zone), exclusive")
+    p.add_argument("--format", choices=["csv", "json", "html"], default="csv")
+    p.add_argument("--out", help="write the report here (default: stdout)")
+
+    p = sub.add_parser("export", help="write the log and its checkpoints to a directory for offline audit")
+    log_source(p)
+    p.add_argument("dir")
+
+    p = sub.add_parser("shred", help="destroy a case's key (retention ended): its entries become unlinkable")
+    p.add_argument("case_ref")
+    p.add_argument("--keys-dir", help="router keys dir holding case-keys/ (env MASB_KEYS_DIR)")
 
 
 def origin_of(args) -> str:
@@ -43,21 +107,73 @@ def origin_of(args) -> str:
 
 
 def run_audit_command(args, bootstrap, topics, load_policy) -> int:
-    if args.action == "verify":
-        return verify(bootstrap, topics, load_policy(args), origin_of(args))
+    try:
+        if args.action == "shred":
+            return shred(args)
+        policy = load_policy(args)
+        origin = origin_of(args)
+        verifiers = checkpoint_verifiers(policy, origin)
+        if args.action == "check-proof":
+            return check_proof_file(args.file, verifiers, origin)
+        if args.action == "verify" and args.from_export:
+            return verify_export_dir(args.from_export, verifiers, origin)
+        if args.action == "verify":
+            return verify(bootstrap, topics, policy, origin)
+        log = load_log(args, bootstrap, topics)
+        if args.action == "prove":
+            return prove(args, log, verifiers, origin)
+        if args.action == "consistency":
+            return consistency(args, log, verifiers, origin)
+        if args.action == "report":
+            return report(args, log, verifiers, origin)
+        if args.action == "export":
+            return export(args, log, verifiers, origin, topics)
+    except AuditCommandError as exc:
+        print(f"masb: {exc}", file=sys.stderr)
+        return 1
     raise SystemExit(f"masb: unknown audit action {args.action}")
 
 
-def verify(bootstrap, topics, policy, origin) -> int:
-    from streams.audit.verify import verify_log
+# -- reading the log -----------------------------------------------------------------------------
+class Log:
+    def __init__(self, entries: list[tuple[int, bytes]], checkpoints: list[str], malformed: list[int]) -> None:
+        self.entries = entries
+        self.checkpoints = checkpoints
+        self.malformed = malformed
 
-    progress = Progress("replaying audit entries")
+
+def load_log(args, bootstrap, topics) -> Log:
+    progress = Progress("reading audit entries")
+    if getattr(args, "from_export", None):
+        from streams.audit.export import ExportError, read_export
+
+        try:
+            it, notes, _ = read_export(args.from_export)
+            entries = []
+            for item in it:
+                entries.append(item)
+                if len(entries) % 10_000 == 0:
+                    progress(len(entries))
+        except ExportError as exc:
+            raise AuditCommandError(f"export {args.from_export}: {exc}") from None
+        progress.done()
+        return Log(entries, notes, [])
     snapshot = asyncio.run(read_log(bootstrap, topics, progress))
     progress.done()
-    report = verify_log(snapshot.entries, snapshot.checkpoints, checkpoint_verifiers(policy, origin), origin)
-    problems = list(report.problems)
-    problems += [f"checkpoints topic offset {o}: not a checkpoint record" for o in snapshot.malformed_checkpoint_offsets]
-    print(f"audit log {topics.audit}: {report.entries} entries, {report.checkpoints_checked} signed checkpoints checked")
+    return Log(snapshot.entries, snapshot.checkpoints, snapshot.malformed_checkpoint_offsets)
+
+
+def _write(text: str, out: str | None, what: str) -> None:
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        print(f"masb: {what} written to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+# -- verify --------------------------------------------------------------------------------------
+def _print_verify(report, problems: list[str], source: str) -> int:
+    print(f"audit log {source}: {report.entries} entries, {report.checkpoints_checked} signed checkpoints checked")
     for note in report.notes:
         print(f"  note: {note}")
     if problems:
@@ -70,4 +186,161 @@ def verify(bootstrap, topics, policy, origin) -> int:
               f"{report.uncovered_entries} newer entries await the next checkpoint")
     else:
         print("audit log intact: every entry is covered by a valid signed checkpoint")
+    return 0
+
+
+def verify(bootstrap, topics, policy, origin) -> int:
+    from streams.audit.verify import verify_log
+
+    progress = Progress("replaying audit entries")
+    snapshot = asyncio.run(read_log(bootstrap, topics, progress))
+    progress.done()
+    report = verify_log(snapshot.entries, snapshot.checkpoints, checkpoint_verifiers(policy, origin), origin)
+    problems = list(report.problems)
+    problems += [f"checkpoints topic offset {o}: not a checkpoint record" for o in snapshot.malformed_checkpoint_offsets]
+    return _print_verify(report, problems, topics.audit)
+
+
+def verify_export_dir(directory: str, verifiers: list[str], origin: str) -> int:
+    from streams.audit.export import ExportError, verify_export
+
+    progress = Progress("replaying exported entries")
+    try:
+        report = verify_export(directory, verifiers, origin, progress)
+    except ExportError as exc:
+        print(f"  PROBLEM: export {directory}: {exc}")
+        print("audit log NOT intact")
+        return 1
+    progress.done()
+    return _print_verify(report, list(report.problems), f"export {directory}")
+
+
+# -- proofs --------------------------------------------------------------------------------------
+def prove(args, log: Log, verifiers, origin) -> int:
+    from streams.audit.entry import AuditEntryError, decode_entry
+    from streams.audit.proof import ProofError, make_inclusion_proof
+
+    indexes = []
+    for index, (_, data) in enumerate(log.entries):
+        try:
+            e = decode_entry(data)
+        except AuditEntryError:
+            continue
+        if e["kind"] == "DELIVERY" and e["event_id"] == args.event_id and (not args.agency or e["agency_id"] == args.agency):
+            indexes.append(index)
+    if not indexes:
+        who = f" to {args.agency}" if args.agency else ""
+        raise AuditCommandError(f"no delivery of event {args.event_id}{who} in the log")
+    try:
+        doc = make_inclusion_proof([d for _, d in log.entries], log.checkpoints, verifiers, origin, indexes,
+                                   positions=[p for p, _ in log.entries])
+    except ProofError as exc:
+        raise AuditCommandError(str(exc)) from None
+    _write(json.dumps(doc, indent=2) + "\n", args.out, f"inclusion proof of {len(indexes)} entries")
+    return 0
+
+
+def consistency(args, log: Log, verifiers, origin) -> int:
+    from streams.audit.proof import ProofError, make_consistency_proof
+
+    try:
+        doc = make_consistency_proof([d for _, d in log.entries], log.checkpoints, verifiers, origin,
+                                     args.old_size, args.new_size)
+    except ProofError as exc:
+        raise AuditCommandError(str(exc)) from None
+    _write(json.dumps(doc, indent=2) + "\n", args.out, f"consistency proof {args.old_size} -> {args.new_size}")
+    return 0
+
+
+def _when(value) -> str:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else "-"
+
+
+def check_proof_file(path: str, verifiers, origin) -> int:
+    from streams.audit.proof import ProofError, check_proof, parse_proof_file
+
+    try:
+        checked = check_proof(parse_proof_file(Path(path).read_bytes()), verifiers, origin)
+    except ProofError as exc:
+        print(f"proof {path}: REFUSED: {exc}")
+        return 1
+    for note in checked.notes:
+        print(f"  note: {note}")
+    if checked.type == "consistency":
+        print(f"proof {path}: VALID: the signed checkpoint of size {checked.checkpoint.size} is an append-only "
+              f"extension of the signed checkpoint of size {checked.old_checkpoint.size} (log {origin})")
+        return 0
+    print(f"proof {path}: VALID: {len(checked.entries)} entries are in the log {origin} as signed at size "
+          f"{checked.checkpoint.size}")
+    for index, e in checked.entries:
+        print(f"  entry {index + 1}: {e['kind']} of event {e['event_id']} ({e['event_type']}) to {e['agency_id']}")
+        print(f"    sent {_when(e['recorded_at'])}, deliver by {_when(e['deliver_by'])}")
+        print(f"    agreement {e['agreement_id']} v{e['agreement_version']}, legal basis {e['legal_basis']}, "
+              f"policy version {e['policy_version']}")
+        print(f"    fields: {', '.join(e['fields']) or '-'}")
+        print(f"    envelope sha256 {e['envelope_sha256']}, recipient key {e['recipient_key_id']}")
+        if e["case_key_id"]:
+            print(f"    case: sealed under case key {e['case_key_id']}")
+    return 0
+
+
+# -- report, export, shred -----------------------------------------------------------------------
+def _case_store(args, create: bool = False):
+    from streams.audit.case_keys import CaseKeyStore
+
+    keys_dir = env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", None)
+    if not keys_dir:
+        return None
+    directory = Path(keys_dir) / CASE_KEYS_DIR
+    if not directory.is_dir() and not create:
+        return None
+    return CaseKeyStore(directory, create=create)
+
+
+def report(args, log: Log, verifiers, origin) -> int:
+    from streams.audit.report import RENDERERS, Filters, ReportError, build_report, parse_time
+    from streams.audit.verify import verify_log
+
+    try:
+        filters = Filters(
+            case_ref=args.case_ref, agency=args.agency, event_type=args.event_type, legal_basis=args.legal_basis,
+            since=parse_time(args.since, "--since") if args.since else None,
+            until=parse_time(args.until, "--until") if args.until else None,
+        )
+        result = build_report(log.entries, filters, _case_store(args))
+    except ReportError as exc:
+        raise AuditCommandError(str(exc)) from None
+    check = verify_log(log.entries, log.checkpoints, verifiers, origin)
+    if check.ok:
+        result.verification = (f"intact: {check.entries} entries, {check.verified_size} covered by signed "
+                               f"checkpoints at {_when(datetime.now(timezone.utc))}")
+    else:
+        result.verification = (f"NOT intact ({len(check.problems)} problems; run `masb audit verify`): "
+                               "this report may not reflect the log as signed")
+    _write(RENDERERS[args.format](result), args.out, f"{args.format} report")
+    return 0 if check.ok else 1
+
+
+def export(args, log: Log, verifiers, origin, topics) -> int:
+    from streams.audit.export import ExportError, write_export
+
+    meta = {"origin": origin, "verifier_keys": verifiers, "source_topic": topics.audit, "partition": 0,
+            "first_offset": log.entries[0][0] if log.entries else None,
+            "exported_at": _when(datetime.now(timezone.utc))}
+    try:
+        manifest = write_export(args.dir, log.entries, log.checkpoints, meta)
+    except ExportError as exc:
+        raise AuditCommandError(f"export {args.dir}: {exc}") from None
+    print(f"exported {manifest.entry_count} entries and {manifest.checkpoint_count} checkpoints to {args.dir}")
+    return 0
+
+
+def shred(args) -> int:
+    store = _case_store(args)
+    if store is None:
+        raise AuditCommandError("no case key store: give the router's keys dir (--keys-dir or MASB_KEYS_DIR)")
+    key_id = store.shred(args.case_ref)
+    if key_id is None:
+        raise AuditCommandError("no live key for that case reference (unknown to this router, or already shredded)")
+    print(f"case key {key_id} destroyed: the log still verifies; its entries can no longer be linked to the case")
     return 0

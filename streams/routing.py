@@ -105,6 +105,11 @@ class RouterIdentity:
 
     exchange: Keyring
     signing: Keyring
+    case_keys: Any = None  # streams.audit.case_keys.CaseKeyStore: seals case refs in audit entries
+
+    def case_fields(self, case_ref: str, event_id: str) -> dict[str, Any]:
+        """case_key_id, case_tag, sealed_case for an audit entry (none without a case key store)."""
+        return self.case_keys.seal(case_ref, event_id).as_entry_fields() if self.case_keys is not None else {}
 
     def sealer(self) -> EnvelopeSealer:
         return EnvelopeSealer(self.signing.current, self.exchange.current)
@@ -190,7 +195,8 @@ class Router:
                 protective_marking=header["protective_marking"], sent_at=sent_at, deliver_by=due,
             )
             entry = make_entry(
-                "DELIVERY", recorded_at=sent_at, event_id=header["event_id"], case_ref=header["case_ref"],
+                "DELIVERY", recorded_at=sent_at, event_id=header["event_id"],
+                **self.identity.case_fields(header["case_ref"], header["event_id"]),
                 event_type=event_type, unit_id=admitted.unit_id, area=header["area"], agency_id=share.agency_id,
                 agreement_id=share.agreement_id, agreement_version=share.agreement_version,
                 policy_version=policy.version, policy_digest=policy.digest, legal_basis=share.legal_basis,
@@ -207,7 +213,8 @@ class Router:
     def duplicate(self, admitted: Admitted) -> bytes:
         header = admitted.header
         return encode_entry(make_entry(
-            "DUPLICATE", recorded_at=self.clock(), event_id=header["event_id"], case_ref=header["case_ref"],
+            "DUPLICATE", recorded_at=self.clock(), event_id=header["event_id"],
+            **self.identity.case_fields(header["case_ref"], header["event_id"]),
             event_type=header["event_type"], unit_id=admitted.unit_id, area=header["area"],
             policy_version=self.policy.version, source=admitted.record.source,
             reason="already routed: the same event id with identical content; not delivered again",
