@@ -145,7 +145,7 @@ class IngestService:
             for (event_id, _, _), future in zip(prepared, futures):
                 await asyncio.wait_for(future, self.send_timeout + 1)
                 acknowledged.append(event_id)
-        except Exception as exc:  # connection, timeout, broker errors: all mean "not known written"
+        except Exception as exc:  # noqa: BLE001 - connection, timeout, broker errors: all mean "not known written"
             log.warning("Kafka did not acknowledge (%s); %d of %d events acknowledged",
                         type(exc).__name__, len(acknowledged), len(prepared))
             await self._drop_producer()
@@ -156,7 +156,7 @@ class IngestService:
         try:
             producer = await self._ready_producer()
             return bool(await asyncio.wait_for(producer.client.force_metadata_update(), self.send_timeout))
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means Kafka does not answer
             await self._drop_producer()
             return False
 
@@ -173,7 +173,7 @@ class IngestService:
 async def _quietly_stop(producer: AIOKafkaProducer) -> None:
     try:
         await asyncio.wait_for(producer.stop(), 5)
-    except Exception:  # noqa: BLE001 - a producer that never connected may fail to stop cleanly
+    except Exception:  # noqa: BLE001, S110 - a producer that never connected may fail to stop cleanly
         pass
 
 

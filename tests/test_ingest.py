@@ -190,7 +190,7 @@ def test_masb_ingest_command_serves_events_and_metrics(deployment_on_kafka, tmp_
     dep = deployment_on_kafka.deployment
     key_file = next(dep.keys_dir.glob(f"{UNIT}.signing.*.key"))
     port = free_port()
-    log = open(tmp_path / "ingest.log", "wb")
+    log = open(tmp_path / "ingest.log", "wb")  # noqa: SIM115 - closed in finally, after the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "agents", "ingest", "--as", UNIT, "--key", str(key_file), "--policy",
          str(dep.policy_path), "--port", str(port), "--bootstrap", deployment_on_kafka.bootstrap,

@@ -16,17 +16,22 @@ import re
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import fastavro
 import nacl.public
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from agents.deployment import DEMO_DIR
 from streams import codec
 from streams.crypto.keys import Keyring, generate_key
-from streams.crypto.publication import SIGNATURE_BYTES, _SCHEMA as PUBLICATION_SCHEMA, _signature_input, seal_publication
+from streams.crypto.publication import _SCHEMA as PUBLICATION_SCHEMA
+from streams.crypto.publication import (
+    SIGNATURE_BYTES,
+    _signature_input,
+    seal_publication,
+)
 from streams.kafka import producer
 from streams.publisher import prepare
 from streams.routing import MAX_PUBLICATION_BYTES
@@ -240,7 +245,7 @@ def test_refused_record_is_dead_lettered_and_audited_and_not_delivered(running, 
 
 
 def test_reasons_name_fields_and_codes_never_values(refused):
-    cases, letters, _ = refused
+    _, letters, _ = refused
     invalid = next(letter for letter in letters if letter["reason_code"] == "INVALID_EVENT")
     assert "header.consent.reason" in invalid["reason"]
     event = fixture_event("MARAC_REFERRAL")
@@ -279,8 +284,11 @@ def test_random_bytes_are_all_dead_lettered_and_the_worker_stays_up(running, ref
     assert len(sent) == 30
     before = len(running.dead_letters())
     send(running, [(None, value) for value in sent])
-    letters = running.wait_for(lambda: (lambda ls: ls if len(ls) >= before + len(sent) else None)(running.dead_letters()),
-                               45, "the random records on the dead-letter topic")
+    def all_there():
+        letters = running.dead_letters()
+        return letters if len(letters) >= before + len(sent) else None
+
+    letters = running.wait_for(all_there, 45, "the random records on the dead-letter topic")
     new = letters[before:]
     assert len(new) == len(sent)
     assert Counter(letter["payload_sha256"] for letter in new) == Counter(hashlib.sha256(v).hexdigest() for v in sent)
@@ -301,7 +309,7 @@ def test_metrics_count_refusals_by_reason_code_with_no_personal_data(running, re
 
     def refusals(text: str) -> Counter:
         return Counter({m.group(1): int(float(m.group(2))) for m in
-                        re.finditer(r'^masb_refused_total\{reason_code="([^"]+)"\} (\S+)$', text, re.M)})
+                        re.finditer(r'^masb_refused_total\{reason_code="([^"]+)"\} (\S+)$', text, re.MULTILINE)})
 
     def consistent():
         text = scrape()
