@@ -29,7 +29,13 @@ def cmd_ingest(args) -> int:
 
     from agents.cli import CommandError, _policy, _topics
     from streams.crypto.keys import KeyFileError, load_private_key
-    from streams.ingest import DEFAULT_SEND_TIMEOUT, MAX_BODY_BYTES, IngestConfigError, IngestService, build_ingest_app
+    from streams.ingest import (
+        DEFAULT_SEND_TIMEOUT,
+        MAX_BODY_BYTES,
+        IngestConfigError,
+        IngestService,
+        build_ingest_app,
+    )
 
     policy = _policy(args)
     try:
