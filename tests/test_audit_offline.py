@@ -145,8 +145,11 @@ def test_report_counts_each_exchange_once_and_keeps_sections(log, store) -> None
     entries, _ = log
     redelivered = decode_entry(entries[3])
     redelivered["recorded_at"] += timedelta(minutes=5)  # the router re-sent after a crash
-    report = build_report(list(enumerate(entries + [encode_entry(redelivered)])), Filters(), store)
-    assert len(report.deliveries) == 10 and report.redeliveries == 1
+    replayed = decode_entry(entries[-1])
+    replayed["recorded_at"] += timedelta(minutes=5)  # the same input record refused again after a restart
+    more = [encode_entry(redelivered), encode_entry(replayed)]
+    report = build_report(list(enumerate(entries + more)), Filters(), store)
+    assert len(report.deliveries) == 10 and report.redeliveries == 1 and report.replays == 1
     assert next(r for r in report.deliveries if r["entry"] == 4)["redeliveries"] == 1
     assert [r["reason_code"] for r in report.refusals] == ["MALFORMED"]
     assert [r["policy_version"] for r in report.policy_changes] == [1]

@@ -2,7 +2,9 @@
 
 Pure functions over decoded entries: build_report() selects and dedupes, render_csv/json/html()
 format. Each exchange is counted once: a redelivery after a crash repeats the DELIVERY entry with
-the same exchange_id, and the report shows it once with the number of repeats.
+the same exchange_id, and the report shows it once with the number of repeats. Likewise an input
+record read again after a restart may be recorded again as REFUSAL or DUPLICATE: those are counted
+once per input record (their `source`, topic/partition/offset).
 
 Case references are shown only when the per-case key is available (case key store): otherwise
 "shredded" (the key was destroyed on purpose) or "sealed" (no key at hand).
@@ -66,6 +68,7 @@ class Report:
     policy_changes: list[dict[str, Any]] = field(default_factory=list)
     duplicates_suppressed: int = 0
     redeliveries: int = 0
+    replays: int = 0  # refusals/duplicates recorded again for the same input record (at-least-once)
     notes: list[str] = field(default_factory=list)
     verification: str | None = None
 
@@ -74,7 +77,8 @@ class Report:
         for row in self.deliveries:
             by_agency[row["agency"]] = by_agency.get(row["agency"], 0) + 1
         return {"entries_read": self.entries_read, "exchanges": len(self.deliveries),
-                "redeliveries_not_counted": self.redeliveries, "refusals": len(self.refusals),
+                "redeliveries_not_counted": self.redeliveries, "replayed_inputs_not_counted": self.replays,
+                "refusals": len(self.refusals),
                 "policy_changes": len(self.policy_changes), "duplicates_suppressed": self.duplicates_suppressed,
                 "exchanges_by_agency": dict(sorted(by_agency.items()))}
 
@@ -120,6 +124,7 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
             wanted_case = (key.key_id, case_tag(key.key, filters.case_ref))
     cases = _Cases(store)
     seen: dict[str, dict[str, Any]] = {}
+    replayed: set[tuple[str, str]] = set()  # (kind, source): an input record handled again after a restart
     for number, (position, data) in enumerate(entries, start=1):
         report.entries_read = number
         try:
@@ -161,12 +166,16 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
             }
             seen[e["exchange_id"]] = row
             report.deliveries.append(row)
+        elif kind in ("REFUSAL", "DUPLICATE") and e["source"] and (kind, e["source"]) in replayed:
+            report.replays += 1
         elif kind == "REFUSAL":
+            replayed.add((kind, e["source"] or ""))
             report.refusals.append({"entry": number, "position": position, "recorded_at": _iso(at),
                                     "reason_code": e["reason_code"], "reason": e["reason"] or "",
                                     "unit": e["unit_id"] or "", "event_id": e["event_id"] or "",
                                     "source": e["source"] or "", "policy_version": e["policy_version"]})
         elif kind == "DUPLICATE":
+            replayed.add((kind, e["source"] or ""))
             report.duplicates_suppressed += 1
     return report
 
