@@ -177,7 +177,12 @@ def cmd_consume(args) -> int:
 
 # -- keys, policy, schemas -----------------------------------------------------------------------
 def cmd_keys(args) -> int:
-    from streams.crypto.keys import generate_key, load_private_key, public_record, write_private_key
+    from streams.crypto.keys import (
+        generate_key,
+        load_private_key,
+        public_record,
+        write_private_key,
+    )
 
     if args.action in ("generate", "rotate"):
         out = Path(args.out)

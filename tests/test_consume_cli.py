@@ -43,7 +43,7 @@ def consume(d, *args: str, env_vars: bool = False) -> subprocess.CompletedProces
         flags: list[str] = []
     else:
         flags = ["--bootstrap", d.bootstrap, "--policy", settings["MASB_POLICY"], "--topic-prefix", d.topics.prefix]
-    return subprocess.run([sys.executable, "-m", "agents", "consume", *flags, *args],
+    return subprocess.run([sys.executable, "-m", "agents", "consume", *flags, *args], check=False,
                           capture_output=True, text=True, env=env, timeout=60)
 
 
@@ -112,6 +112,6 @@ def test_missing_policy_is_a_clear_error(deployment_on_kafka, tmp_path):
     d = deployment_on_kafka
     result = subprocess.run([sys.executable, "-m", "agents", "consume", "--bootstrap", d.bootstrap,
                              "--policy", str(tmp_path / "none.yaml"), "--agency", IDVA, "--key", key_file(d, IDVA)],
-                            capture_output=True, text=True, timeout=60)
+                            check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "none.yaml not found" in result.stderr

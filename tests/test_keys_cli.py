@@ -148,8 +148,9 @@ def test_revoke_refuses_to_leave_an_agency_without_an_active_key(policy_copy, ca
 
 def test_revoke_the_old_key_after_adding_its_replacement(policy_copy, capsys):
     """Compromised key: add the new key as active (two active keys fail the checks), then revoke the old."""
-    from streams.crypto.keys import generate_key
     import base64
+
+    from streams.crypto.keys import generate_key
 
     new = generate_key("nhs-test-health", "exchange")
     text = policy_copy.read_text()

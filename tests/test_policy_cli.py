@@ -107,6 +107,7 @@ def test_diff_refuses_an_invalid_side(tmp_path, valid_text, capsys):
 def test_exit_codes_through_the_installed_entry_point(tmp_path, valid_text):
     """The same codes reach the shell: 0 valid, 1 invalid, 2 usage."""
     bad = write(tmp_path, "bad.yaml", valid_text.replace("retention: P8Y", "retention: P8"))
-    codes = [subprocess.run([sys.executable, "-m", "agents", "policy", *args], capture_output=True).returncode
+    codes = [subprocess.run([sys.executable, "-m", "agents", "policy", *args], check=False,
+                            capture_output=True).returncode
              for args in (["check", str(VALID)], ["check", str(bad)], ["frobnicate"])]
     assert codes == [0, 1, 2]
