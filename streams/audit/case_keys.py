@@ -121,6 +121,7 @@ class CaseKeyStore:
             raise CaseKeyError(f"case key store {self.dir} does not exist")
         self._index_key: bytes | None = None
         self._cache: dict[str, tuple[CaseKey, int]] = {}  # lookup name -> (key, inode of its file)
+        self._paths: dict[str, Path] = {}  # case reference -> its file (memory only)
 
     # -- the index ---------------------------------------------------------------------------
     def _index(self) -> bytes:
@@ -135,8 +136,11 @@ class CaseKeyStore:
         return self._index_key
 
     def _path(self, case_ref: str) -> Path:
-        name = hmac.new(self._index(), case_ref.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
-        return self.dir / f"{name}.case"
+        path = self._paths.get(case_ref)
+        if path is None:
+            name = hmac.new(self._index(), case_ref.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+            path = self._paths[case_ref] = self.dir / f"{name}.case"
+        return path
 
     @staticmethod
     def _load(path: Path) -> CaseKey:
