@@ -12,8 +12,9 @@ such as `children` included whole). The cost split measures each step on its own
   decode+validate fastavro decode of the wire event and the schema rules check
   seal envelopes  one envelope per recipient: field projection, XChaCha20-Poly1305 per field, data
                   key wrapped with the cached per-recipient Box, Ed25519 signature, Avro encoding
-  audit entries   one DELIVERY entry per recipient: Router.deliver minus the sealing above (the
-                  entries are built by the router itself, so this follows any change of their format)
+  audit entries   one DELIVERY entry per recipient: the case reference sealed under its case key
+                  (streams/audit/case_keys.py, a store in a temporary directory as the worker keeps
+                  one in its keys directory), make_entry and Avro encoding of the router's own entries
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streams import codec
+from streams.audit.case_keys import CaseKeyStore
+from streams.audit.entry import decode_entry, encode_entry, make_entry
 from streams.crypto.keys import Keyring, generate_key
 from streams.crypto.publication import open_publication
 from streams.policy import deliver_by, parse_policy
@@ -54,16 +58,21 @@ FIELD_LISTS = [
 ]
 
 
-def rate(work: Callable[[], object], seconds: float) -> float:
-    """Calls of ``work`` per second, measured over at least ``seconds`` after one warm-up call."""
+def rate(work: Callable[[], object], seconds: float, rounds: int = 3) -> float:
+    """Calls of ``work`` per second: the best of ``rounds`` runs of seconds/rounds each, after one warm-up
+    call (the machines here are shared: the best round is the least disturbed one)."""
     work()
-    count, start = 0, time.perf_counter()
-    while True:
-        work()
-        count += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return count / elapsed
+    best = 0.0
+    for _ in range(rounds):
+        count, start = 0, time.perf_counter()
+        while True:
+            work()
+            count += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds / rounds:
+                break
+        best = max(best, count / elapsed)
+    return best
 
 
 def _key_entry(record) -> dict[str, str]:
@@ -90,8 +99,11 @@ class Scenario:
                             "deadline": "PT2H", "shares": {"MARAC_REFERRAL": FIELD_LISTS[i % len(FIELD_LISTS)]}}
                            for i, a in enumerate(agencies)],
         })
+        self._case_dir = tempfile.TemporaryDirectory(prefix="masb-bench-case-keys-")
         identity = RouterIdentity(exchange=Keyring(ROUTER_ID, [router_exchange], kind="exchange"),
-                                  signing=Keyring(ROUTER_ID, [router_signing], kind="signing"))
+                                  signing=Keyring(ROUTER_ID, [router_signing], kind="signing"),
+                                  case_keys=CaseKeyStore(self._case_dir.name))
+        self.identity = identity
         self.router = Router(self.policy, identity, Topics("bench."))
         self.sealer = identity.sealer()
         self.router_keys = {router_exchange.key_id: router_exchange}
@@ -103,7 +115,9 @@ class Scenario:
         assert len(self.shares) == recipients
         self.admitted = self.router.admit(self.record)
         assert isinstance(self.admitted, Admitted), self.admitted
-        self.envelope_bytes = sum(len(d.envelope) for d in self.router.deliver(self.admitted)) // recipients
+        deliveries = self.router.deliver(self.admitted)
+        self.envelope_bytes = sum(len(d.envelope) for d in deliveries) // recipients
+        self.entries = [{k: v for k, v in decode_entry(d.audit_entry).items() if k != "kind"} for d in deliveries]
 
     # -- the whole decision ---------------------------------------------------------------------
     def route(self) -> None:
@@ -135,8 +149,11 @@ class Scenario:
     def seal(self) -> None:
         self._envelopes(datetime.now(UTC))
 
-    def deliver(self) -> None:
-        self.router.deliver(self.admitted)
+    def audit(self) -> None:
+        header = self.event["header"]
+        for fields in self.entries:
+            self.identity.case_fields(header["case_ref"], header["event_id"])
+            encode_entry(make_entry("DELIVERY", **fields))
 
 
 def _get(event: dict, path: str):
@@ -159,13 +176,10 @@ def main() -> None:
     print(f"{'envelopes/s':<24}" + "".join(f"{routed[n] * n:>16,.0f}" for n in counts))
     print(f"{'bytes per envelope':<24}" + "".join(f"{scenarios[n].envelope_bytes:>16,}" for n in counts))
     print("cost split, microseconds per event (share of the measured admit+deliver time):")
-    measured = {method: {n: 1e6 / rate(getattr(scenarios[n], method), seconds) for n in counts}
-                for method in ("unseal_verify", "decode_validate", "seal", "deliver")}
-    parts = {"unseal+verify": measured["unseal_verify"], "decode+validate": measured["decode_validate"],
-             "seal envelopes": measured["seal"],
-             "audit entries": {n: max(0.0, measured["deliver"][n] - measured["seal"][n]) for n in counts}}
-    parts["rest (admit checks)"] = {n: max(0.0, 1e6 / routed[n] - sum(p[n] for p in parts.values()))
-                                    for n in counts}
+    parts = {label: {n: 1e6 / rate(getattr(scenarios[n], method), seconds) for n in counts}
+             for label, method in (("unseal+verify", "unseal_verify"), ("decode+validate", "decode_validate"),
+                                   ("seal envelopes", "seal"), ("audit entries", "audit"))}
+    parts["sum of the parts"] = {n: sum(p[n] for p in parts.values()) for n in counts}
     for label, micros in [*parts.items(), ("admit+deliver", {n: 1e6 / routed[n] for n in counts})]:
         print(f"  {label:<22}" + "".join(f"{micros[n]:>8.0f} ({micros[n] * routed[n] / 1e4:>3.0f}%)".rjust(16)
                                          for n in counts))
