@@ -23,6 +23,7 @@ class Settings:
     keys_dir: Path
     topic_prefix: str = ""
     partitions: int = 1                  # partitions of the case-events topic (and the dedupe table)
+    router_batch: int = 100              # records routed per batch (one wait for acknowledgements each)
     web_host: str = "127.0.0.1"
     web_port: int = 6066                 # serves /metrics and the HTTP ingest endpoint
     datadir: Path = field(default_factory=lambda: Path(".masb-worker"))
@@ -42,6 +43,7 @@ class Settings:
             policy_path=Path(env_or(getattr(args, "policy", None), "MASB_POLICY", "policy.yaml")),
             keys_dir=Path(env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", "keys")),
             topic_prefix=env_or(getattr(args, "topic_prefix", None), "MASB_TOPIC_PREFIX", ""),
+            router_batch=int(env_or(None, "MASB_ROUTER_BATCH", 100)),
             web_port=int(env_or(getattr(args, "web_port", None), "MASB_WEB_PORT", 6066)),
             datadir=Path(env_or(getattr(args, "datadir", None), "MASB_DATADIR", ".masb-worker")),
             checkpoint_interval=float(env_or(getattr(args, "checkpoint_interval", None),
