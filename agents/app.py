@@ -12,6 +12,7 @@ import faust
 from agents.settings import Settings
 from pathlib import Path
 
+from streams.audit.case_keys import CASE_KEYS_DIR, CaseKeyStore
 from streams.crypto.keys import Keyring, KeyFileError, load_private_key
 from streams.policy import Policy, load_policy
 from streams.routing import Router, RouterIdentity
@@ -38,6 +39,9 @@ def load_identity(policy: Policy, keys_dir) -> RouterIdentity:
     return RouterIdentity(
         exchange=Keyring(owner, found["exchange"], kind="exchange"),
         signing=Keyring(owner, found["signing"], kind="signing"),
+        # The audit side's per-case keys (crypto-shredding): the router seals each entry's case
+        # reference with them (docs/audit.md, "Case keys").
+        case_keys=CaseKeyStore(Path(keys_dir) / CASE_KEYS_DIR),
     )
 
 

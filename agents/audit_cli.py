@@ -24,7 +24,6 @@ from pathlib import Path
 from agents.settings import env_or
 from streams.auditing import DEFAULT_ORIGIN, checkpoint_verifiers, read_log
 
-CASE_KEYS_DIR = "case-keys"  # under the router's keys dir (agents/checkpointer.py)
 
 
 class Progress:
@@ -286,7 +285,7 @@ def check_proof_file(path: str, verifiers, origin) -> int:
 
 # -- report, export, shred -----------------------------------------------------------------------
 def _case_store(args, create: bool = False):
-    from streams.audit.case_keys import CaseKeyStore
+    from streams.audit.case_keys import CASE_KEYS_DIR, CaseKeyStore
 
     keys_dir = env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", None)
     if not keys_dir:

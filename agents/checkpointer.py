@@ -17,7 +17,6 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
-from streams.audit.case_keys import CaseKeyStore
 from streams.audit.checkpoint import Checkpoint, sign_checkpoint
 from streams.audit.checkpoint_record import CheckpointRecordError, encode_checkpoint_record, open_checkpoint_record
 from streams.audit.merkle import CompactRange, leaf_hash
@@ -41,14 +40,7 @@ async def resume_state(runtime) -> tuple[CompactRange, int]:
     return state
 
 
-CASE_KEYS_DIR = "case-keys"  # under the router's keys dir: the per-case keys of audit entries
-
-
 def install(app: faust.App, runtime) -> None:
-    # The audit side's per-case keys (crypto-shredding): the router seals each entry's case
-    # reference with them. Set on the identity, which survives policy reloads.
-    if runtime.identity.case_keys is None:
-        runtime.identity.case_keys = CaseKeyStore(runtime.settings.keys_dir / CASE_KEYS_DIR)
     requested = asyncio.Event()
     app.masb_checkpoint_requested = requested
 

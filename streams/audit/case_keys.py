@@ -109,6 +109,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+CASE_KEYS_DIR = "case-keys"  # where a deployment keeps its case keys, under the router's keys dir
+
 class CaseKeyStore:
     """The directory of per-case keys. Safe for several processes on one host (files are created
     with O_EXCL); several hosts need a shared directory (see docs/audit.md)."""
