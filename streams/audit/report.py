@@ -166,6 +166,9 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
             }
             seen[e["exchange_id"]] = row
             report.deliveries.append(row)
+            # The same input record read again (after a restart or rebalance) is then suppressed as a
+            # DUPLICATE: that is a replay of this delivery, not a republication by the unit.
+            replayed.add(("DUPLICATE", e["source"] or ""))
         elif kind in ("REFUSAL", "DUPLICATE") and e["source"] and (kind, e["source"]) in replayed:
             report.replays += 1
         elif kind == "REFUSAL":
