@@ -139,6 +139,25 @@ class Codec:
     # -- decode
 
     def decode(self, data: bytes, *, validate: bool = False) -> dict:
+        datum, event_type, reader, schema_id = self._decode_datum(data)
+        if validate:
+            self._check_decoded(datum, event_type, reader, schema_id)
+        return self._json_form(datum, schema_id)
+
+    def decode_valid(self, data: bytes) -> dict:
+        """Decode, then apply what Avro types cannot (string patterns, cross-field rules).
+
+        A body that is not decodable raises WireFormatError; a decodable body that breaks the
+        rules raises EventValidationError naming each field, as validate_event would, without
+        converting the event back to Avro (the size limit was already applied to the wire bytes).
+        """
+        datum, event_type, reader, schema_id = self._decode_datum(data)
+        errors = self._decoded_errors(datum, event_type, reader)
+        if errors:
+            raise EventValidationError(errors)
+        return self._json_form(datum, schema_id)
+
+    def _decode_datum(self, data: bytes) -> tuple[Any, str, _TypeSchemas, int]:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise WireFormatError("expected bytes")
         data = bytes(data)
@@ -162,20 +181,27 @@ class Codec:
             raise WireFormatError(f"trailing bytes after the Avro body for schema id {schema_id}")
         if _header_type(datum) != event_type:  # cheap, and routing trusts the type to pick a policy
             raise WireFormatError(f"header.event_type does not match schema id {schema_id}")
-        if validate:
-            self._check_decoded(datum, event_type, reader, schema_id)
+        return datum, event_type, reader, schema_id
+
+    @staticmethod
+    def _json_form(datum: Any, schema_id: int) -> dict:
         try:
             return to_json_form(datum)
         except Exception:  # noqa: BLE001 - e.g. a timestamp outside the datetime range
             raise WireFormatError(f"undecodable Avro body for schema id {schema_id}") from None
 
     @staticmethod
-    def _check_decoded(datum: Any, event_type: str, reader: _TypeSchemas, schema_id: int) -> None:
+    def _decoded_errors(datum: Any, event_type: str, reader: _TypeSchemas) -> list[FieldError]:
         # Publishers may bypass this codec; re-apply what Avro types cannot (case_ref pattern,
         # cross-field rules) on ingest. Types are already guaranteed by the Avro decode.
         errors: list[FieldError] = []
         reader.walker.check_strings(datum, errors)
         errors.extend(rule_errors(event_type, datum))
+        return errors
+
+    @classmethod
+    def _check_decoded(cls, datum: Any, event_type: str, reader: _TypeSchemas, schema_id: int) -> None:
+        errors = cls._decoded_errors(datum, event_type, reader)
         if errors:
             paths = ", ".join(sorted({e.path for e in errors}))
             raise WireFormatError(f"body for schema id {schema_id} fails validation at: {paths}")
@@ -217,6 +243,12 @@ def decode_event(data: bytes, *, validate: bool = False) -> dict:
     (cheaper than validate_event afterwards, but failures are then WireFormatErrors).
     """
     return default_codec().decode(data, validate=validate)
+
+
+def decode_valid_event(data: bytes) -> dict:
+    """Wire bytes -> a valid event in JSON form: WireFormatError if undecodable, EventValidationError
+    naming each field if it decodes but breaks a rule (the router's check on every publication)."""
+    return default_codec().decode_valid(data)
 
 
 def schema_id_of(data: bytes) -> int:

@@ -152,14 +152,12 @@ class Router:
         except PublicationError as exc:
             return self.refuse(record, exc.reason_code, exc.message)
         try:
-            event = codec.decode_event(opened.wire_event)
+            event = codec.decode_valid_event(opened.wire_event)
         except codec.WireFormatError as exc:
             return self.refuse(record, WIRE_FORMAT, str(exc), unit_id=opened.unit_id)
-        try:
-            codec.validate_event(event)
         except codec.EventValidationError as exc:
             return self.refuse(record, INVALID_EVENT, str(exc), unit_id=opened.unit_id,
-                               event_id=_safe_event_id(event))
+                               event_id=_safe_event_id(opened.wire_event))
         header = event["header"]
         if header["unit_id"] != opened.unit_id:
             return self.refuse(record, UNIT_MISMATCH,
@@ -270,11 +268,11 @@ def _project(event: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _safe_event_id(event: Any) -> str | None:
-    """The event id if it is well formed (an invalid event may have a malformed one)."""
+def _safe_event_id(wire_event: bytes) -> str | None:
+    """The event id of a decodable but invalid event, if it is well formed (it may not be)."""
     try:
-        candidate = event["header"]["event_id"]
-    except (KeyError, TypeError):
+        candidate = codec.decode_event(wire_event)["header"]["event_id"]
+    except (codec.WireFormatError, KeyError, TypeError):
         return None
     try:
         return str(uuid.UUID(candidate))
