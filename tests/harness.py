@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import copy
 import json
+import os
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -103,6 +105,11 @@ class Running:
     def dead_letters(self) -> list[dict]:
         return [decode_dead_letter(r.value) for r in self.records(self.topics.dead_letter)]
 
+    def health(self) -> dict:
+        """The worker's /health document (status and the policy version in force)."""
+        with urllib.request.urlopen(self.worker.url("/health"), timeout=5) as response:
+            return json.load(response)
+
     def wait_for(self, condition, timeout: float = 30.0, what: str = "condition"):
         """Poll until condition() returns something truthy; return it."""
         deadline = time.monotonic() + timeout
@@ -153,6 +160,13 @@ def running_deployment(bootstrap: str, workdir: Path, topic_prefix: str | None =
         yield Running(bootstrap, deployment, Topics(prefix), worker)
     finally:
         worker.stop()
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write the whole new file at once, as an editor's save or a deploy does (no half-written file)."""
+    temp = path.with_name(f".{path.name}.new")
+    temp.write_text(text)
+    os.replace(temp, path)
 
 
 def now_iso() -> str:

@@ -4,16 +4,13 @@ repeated; an invalid edit is refused and the version in force keeps routing."""
 
 from __future__ import annotations
 
-import json
-import os
 import urllib.request
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams import codec
-from tests.harness import demo_event, running_deployment
+from tests.harness import demo_event, replace_file, running_deployment
 
 pytestmark = pytest.mark.kafka
 
@@ -29,18 +26,6 @@ NEW_NHS_DASH = ("RISK_ASSESSMENT_COMPLETED: [header.case_ref, header.risk_level,
 def live(kafka, tmp_path_factory):
     with running_deployment(kafka, tmp_path_factory.mktemp("policy-live")) as running:
         yield running
-
-
-def replace_file(path: Path, text: str) -> None:
-    """Write the whole new file at once, as an editor's save or a deploy does (no half-written file)."""
-    temp = path.with_name(f".{path.name}.new")
-    temp.write_text(text)
-    os.replace(temp, path)
-
-
-def health(live) -> dict:
-    with urllib.request.urlopen(live.worker.url("/health"), timeout=5) as response:
-        return json.load(response)
 
 
 def metric(live, name: str, **labels: str) -> float | None:
@@ -68,7 +53,7 @@ def test_policy_change_mid_stream(live):
     text = text.replace(OLD_NHS_DASH, NEW_NHS_DASH).replace("policy_version: 1", "policy_version: 2")
     text = text.replace("  - id: isa-wm-health-acute\n    version: 3", "  - id: isa-wm-health-acute\n    version: 4")
     replace_file(path, text)
-    live.wait_for(lambda: health(live)["policy_version"] == 2, 20, "policy version 2 in force")
+    live.wait_for(lambda: live.health()["policy_version"] == 2, 20, "policy version 2 in force")
 
     b = demo_event("01_dash_worcestershire")
     live.publish(b)
@@ -105,7 +90,7 @@ def test_policy_change_mid_stream(live):
 
 def test_invalid_policy_edit_is_refused_and_the_old_version_keeps_routing(live):
     path = live.deployment.policy_path
-    live.wait_for(lambda: health(live)["policy_version"] == 2, 20, "policy version 2 in force")
+    live.wait_for(lambda: live.health()["policy_version"] == 2, 20, "policy version 2 in force")
     failures = metric(live, "masb_policy_reload_failures_total") or 0.0
     good = path.read_text()
     bad = good.replace("policy_version: 2", "policy_version: 3").replace("score]", "score, victim.shoe_size]")
@@ -119,7 +104,7 @@ def test_invalid_policy_edit_is_refused_and_the_old_version_keeps_routing(live):
     c_nhs = live.wait_feed(NHS, c["header"]["event_id"]).envelope
     assert (c_nhs.policy_version, c_nhs.agreement_version) == (2, 4)
     assert "score" in c_nhs.fields
-    assert health(live)["policy_version"] == 2
+    assert live.health()["policy_version"] == 2
     assert metric(live, "masb_policy_version") == 2
     assert not [e for e in live.audit_entries() if e["kind"] == "POLICY_CHANGE" and e["policy_version"] == 3]
     # The worker's log names the problem by field path, never a value from an event.
@@ -129,7 +114,7 @@ def test_invalid_policy_edit_is_refused_and_the_old_version_keeps_routing(live):
 
     # Fixing the file brings the next version in force.
     replace_file(path, bad.replace(", victim.shoe_size]", "]"))
-    live.wait_for(lambda: health(live)["policy_version"] == 3, 20, "policy version 3 in force")
+    live.wait_for(lambda: live.health()["policy_version"] == 3, 20, "policy version 3 in force")
     d = demo_event("01_dash_worcestershire")
     live.publish(d)
     assert live.wait_feed(NHS, d["header"]["event_id"]).envelope.policy_version == 3

@@ -11,9 +11,6 @@
 from __future__ import annotations
 
 import base64
-import json
-import os
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ from streams.crypto.envelope import UnknownRecipientKey, UnknownSigner
 from streams.crypto.keys import Keyring, generate_key, load_private_key
 from streams.partner import opener_for
 from streams.policy import load_policy
-from tests.harness import demo_event, running_deployment
+from tests.harness import demo_event, replace_file, running_deployment
 
 pytestmark = pytest.mark.kafka
 
@@ -36,15 +33,8 @@ def live(kafka, tmp_path_factory):
         yield running
 
 
-def replace_file(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.new")
-    temp.write_text(text)
-    os.replace(temp, path)
-
-
 def policy_version_in_force(live) -> int:
-    with urllib.request.urlopen(live.worker.url("/health"), timeout=5) as response:
-        return json.load(response)["policy_version"]
+    return live.health()["policy_version"]
 
 
 def key_line(text: str, key_id: str) -> str:
