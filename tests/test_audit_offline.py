@@ -6,7 +6,6 @@ import base64
 import csv
 import io
 import json
-import os
 import stat
 from datetime import datetime, timedelta, timezone
 
