@@ -205,72 +205,31 @@ def cmd_keys(args) -> int:
     raise CommandError(f"unknown keys action {args.action}")
 
 
-def _key_status_node(document, owner: str, kid: str):
-    """(kind of key list, status scalar node) of key `kid` of party `owner` in a composed policy."""
-    import yaml
-
-    def get(node, name):
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if key.value == name:
-                    return value
-        return None
-
-    parties = [get(document, "router")]
-    for section in ("units", "agencies"):
-        seq = get(document, section)
-        parties += list(seq.value) if isinstance(seq, yaml.SequenceNode) else []
-    party = next((p for p in parties if p is not None and getattr(get(p, "id"), "value", None) == owner), None)
-    if party is None:
-        raise CommandError(f"no router, unit or agency with id {owner} in the policy")
-    for list_name in ("signing_keys", "exchange_keys"):
-        entries = get(party, list_name)
-        for entry in entries.value if isinstance(entries, yaml.SequenceNode) else []:
-            if getattr(get(entry, "key_id"), "value", None) == kid:
-                status = get(entry, "status")
-                if not isinstance(status, yaml.ScalarNode):
-                    raise CommandError(f"key {kid} of {owner} has no status to change")
-                return list_name, status
-    raise CommandError(f"{owner} has no key with id {kid} in the policy")
-
-
 def _revoke_key(args) -> int:
     """Mark one key revoked by editing only its status and policy_version (comments and layout kept)."""
     import os
     import tempfile
 
-    import yaml
-
     from streams.policy import PolicyError, diff, load_policy
+    from streams.policy.revoke import RevokeError, revoke_key_text
 
     path = Path(args.policy)
-    text = path.read_text(encoding="utf-8")
     try:
-        document = yaml.compose(text)
-    except yaml.YAMLError:
-        raise CommandError(f"policy file {path} is not valid YAML; run masb policy check") from None
-    version_node = next((v for k, v in getattr(document, "value", []) if k.value == "policy_version"), None)
-    if not isinstance(version_node, yaml.ScalarNode) or not version_node.value.isdigit():
-        raise CommandError(f"policy file {path} has no integer policy_version; run masb policy check")
-    list_name, status = _key_status_node(document, args.owner, args.key_id)
-    if status.value == "revoked":
+        edit = revoke_key_text(path.read_text(encoding="utf-8"), args.owner, args.key_id)
+    except RevokeError as exc:
+        raise CommandError(f"policy file {path}: {exc}") from None
+    if edit is None:
         print(f"masb: key {args.key_id} of {args.owner} is already revoked; nothing changed", file=sys.stderr)
         return EXIT_OK
-    old_version, new_version = int(version_node.value), int(version_node.value) + 1
     try:
         old_policy = load_policy(path)
     except PolicyError:
         old_policy = None  # e.g. two active keys while replacing one: only the result must pass the checks
-    edits = sorted([(status, "revoked"), (version_node, str(new_version))],
-                   key=lambda edit: edit[0].start_mark.index, reverse=True)
-    new_text = text
-    for node, replacement in edits:  # from the end, so earlier offsets stay valid
-        new_text = new_text[:node.start_mark.index] + replacement + new_text[node.end_mark.index:]
     out = Path(args.out_policy) if args.out_policy else path
     fd, temp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(new_text)
+            handle.write(edit.text)
         try:
             new_policy = load_policy(temp_name)
         except PolicyError as exc:
@@ -282,9 +241,9 @@ def _revoke_key(args) -> int:
     finally:
         if os.path.exists(temp_name):
             os.unlink(temp_name)
-    print(json.dumps({"revoked": args.key_id, "owner": args.owner, "key_list": list_name,
-                      "previous_status": status.value, "policy_version": [old_version, new_version],
-                      "wrote": str(out)}))
+    print(json.dumps({"revoked": args.key_id, "owner": args.owner, "key_list": edit.key_list,
+                      "previous_status": edit.previous_status,
+                      "policy_version": [edit.old_version, edit.new_version], "wrote": str(out)}))
     if old_policy is not None:
         print(diff(old_policy, new_policy).render())
     print(f"masb: review with `masb policy diff <policy in force> {out}` and get it approved before "
