@@ -52,7 +52,7 @@ def topic_specs(topics: Topics, policy: Policy, partitions: int) -> list[TopicSp
         TopicSpec(topics.dead_letter, 1, FOREVER),
         TopicSpec(topics.audit, 1, FOREVER),        # one partition: its order is the tree's order
         TopicSpec(topics.checkpoints, 1, FOREVER),
-        TopicSpec(topics.receipts, 1),
+        TopicSpec(topics.receipts, 1),             # partner receipts, recorded in the exchange log
     ]
     specs += [TopicSpec(topics.partner(a.id), 1) for a in policy.agencies]
     return specs
@@ -93,9 +93,10 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     )
     app.masb = runtime  # the agents below reach the shared runtime through the app
 
-    from agents import checkpointer, policy_watch, router, web
+    from agents import checkpointer, policy_watch, receipts, router, web
 
     router.install(app, runtime)
+    receipts.install(app, runtime)
     checkpointer.install(app, runtime)
     policy_watch.install(app, runtime)
     web.install(app, runtime)

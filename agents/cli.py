@@ -138,7 +138,7 @@ def cmd_publish(args) -> int:
 def cmd_consume(args) -> int:
     from streams.crypto.envelope import assemble
     from streams.crypto.keys import Keyring, load_private_key
-    from streams.partner import PartnerFeed, opener_for
+    from streams.partner import PartnerFeed, ReceiptSender, opener_for
 
     policy = _policy(args)
     records = [load_private_key(path) for path in args.key]
@@ -153,10 +153,19 @@ def cmd_consume(args) -> int:
     counts = {"ok": 0, "refused": 0}
 
     async def run() -> None:
+        if args.ack and keyring:
+            async with ReceiptSender(_bootstrap(args), policy, keyring.current, _topics(args)) as receipts:
+                await read(receipts)
+        else:
+            await read(None)
+
+    async def read(receipts) -> None:
         async for item in feed.items(follow=args.follow, idle_timeout=args.idle_timeout):
             if item.ok:
                 env = item.envelope
                 counts["ok"] += 1
+                if receipts is not None:  # the transport receipt: verified and decrypted
+                    await receipts.send(env, "RECEIVED")
                 print(json.dumps({
                     "event_id": env.event_id, "event_type": env.event_type, "case_ref": env.case_ref,
                     "agreement": f"{env.agreement_id} v{env.agreement_version}", "policy_version": env.policy_version,
@@ -338,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true", help="keep waiting for new envelopes")
     p.add_argument("--idle-timeout", type=float, default=None, help="with --follow: stop after this many idle seconds")
     p.add_argument("--max", type=int, default=0, help="stop after this many events")
+    p.add_argument("--ack", action="store_true",
+                   help="send a RECEIVED receipt for each event decrypted (recorded in the exchange log)")
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("keys", help="generate, rotate, export or revoke keys")

@@ -60,3 +60,36 @@ class PartnerFeed:
                 continue
             self._seen.add(envelope.event_id)
             yield FeedItem(record.offset, envelope=envelope)
+
+
+class ReceiptSender:
+    """Sends the agency's receipts for envelopes it received (docs/receipts.md).
+
+        async with ReceiptSender(bootstrap, policy, agency_key) as receipts:
+            await receipts.send(envelope)                    # RECEIVED: verified and decrypted
+            await receipts.send(envelope, "ACKNOWLEDGED")    # taken into the agency's case work
+    """
+
+    def __init__(self, bootstrap: str, policy: Policy, agency_key, topics: Topics | None = None):
+        from streams.kafka import producer
+
+        self.policy = policy
+        self.agency_key = agency_key
+        self.topics = topics or Topics.from_env()
+        self._producer = producer(bootstrap)
+
+    async def __aenter__(self) -> "ReceiptSender":
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._producer.stop()
+
+    async def send(self, envelope: OpenedEnvelope, status: str = "RECEIVED") -> None:
+        from streams.receipts import seal_receipt
+
+        router_key = self.policy.router.active_exchange_key
+        value = seal_receipt(agency_key=self.agency_key, router_key_id=router_key.key_id,
+                             router_exchange_public=router_key.public_key, event_id=envelope.event_id,
+                             envelope_sha256=envelope.envelope_sha256, status=status)
+        await self._producer.send_and_wait(self.topics.receipts, value=value, key=envelope.event_id.encode())

@@ -30,6 +30,7 @@ from streams.crypto.envelope import EnvelopeSealer, envelope_sha256
 from streams.crypto.keys import Keyring
 from streams.crypto.publication import PublicationError, open_publication
 from streams.policy import Policy, deliver_by
+from streams.receipts import ReceiptError, open_receipt
 from streams.topics import Topics
 
 # A publication is one event sealed to the router: far below this. Larger input is refused before
@@ -49,6 +50,7 @@ UNIT_MISMATCH = "UNIT_MISMATCH"
 UNAUTHORISED_PUBLISHER = "UNAUTHORISED_PUBLISHER"
 KEY_MISMATCH = "KEY_MISMATCH"
 CONFLICTING_DUPLICATE = "CONFLICTING_DUPLICATE"
+RECEIPT_INVALID = "RECEIPT_INVALID"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -240,6 +242,29 @@ class Router:
             policy_digest=self.policy.digest, reason_code=reason_code, reason=reason, source=record.source,
         )
         return Refusal(reason_code, reason, buf.getvalue(), encode_entry(entry))
+
+    # -- receipts ----------------------------------------------------------------------------
+    def receipt(self, record: InputRecord) -> bytes | Refusal:
+        """A partner's receipt -> a RECEIPT audit entry, or a refusal (docs/receipts.md)."""
+        try:
+            opened = open_receipt(record.value or b"", router_exchange_keys=self.identity.exchange.get,
+                                  agency_public_key=self._agency_public_key)
+        except ReceiptError as exc:
+            return self.refuse(record, RECEIPT_INVALID, str(exc))
+        return encode_entry(make_entry(
+            "RECEIPT", recorded_at=self.clock(), event_id=opened.event_id, agency_id=opened.agency_id,
+            envelope_sha256=opened.envelope_sha256, recipient_key_id=opened.agency_key_id,
+            policy_version=self.policy.version, policy_digest=self.policy.digest, source=record.source,
+            reason=f"{opened.status} at {opened.at.astimezone(timezone.utc).isoformat()}",
+        ))
+
+    def _agency_public_key(self, agency_id: str, key_id: str) -> bytes | None:
+        """The agency's exchange public key with that id, unless unknown or revoked."""
+        agency = self.policy.agency(agency_id)
+        for key in agency.exchange_keys if agency is not None else ():
+            if key.key_id == key_id and key.status != "revoked":
+                return key.public_key
+        return None
 
     def policy_change(self, previous: Policy | None) -> bytes:
         """The audit entry recorded when this router starts applying ``self.policy``."""

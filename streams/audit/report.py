@@ -124,6 +124,7 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
             wanted_case = (key.key_id, case_tag(key.key, filters.case_ref))
     cases = _Cases(store)
     seen: dict[str, dict[str, Any]] = {}
+    by_envelope: dict[str, dict[str, Any]] = {}  # envelope hash -> its delivery row, for receipts
     replayed: set[tuple[str, str]] = set()  # (kind, source): an input record handled again after a restart
     for number, (position, data) in enumerate(entries, start=1):
         report.entries_read = number
@@ -140,6 +141,12 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
             report.policy_changes.append({"entry": number, "position": position, "recorded_at": _iso(at),
                                           "policy_version": e["policy_version"], "policy_digest": e["policy_digest"],
                                           "reason": e["reason"] or ""})
+            continue
+        if kind == "RECEIPT":  # belongs to the delivery it acknowledges, if that one is reported
+            status, _, when = (e["reason"] or "").partition(" at ")
+            row = by_envelope.get(e["envelope_sha256"])
+            if row is not None and status in ("RECEIVED", "ACKNOWLEDGED") and e["agency_id"] == row["agency"]:
+                row[f"{status.lower()}_at"] = row[f"{status.lower()}_at"] or when
             continue
         if wanted_case and (e["case_key_id"], e["case_tag"]) != wanted_case:
             continue
@@ -163,7 +170,9 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
                 "policy_version": e["policy_version"], "fields": list(e["fields"]),
                 "deliver_by": _iso(e["deliver_by"]), "envelope_sha256": e["envelope_sha256"],
                 "recipient_key_id": e["recipient_key_id"], "redeliveries": 0,
+                "received_at": "", "acknowledged_at": "",  # from the agency's receipts, if any
             }
+            by_envelope[e["envelope_sha256"]] = row
             seen[e["exchange_id"]] = row
             report.deliveries.append(row)
             # The same input record read again (after a restart or rebalance) is then suppressed as a
@@ -194,8 +203,8 @@ def render_json(report: Report) -> str:
 
 CSV_COLUMNS = ["section", "entry", "position", "recorded_at", "exchange_id", "event_id", "event_type", "case",
                "unit", "area", "agency", "agreement", "legal_basis", "policy_version", "fields", "deliver_by",
-               "redeliveries", "reason_code", "reason", "source", "policy_digest", "envelope_sha256",
-               "recipient_key_id"]
+               "redeliveries", "received_at", "acknowledged_at", "reason_code", "reason", "source",
+               "policy_digest", "envelope_sha256", "recipient_key_id"]
 
 
 def _csv_safe(value: Any) -> str:
@@ -258,6 +267,8 @@ def render_html(report: Report, title: str = "MASB exchange report") -> str:
                                    ("case", "Case"), ("event_id", "Event id"), ("fields", "Fields received"),
                                    ("agreement", "Agreement"), ("legal_basis", "Legal basis"),
                                    ("policy_version", "Policy version"), ("deliver_by", "Deliver by"),
+                                   ("received_at", "Received (receipt)"),
+                                   ("acknowledged_at", "Acknowledged (receipt)"),
                                    ("redeliveries", "Redeliveries"), ("entry", "Log entry")]),
         "<h2>Refusals</h2>",
         _table(report.refusals, [("recorded_at", "When (UTC)"), ("reason_code", "Code"), ("reason", "Reason"),
