@@ -103,6 +103,24 @@ def test_receipts_become_audit_entries_bound_to_the_delivered_envelope(deploymen
                           Filters(agency="school-oakfield-primary"))
     row = next(r for r in report.deliveries if r["event_id"] == event_id)
     assert row["received_at"] and row["acknowledged_at"]
+    assert row["deadline"] == "received on time"  # before the next school day's 08:00
+
+
+def _row(deliver_by: str, received_at: str = "") -> dict:
+    return {"deliver_by": deliver_by, "received_at": received_at}
+
+
+def test_deadline_status_of_a_delivery():
+    from datetime import datetime, timezone
+
+    from streams.audit.report import deadline_status
+
+    noon = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+    assert deadline_status(_row("2026-11-24T10:00:00Z", "2026-11-24T09:59:00+00:00"), noon) == "received on time"
+    assert deadline_status(_row("2026-11-24T10:00:00Z", "2026-11-24T10:01:00+00:00"), noon) == "received late"
+    assert deadline_status(_row("2026-11-24T10:00:00Z"), noon) == "overdue"
+    assert deadline_status(_row("2026-11-24T14:00:00Z"), noon) == "awaiting receipt"
+    assert deadline_status(_row(""), noon) == "no deadline"
 
 
 @pytest.mark.kafka

@@ -80,7 +80,22 @@ class Report:
                 "redeliveries_not_counted": self.redeliveries, "replayed_inputs_not_counted": self.replays,
                 "refusals": len(self.refusals),
                 "policy_changes": len(self.policy_changes), "duplicates_suppressed": self.duplicates_suppressed,
-                "exchanges_by_agency": dict(sorted(by_agency.items()))}
+                "exchanges_by_agency": dict(sorted(by_agency.items())),
+                "deadlines": {status: sum(1 for r in self.deliveries if r.get("deadline") == status)
+                              for status in DEADLINE_STATUSES}}
+
+
+DEADLINE_STATUSES = ("received on time", "received late", "overdue", "awaiting receipt", "no deadline")
+
+
+def deadline_status(row: dict[str, Any], judged_at: datetime) -> str:
+    """Was the delivery received (the agency's RECEIVED receipt) by its agreed deliver_by time?"""
+    if not row["deliver_by"]:
+        return "no deadline"
+    due = datetime.fromisoformat(row["deliver_by"])
+    if row["received_at"]:
+        return "received on time" if datetime.fromisoformat(row["received_at"]) <= due else "received late"
+    return "overdue" if judged_at > due else "awaiting receipt"
 
 
 def _iso(value: datetime | None) -> str:
@@ -108,8 +123,8 @@ class _Cases:
 
 
 def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
-                 store: CaseKeyStore | None = None) -> Report:
-    """entries: (position, entry bytes) in log order."""
+                 store: CaseKeyStore | None = None, as_of: datetime | None = None) -> Report:
+    """entries: (position, entry bytes) in log order; as_of: the time deadlines are judged at (now)."""
     report = Report(filters)
     wanted_case = None
     if filters.case_ref is not None:
@@ -189,6 +204,9 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
         elif kind == "DUPLICATE":
             replayed.add((kind, e["source"] or ""))
             report.duplicates_suppressed += 1
+    judged_at = as_of or filters.until or datetime.now(timezone.utc)
+    for row in report.deliveries:
+        row["deadline"] = deadline_status(row, judged_at)
     return report
 
 
@@ -203,7 +221,7 @@ def render_json(report: Report) -> str:
 
 CSV_COLUMNS = ["section", "entry", "position", "recorded_at", "exchange_id", "event_id", "event_type", "case",
                "unit", "area", "agency", "agreement", "legal_basis", "policy_version", "fields", "deliver_by",
-               "redeliveries", "received_at", "acknowledged_at", "reason_code", "reason", "source",
+               "redeliveries", "received_at", "acknowledged_at", "deadline", "reason_code", "reason", "source",
                "policy_digest", "envelope_sha256", "recipient_key_id"]
 
 
@@ -268,7 +286,7 @@ def render_html(report: Report, title: str = "MASB exchange report") -> str:
                                    ("agreement", "Agreement"), ("legal_basis", "Legal basis"),
                                    ("policy_version", "Policy version"), ("deliver_by", "Deliver by"),
                                    ("received_at", "Received (receipt)"),
-                                   ("acknowledged_at", "Acknowledged (receipt)"),
+                                   ("acknowledged_at", "Acknowledged (receipt)"), ("deadline", "Deadline"),
                                    ("redeliveries", "Redeliveries"), ("entry", "Log entry")]),
         "<h2>Refusals</h2>",
         _table(report.refusals, [("recorded_at", "When (UTC)"), ("reason_code", "Code"), ("reason", "Reason"),
