@@ -7,7 +7,8 @@
 4. publish a scripted scenario (deploy/demo/events/*.json, made fresh: new ids, times), plus one
    garbage record to show that refused input is dead-lettered, not lost
 5. each agency decrypts its own feed; the summary shows who got which fields of which event
-6. ask for a signed checkpoint and verify the audit log
+6. each agency sends a receipt for what it decrypted (recorded in the exchange log)
+7. ask for a signed checkpoint, verify the audit log, and show deliveries against their deadlines
 Exit 0 only if every expected delivery arrived, decrypted, and the audit log verified.
 """
 
@@ -133,7 +134,9 @@ def _run(bootstrap: str, workdir: Path, started: float) -> int:
             + "; ".join(f"{code} ({reason})" for code, reason in refused))
 
         missing = {a: n - len(received[a]) for a, n in expected.items() if len(received[a]) < n}
-        entries_expected = 1 + sum(expected.values()) + 1  # policy change + deliveries + one refusal
+        asyncio.run(_send_receipts(bootstrap, topics, policy, keys_dir, received))
+        # policy change + deliveries + one refusal + one receipt per delivery
+        entries_expected = 1 + sum(expected.values()) + 1 + sum(len(v) for v in received.values())
         verified = _verify_audit(bootstrap, topics, policy, worker, entries_expected)
         elapsed = time.monotonic() - started
         ok = not missing and not problems and verified and len(refused) == 1
@@ -180,7 +183,20 @@ def _dead_letters(bootstrap, topics) -> list[tuple[str, str]]:
     return asyncio.run(read())
 
 
+async def _send_receipts(bootstrap, topics, policy, keys_dir, received) -> None:
+    """Every agency tells the exchange log it received what it decrypted (docs/receipts.md)."""
+    from streams.crypto.keys import Keyring
+    from streams.partner import ReceiptSender
+
+    for agency, envelopes in received.items():
+        agency_key = Keyring.load_dir(keys_dir, agency).current
+        async with ReceiptSender(bootstrap, policy, agency_key, topics) as receipts:
+            for envelope in envelopes:
+                await receipts.send(envelope, "RECEIVED")
+
+
 def _verify_audit(bootstrap, topics, policy, worker, entries_expected: int) -> bool:
+    from streams.audit.report import Filters, build_report
     from streams.audit.verify import verify_log
     from streams.auditing import DEFAULT_ORIGIN, checkpoint_verifiers, read_log
 
@@ -194,6 +210,9 @@ def _verify_audit(bootstrap, topics, policy, worker, entries_expected: int) -> b
         if len(snapshot.entries) >= entries_expected and report.ok and report.uncovered_entries == 0:
             say(f"audit log: {report.entries} entries, {report.checkpoints_checked} signed checkpoints, "
                 f"verified intact (RFC 9162 tree, Ed25519 checkpoints)")
+            deadlines = build_report(snapshot.entries, Filters()).summary()["deadlines"]
+            say("deliveries against their agreed deadlines, from the agencies' receipts: "
+                + ", ".join(f"{n} {status}" for status, n in deadlines.items() if n))
             return True
         time.sleep(0.5)
     say(f"audit log NOT verified: {report.problems if report else 'no report'}")

@@ -31,6 +31,7 @@ def test_demo_runs_end_to_end_on_the_embedded_broker(tmp_path):
     assert "Alex Example" not in out and "9434765919" not in out
     assert "1 refused record(s)" in out
     assert "verified intact" in out and "demo completed" in out
+    assert "10 received on time" in out  # every delivery's receipt, against its agreed deadline
     assert _broker_processes(tmp_path) == before  # the embedded broker was stopped
 
 
