@@ -22,7 +22,7 @@ from typing import Any
 from agents.deployment import DEMO_DIR, Deployment, WorkerProcess, prepare_deployment, worker_env
 from streams.audit.entry import decode_entry
 from streams.crypto.keys import Keyring
-from streams.kafka import Record, read_topic
+from streams.kafka import Record, producer, read_topic
 from streams.partner import FeedItem, PartnerFeed, opener_for
 from streams.publisher import Publisher
 from streams.routing import decode_dead_letter
@@ -81,6 +81,18 @@ class Running:
             async with Publisher(self.bootstrap, self.policy, self.unit_key(self.policy.units[0].id),
                                  self.topics) as publisher:
                 await publisher.send_raw(key, value)
+
+        run(go())
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Put bytes on any topic of the deployment, as someone with produce rights could."""
+        async def go() -> None:
+            p = producer(self.bootstrap)
+            await p.start()
+            try:
+                await p.send_and_wait(topic, value, key=key)
+            finally:
+                await p.stop()
 
         run(go())
 

@@ -15,8 +15,7 @@ import pytest
 from streams import codec
 from streams.crypto.envelope import EnvelopeError, WrongRecipient, UnknownRecipientKey
 from streams.crypto.keys import Keyring
-from streams.kafka import producer
-from tests.harness import demo_event, run
+from tests.harness import demo_event
 
 pytestmark = pytest.mark.kafka
 
@@ -78,15 +77,7 @@ def test_tampered_envelope_on_the_feed_is_refused(deployment_on_kafka, routed):
     tampered = bytearray(original)
     tampered[len(tampered) // 2] ^= 0x01
 
-    async def inject() -> None:
-        p = producer(deployment_on_kafka.bootstrap)
-        await p.start()
-        try:
-            await p.send_and_wait(topic, bytes(tampered), key=b"WM-7Q2K9D4XJ3")
-        finally:
-            await p.stop()
-
-    run(inject())
+    deployment_on_kafka.produce(topic, bytes(tampered), key=b"WM-7Q2K9D4XJ3")
     items = deployment_on_kafka.feed("idva-west-mercia")
     refused = [i for i in items if not i.ok]
     assert len(refused) == 1 and isinstance(refused[0].error, EnvelopeError)

@@ -132,17 +132,7 @@ def test_forged_receipt_is_refused_and_recorded(deployment_on_kafka):
                           router_exchange_public=router_key.public_key,
                           event_id="3f0c1b2a-9d4e-4c1a-8f00-5b7e2d9a6c10", envelope_sha256=ENVELOPE_SHA)
 
-    async def send() -> None:
-        from streams.kafka import producer
-
-        p = producer(running.bootstrap)
-        await p.start()
-        try:
-            await p.send_and_wait(running.topics.receipts, forged, key=b"forged")
-        finally:
-            await p.stop()
-
-    run(send())
+    running.produce(running.topics.receipts, forged, key=b"forged")
     refusals = running.wait_audit(lambda e: e["kind"] == "REFUSAL" and e["reason_code"] == "RECEIPT_INVALID")
     assert "does not trust" in refusals[0]["reason"]
     assert any(d["reason_code"] == "RECEIPT_INVALID" and d["payload"] == forged for d in running.dead_letters())

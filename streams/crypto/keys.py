@@ -166,11 +166,11 @@ def private_record_json(rec: PrivateKeyRecord) -> dict[str, str]:
     return obj
 
 
-def write_private_key(path: str | os.PathLike[str], rec: PrivateKeyRecord) -> None:
-    """Create ``path`` with mode 0600; refuses to overwrite an existing file."""
-    data = (json.dumps(private_record_json(rec), indent=2) + "\n").encode("utf-8")
+def _write_new_file(path: str | os.PathLike[str], document: dict[str, str], mode: int) -> None:
+    """Create ``path`` with ``mode`` from the start (never briefly readable), refusing to overwrite."""
+    data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
     except FileExistsError:
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key file") from None
     try:
@@ -180,17 +180,14 @@ def write_private_key(path: str | os.PathLike[str], rec: PrivateKeyRecord) -> No
         os.close(fd)
 
 
+def write_private_key(path: str | os.PathLike[str], rec: PrivateKeyRecord) -> None:
+    """Create ``path`` with mode 0600; refuses to overwrite an existing file."""
+    _write_new_file(path, private_record_json(rec), 0o600)
+
+
 def write_public_key(path: str | os.PathLike[str], rec: PrivateKeyRecord | PublicKeyRecord) -> None:
     """Write the public export (mode 0644 is fine: nothing secret); refuses to overwrite."""
-    data = (json.dumps(public_record(rec), indent=2) + "\n").encode("utf-8")
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key file") from None
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    _write_new_file(path, public_record(rec), 0o644)
 
 
 def _b64_key(obj: dict[str, Any], name: str, where: str) -> bytes:
