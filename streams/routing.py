@@ -137,6 +137,7 @@ class Router:
         self.topics = topics
         self.clock = clock
         self._sealer = identity.sealer()  # caches the per-recipient key agreement
+        self._exchange_keys = {kid: identity.exchange.get(kid) for kid in identity.exchange.key_ids}
         self.policy = policy
 
     # -- admission ---------------------------------------------------------------------------
@@ -148,7 +149,7 @@ class Router:
         try:
             opened = open_publication(
                 record.value,
-                router_exchange_keys={kid: self.identity.exchange.get(kid) for kid in self.identity.exchange.key_ids},
+                router_exchange_keys=self._exchange_keys,
                 unit_verify_key=self.policy.unit_verify_key,
             )
         except PublicationError as exc:
