@@ -13,7 +13,7 @@ import nacl.signing
 
 from streams.audit.checkpoint import verifier_key_string
 from streams.audit.checkpoint_record import CheckpointRecordError, note_of
-from streams.kafka import Record, read_topic
+from streams.kafka import read_topic
 from streams.policy import Policy
 from streams.topics import Topics
 
@@ -34,10 +34,6 @@ class LogSnapshot:
     entries: list[tuple[int, bytes]]
     checkpoints: list[str]
     malformed_checkpoint_offsets: list[int]
-
-
-async def read_audit_entries(bootstrap: str, topics: Topics) -> list[Record]:
-    return [r async for r in read_topic(bootstrap, topics.audit)]
 
 
 async def read_log(bootstrap: str, topics: Topics, progress: Callable[[int], None] | None = None) -> LogSnapshot:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -98,7 +98,6 @@ class Delivery:
     key: bytes
     envelope: bytes
     audit_entry: bytes
-    fields: tuple[str, ...] = field(default=())
 
 
 @dataclass
@@ -207,7 +206,6 @@ class Router:
             deliveries.append(Delivery(
                 agency_id=share.agency_id, topic=self.topics.partner(share.agency_id),
                 key=header["case_ref"].encode(), envelope=envelope, audit_entry=encode_entry(entry),
-                fields=tuple(sorted(fields)),
             ))
         return deliveries
 

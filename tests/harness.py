@@ -15,7 +15,6 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +178,6 @@ def replace_file(path: Path, text: str) -> None:
     temp = path.with_name(f".{path.name}.new")
     temp.write_text(text)
     os.replace(temp, path)
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def deep(event: dict) -> dict:
