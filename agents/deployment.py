@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from deploy.brokers import free_port
 if TYPE_CHECKING:
     from streams.policy import Policy
 
-DEMO_DIR = Path(__file__).resolve().parents[1] / "deploy" / "demo"
+DEMO_DIR = Path(str(files("deploy") / "demo"))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 import fastavro
@@ -22,9 +21,10 @@ import nacl.exceptions
 import nacl.public
 
 from streams.crypto.keys import PrivateKeyRecord
+from streams.resources import schema_file
 
 STATUSES = ("RECEIVED", "ACKNOWLEDGED")
-_SCHEMAS = fastavro.schema.load_schema(str(Path(__file__).resolve().parents[1] / "schemas" / "receipt.avsc"))
+_SCHEMAS = fastavro.schema.load_schema(str(schema_file("receipt.avsc")))
 _BODY, _RECEIPT = (next(s for s in _SCHEMAS if s["name"] == f"masb.receipt.{n}") for n in ("ReceiptBody", "Receipt"))
 
 

@@ -19,7 +19,6 @@ import io
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 import fastavro
@@ -32,13 +31,14 @@ from streams.crypto.publication import PublicationError, open_publication
 from streams.policy import Policy, deliver_by
 from streams.receipts import ReceiptError, open_receipt
 from streams.topics import Topics
+from streams.resources import schema_file
 
 # A publication is one event sealed to the router: far below this. Larger input is refused before
 # any crypto or decoding work is spent on it.
 MAX_PUBLICATION_BYTES = 256 * 1024
 
 _DLQ_SCHEMA = fastavro.schema.load_schema(
-    str(Path(__file__).resolve().parents[1] / "schemas" / "dead_letter.avsc")
+    str(schema_file("dead_letter.avsc"))
 )
 
 # Reason codes of refusals (dead-letter records and REFUSAL audit entries); see docs/routing.md.

@@ -23,9 +23,10 @@ from typing import Any
 import avro.schema
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+from streams.resources import SCHEMA_ROOT
 
-# The repo's schemas/ directory; MASB_SCHEMA_ROOT overrides it (e.g. for an installed package).
-DEFAULT_SCHEMA_ROOT = Path(os.environ.get("MASB_SCHEMA_ROOT", Path(__file__).resolve().parent.parent / "schemas"))
+# The schemas shipped in the package (streams/schemas/); MASB_SCHEMA_ROOT overrides it.
+DEFAULT_SCHEMA_ROOT = Path(os.environ.get("MASB_SCHEMA_ROOT", SCHEMA_ROOT))
 
 COMPATIBILITY_MODE = "BACKWARD_TRANSITIVE"
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})

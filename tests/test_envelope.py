@@ -33,11 +33,12 @@ from streams.crypto import (
     generate_key,
 )
 from streams.crypto.keys import import_private_key
+from streams.resources import schema_file
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTOR = json.loads((ROOT / "tests" / "vectors" / "envelope_v1.json").read_text("utf-8"))
 # Parsed from the .avsc files, as another team would: not from the module under test.
-BODY_SCHEMA, SIGNED_SCHEMA = (fastavro.parse_schema(s) for s in json.loads((ROOT / "schemas" / "envelope.avsc").read_text()))
+BODY_SCHEMA, SIGNED_SCHEMA = (fastavro.parse_schema(s) for s in json.loads((schema_file("envelope.avsc")).read_text()))
 SENT = datetime(2025, 6, 2, 14, 30, 5, 123000, tzinfo=timezone.utc)
 SECRET_NAME = "Rhiannon Quixote-Testperson"
 
@@ -363,7 +364,7 @@ def test_schema_files_are_valid_for_the_reference_avro_library():
     import avro.schema
 
     for name in ("envelope.avsc", "publication.avsc"):
-        avro.schema.parse((ROOT / "schemas" / name).read_text())
+        avro.schema.parse((schema_file(name)).read_text())
 
 
 json_values = st.recursive(

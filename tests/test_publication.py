@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import fastavro
 import nacl.bindings
@@ -14,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.crypto import OpenedPublication, PublicationError, generate_key, open_publication, seal_publication
+from streams.resources import schema_file
 
-SCHEMA = fastavro.parse_schema(json.loads((Path(__file__).resolve().parents[1] / "schemas" / "publication.avsc").read_text()))
+SCHEMA = fastavro.parse_schema(json.loads((schema_file("publication.avsc")).read_text()))
 WIRE_EVENT = b"\x00\x00\x00\x00\x07" + "Rhiannon Quixote-Testperson, 1 Test Row".encode()
 
 unit_north = generate_key("hau-north", "signing")

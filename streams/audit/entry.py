@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import fastavro
+from streams.resources import schema_file
 
 ENTRY_FORMAT_V1 = 0x01
-_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "audit" / "audit_entry_v1.avsc"
+_SCHEMA_PATH = schema_file("audit", "audit_entry_v1.avsc")
 _SCHEMA = fastavro.schema.load_schema(str(_SCHEMA_PATH))
 _FIELD_NAMES = tuple(f["name"] for f in _SCHEMA["fields"])
 KINDS = ("DELIVERY", "REFUSAL", "DUPLICATE", "RECEIPT", "POLICY_CHANGE")

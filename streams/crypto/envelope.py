@@ -15,7 +15,6 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import fastavro
@@ -26,6 +25,7 @@ import nacl.signing
 import nacl.utils
 
 from .keys import Keyring, PrivateKeyRecord, key_id, printable_key_id
+from streams.resources import schema_file
 
 ENVELOPE_VERSION = 1
 FIELD_AAD_PREFIX = b"MASB-FIELD-v1"
@@ -36,7 +36,7 @@ WRAPPED_KEY_BYTES = nacl.public.Box.NONCE_SIZE + DEK_BYTES + 16  # nonce || DEK 
 SIGNATURE_BYTES = 64
 _BOX_CACHE_LIMIT = 1024
 
-_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "envelope.avsc"
+_SCHEMA_PATH = schema_file("envelope.avsc")
 
 
 def _load_schemas() -> tuple[Any, Any]:

@@ -11,7 +11,6 @@ import functools
 import io
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 import fastavro
@@ -21,12 +20,13 @@ import nacl.signing
 
 from .envelope import lp
 from .keys import PrivateKeyRecord, key_id, printable_key_id
+from streams.resources import schema_file
 
 PUBLICATION_VERSION = 1
 PUBLICATION_SIGNATURE_PREFIX = b"MASB-PUBLICATION-v1\x00"
 SIGNATURE_BYTES = 64
 
-_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "publication.avsc"
+_SCHEMA_PATH = schema_file("publication.avsc")
 _SCHEMA = fastavro.parse_schema(json.loads(_SCHEMA_PATH.read_text("utf-8")))
 
 ReasonCode = Literal["MALFORMED", "UNKNOWN_ROUTER_KEY", "UNSEALED_FAILED", "UNKNOWN_UNIT_KEY", "BAD_SIGNATURE"]
