@@ -18,7 +18,14 @@ from typing import Any
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import parse_schema
 
-from streams.jsonform import FieldError, SchemaWalker, key_label, rule_errors, to_json_form
+from streams.errors import InvalidInput
+from streams.jsonform import (
+    FieldError,
+    SchemaWalker,
+    key_label,
+    rule_errors,
+    to_json_form,
+)
 from streams.schema_registry import DEFAULT_SCHEMA_ROOT, Registry
 
 __all__ = [
@@ -37,7 +44,7 @@ _PREFIX = struct.Struct(">bI")  # magic byte, schema id
 PREFIX_BYTES = _PREFIX.size
 
 
-class EventValidationError(ValueError):
+class EventValidationError(InvalidInput, ValueError):
     """The JSON form of an event is invalid; ``errors`` lists every problem found."""
 
     def __init__(self, errors: list[FieldError]):
@@ -46,7 +53,7 @@ class EventValidationError(ValueError):
         super().__init__(f"invalid case event ({len(self.errors)} problem(s)):\n{lines}")
 
 
-class WireFormatError(ValueError):
+class WireFormatError(InvalidInput, ValueError):
     """Bytes that are not a valid message: bad prefix, unknown schema id, undecodable body."""
 
 

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from streams import codec
 from streams.crypto.keys import PrivateKeyRecord
+from streams.errors import InvalidInput
 from streams.kafka import producer as make_producer
 from streams.policy import Policy
 from streams.publisher import PublishRefused, prepare
@@ -46,7 +47,7 @@ EVENTS = Counter("masb_ingest_events_total", "Events accepted (acknowledged by K
                  ["event_type"])
 
 
-class IngestConfigError(ValueError):
+class IngestConfigError(InvalidInput, ValueError):
     """The ingest cannot run with this key and policy (said at start, not on the first request)."""
 
 

@@ -13,7 +13,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from streams.crypto.envelope import EnvelopeError, EnvelopeOpener, OpenedEnvelope, RouterKeys
+from streams.crypto.envelope import (
+    EnvelopeError,
+    EnvelopeOpener,
+    OpenedEnvelope,
+    RouterKeys,
+)
 from streams.crypto.keys import Keyring
 from streams.kafka import read_topic
 from streams.policy import Policy

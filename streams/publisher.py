@@ -12,12 +12,13 @@ from typing import Any
 from streams import codec
 from streams.crypto.keys import PrivateKeyRecord
 from streams.crypto.publication import seal_publication
+from streams.errors import InvalidInput
 from streams.kafka import producer
 from streams.policy import Policy
 from streams.topics import Topics
 
 
-class PublishRefused(ValueError):
+class PublishRefused(InvalidInput, ValueError):
     """The unit may not publish this event under the policy (checked before anything is sent)."""
 
 

@@ -21,6 +21,7 @@ import nacl.exceptions
 import nacl.public
 
 from streams.crypto.keys import PrivateKeyRecord
+from streams.errors import InvalidInput
 from streams.resources import schema_file
 
 STATUSES = ("RECEIVED", "ACKNOWLEDGED")
@@ -28,7 +29,7 @@ _SCHEMAS = fastavro.schema.load_schema(str(schema_file("receipt.avsc")))
 _BODY, _RECEIPT = (next(s for s in _SCHEMAS if s["name"] == f"masb.receipt.{n}") for n in ("ReceiptBody", "Receipt"))
 
 
-class ReceiptError(ValueError):
+class ReceiptError(InvalidInput, ValueError):
     """A receipt the router cannot accept; the message names ids and the problem, nothing else."""
 
 

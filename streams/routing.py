@@ -30,8 +30,8 @@ from streams.crypto.keys import Keyring
 from streams.crypto.publication import PublicationError, open_publication
 from streams.policy import Policy, deliver_by
 from streams.receipts import ReceiptError, open_receipt
-from streams.topics import Topics
 from streams.resources import schema_file
+from streams.topics import Topics
 
 # A publication is one event sealed to the router: far below this. Larger input is refused before
 # any crypto or decoding work is spent on it.

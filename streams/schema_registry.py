@@ -23,6 +23,8 @@ from typing import Any
 import avro.schema
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+from streams.errors import CheckFailed, InvalidInput
 from streams.resources import SCHEMA_ROOT
 
 # The schemas shipped in the package (streams/schemas/); MASB_SCHEMA_ROOT overrides it.
@@ -33,11 +35,11 @@ _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "b
 _NAMED = frozenset({"record", "error", "enum", "fixed"})
 
 
-class SchemaSourceError(ValueError):
+class SchemaSourceError(InvalidInput, ValueError):
     """A source schema or the registry files are malformed (unknown type, redefinition, bad JSON)."""
 
 
-class IncompatibleSchemaError(ValueError):
+class IncompatibleSchemaError(CheckFailed, ValueError):
     """register_pending refused: at least one changed schema breaks BACKWARD_TRANSITIVE."""
 
     def __init__(self, problems: list[str]):

@@ -33,13 +33,15 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.secret
 
+from streams.errors import InvalidInput
+
 KEY_FORMAT = "masb-case-key-v1"
 SHRED_FORMAT = "masb-case-shred-v1"
 INDEX_FILE = "index.key"
 SHREDDED_DIR = "shredded"
 
 
-class CaseKeyError(ValueError):
+class CaseKeyError(InvalidInput, ValueError):
     """A case key file that is unreadable or malformed; messages name files and key ids only."""
 
 

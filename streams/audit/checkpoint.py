@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import nacl.exceptions
 import nacl.signing
 
+from streams.errors import CheckFailed
+
 __all__ = [
     "Checkpoint",
     "CheckpointError",
@@ -48,7 +50,7 @@ MAX_NOTE_BYTES = 64 * 1024  # a checkpoint is ~100 bytes plus ~100 per signature
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CheckFailed, ValueError):
     """A note or checkpoint that must not be trusted.
 
     `reason` is one of: "malformed", "bad_key", "no_known_signature",

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from streams.audit.checkpoint import CheckpointError, open_checkpoint
 from streams.audit.merkle import CompactRange
+from streams.errors import CheckFailed
 
 RECORD_FORMAT = "masb-checkpoint-record-v1"
 
 
-class CheckpointRecordError(ValueError):
+class CheckpointRecordError(CheckFailed, ValueError):
     """A checkpoints-topic record that is malformed or does not match its signed note."""
 
 

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fastavro
+
+from streams.errors import CheckFailed
 from streams.resources import schema_file
 
 ENTRY_FORMAT_V1 = 0x01
@@ -22,7 +24,7 @@ _FIELD_NAMES = tuple(f["name"] for f in _SCHEMA["fields"])
 KINDS = ("DELIVERY", "REFUSAL", "DUPLICATE", "RECEIPT", "POLICY_CHANGE")
 
 
-class AuditEntryError(ValueError):
+class AuditEntryError(CheckFailed, ValueError):
     """Bytes that are not an audit entry of a known format."""
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from streams.errors import CheckFailed
+
 from .checkpoint import parse_verifier_key
 from .verify import VerifyReport, verify_log
 
@@ -38,7 +40,7 @@ _HEADER = re.compile(rb"checkpoint (0|[1-9][0-9]{0,5})\n")
 _CHUNK = 1 << 20
 
 
-class ExportError(ValueError):
+class ExportError(CheckFailed, ValueError):
     """The bundle is incomplete, corrupted or not a bundle. Messages name the file and the problem."""
 
 

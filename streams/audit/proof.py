@@ -20,17 +20,25 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from streams.errors import CheckFailed
+
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .entry import AuditEntryError, decode_entry
-from .merkle import consistency_proof, inclusion_proof, leaf_hash, root_from_leaf_hashes, verify_consistency, \
-    verify_inclusion
+from .merkle import (
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    root_from_leaf_hashes,
+    verify_consistency,
+    verify_inclusion,
+)
 
 FORMAT = "masb-audit-proof"
 VERSION = 1
 MAX_PROOF_HASHES = 64  # log2 of any possible tree size is far below this
 
 
-class ProofError(ValueError):
+class ProofError(CheckFailed, ValueError):
     """A proof that cannot be made or does not verify. Messages name indexes and sizes, never contents."""
 
 

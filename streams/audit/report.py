@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from streams.errors import InvalidInput
+
 from .case_keys import CaseKeyError, CaseKeyStore, case_tag, open_sealed_case
 from .entry import AuditEntryError, decode_entry
 
@@ -28,7 +30,7 @@ SHREDDED = "shredded"
 SEALED = "sealed"
 
 
-class ReportError(ValueError):
+class ReportError(InvalidInput, ValueError):
     """A report that cannot be made as asked (bad filter, missing key store)."""
 
 

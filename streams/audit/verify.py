@@ -17,7 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from .checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_checkpoint, parse_verifier_key
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    NoteVerifier,
+    open_checkpoint,
+    parse_verifier_key,
+)
 from .merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
 
 __all__ = ["VerifyReport", "verify_log", "check_checkpoint_chain", "find_divergence"]

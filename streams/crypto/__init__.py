@@ -32,7 +32,12 @@ from .keys import (
     write_private_key,
     write_public_key,
 )
-from .publication import OpenedPublication, PublicationError, open_publication, seal_publication
+from .publication import (
+    OpenedPublication,
+    PublicationError,
+    open_publication,
+    seal_publication,
+)
 
 __all__ = [
     "BadSignature",

@@ -24,8 +24,10 @@ import nacl.public
 import nacl.signing
 import nacl.utils
 
-from .keys import Keyring, PrivateKeyRecord, key_id, printable_key_id
+from streams.errors import CheckFailed
 from streams.resources import schema_file
+
+from .keys import Keyring, PrivateKeyRecord, key_id, printable_key_id
 
 ENVELOPE_VERSION = 1
 FIELD_AAD_PREFIX = b"MASB-FIELD-v1"
@@ -51,7 +53,7 @@ RandomBytes = Callable[[int], bytes]
 
 # --- errors: messages name the key id or field path that failed, never a value -------------
 
-class EnvelopeError(Exception):
+class EnvelopeError(CheckFailed):
     """Any reason an envelope cannot be opened. Subclasses say which."""
 
 

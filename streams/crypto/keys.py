@@ -23,6 +23,8 @@ from typing import Any, Iterable, Literal
 import nacl.public
 import nacl.signing
 
+from streams.errors import InvalidInput
+
 KeyKind = Literal["signing", "exchange"]
 
 PRIVATE_FORMAT = "masb-private-key-v1"
@@ -31,7 +33,7 @@ ALG_BY_KIND: dict[str, str] = {"signing": "ed25519", "exchange": "x25519"}
 KEY_BYTES = 32
 
 
-class KeyFileError(Exception):
+class KeyFileError(InvalidInput):
     """A key file or key record is missing, malformed, inconsistent or unsafe."""
 
 

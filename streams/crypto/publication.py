@@ -18,9 +18,11 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
+from streams.errors import CheckFailed
+from streams.resources import schema_file
+
 from .envelope import lp
 from .keys import PrivateKeyRecord, key_id, printable_key_id
-from streams.resources import schema_file
 
 PUBLICATION_VERSION = 1
 PUBLICATION_SIGNATURE_PREFIX = b"MASB-PUBLICATION-v1\x00"
@@ -32,7 +34,7 @@ _SCHEMA = fastavro.parse_schema(json.loads(_SCHEMA_PATH.read_text("utf-8")))
 ReasonCode = Literal["MALFORMED", "UNKNOWN_ROUTER_KEY", "UNSEALED_FAILED", "UNKNOWN_UNIT_KEY", "BAD_SIGNATURE"]
 
 
-class PublicationError(Exception):
+class PublicationError(CheckFailed):
     """A publication was refused; ``reason_code`` is stable and safe to use as a metric label."""
 
     def __init__(self, reason_code: ReasonCode, message: str):

@@ -5,7 +5,17 @@ Format and semantics: docs/policy.md.
 from .diff import PolicyDiff, diff, policy_change_summary
 from .durations import deliver_by, parse_duration
 from .explain import explain
-from .model import Agency, Agreement, KeyEntry, Policy, PolicyError, RouterKeySet, Share, Unit, canonical_json
+from .model import (
+    Agency,
+    Agreement,
+    KeyEntry,
+    Policy,
+    PolicyError,
+    RouterKeySet,
+    Share,
+    Unit,
+    canonical_json,
+)
 from .parse import key_id_for, load_policy, parse_policy
 from .template import render_template, template_placeholders
 from .vocab import AGENCY_KINDS, AREAS, KEY_STATUSES, LEGAL_BASES, NEXT_SCHOOL_DAY

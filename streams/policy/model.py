@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from streams.errors import InvalidInput
 
-class PolicyError(ValueError):
+
+class PolicyError(InvalidInput, ValueError):
     """A policy file is invalid. `.problems` lists every problem found, each naming where and what."""
 
     def __init__(self, problems: list[str]):

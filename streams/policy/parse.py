@@ -14,7 +14,16 @@ import yaml
 from streams.codec import EVENT_TYPES, field_paths
 
 from .durations import check_deadline, parse_duration
-from .model import Agency, Agreement, KeyEntry, Policy, PolicyError, RouterKeySet, Unit, active_keys
+from .model import (
+    Agency,
+    Agreement,
+    KeyEntry,
+    Policy,
+    PolicyError,
+    RouterKeySet,
+    Unit,
+    active_keys,
+)
 from .vocab import AGENCY_KINDS, AREAS, KEY_STATUSES, LEGAL_BASES
 
 TOP_KEYS = ("policy_version", "effective_from", "router", "units", "agencies", "agreements")

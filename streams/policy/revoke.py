@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 import yaml
 
+from streams.errors import InvalidInput
 
-class RevokeError(ValueError):
+
+class RevokeError(InvalidInput, ValueError):
     """The policy text has no such party or key, or is not a policy document."""
 
 
