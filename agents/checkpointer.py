@@ -14,13 +14,14 @@ import logging
 import time
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from agents import metrics
 from streams.audit.checkpoint import Checkpoint, sign_checkpoint
 from streams.audit.checkpoint_record import CheckpointRecordError, encode_checkpoint_record, open_checkpoint_record
 from streams.audit.merkle import CompactRange, leaf_hash
 from streams.auditing import checkpoint_verifiers
+from streams.kafka import consumer as kafka_consumer
 from streams.kafka import producer, read_topic
 
 log = logging.getLogger("masb.checkpointer")
@@ -50,7 +51,7 @@ def install(app: faust.App, runtime) -> None:
         tree, next_offset = await resume_state(runtime)
         signed_size = tree.size
         origin = settings.log_origin
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None)
+        consumer = kafka_consumer(settings.bootstrap, group_id=None)
         out = producer(settings.bootstrap)
         await consumer.start()
         await out.start()

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import shutil
+import signal
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -74,7 +77,7 @@ async def collect_feeds(bootstrap, topics, policy, keys_dir, expected: dict[str,
     return results, problems
 
 
-def run_demo(bootstrap: str | None, workdir: Path) -> int:
+def run_demo(bootstrap: str | None, workdir: Path, keep: bool = False) -> int:
     started = time.monotonic()
     broker = None
     try:
@@ -86,13 +89,13 @@ def run_demo(bootstrap: str | None, workdir: Path) -> int:
         else:
             asyncio.run(wait_until_ready(bootstrap, timeout=20))
             say(f"using Kafka at {bootstrap}")
-        return _run(bootstrap, workdir, started)
+        return _run(bootstrap, workdir, started, keep)
     finally:
         if broker is not None:
             broker.cleanup()
 
 
-def _run(bootstrap: str, workdir: Path, started: float) -> int:
+def _run(bootstrap: str, workdir: Path, started: float, keep: bool) -> int:
     from streams.publisher import Publisher
     from streams.crypto.keys import Keyring
     from streams.topics import Topics
@@ -145,9 +148,40 @@ def _run(bootstrap: str, workdir: Path, started: float) -> int:
         for problem in problems:
             say(f"PROBLEM: {problem}")
         say(f"demo {'completed' if ok else 'FAILED'} in {elapsed:.1f}s")
+        if keep:
+            _keep_running(bootstrap, prefix, deployment, worker)
+        else:
+            say("to keep exploring: `masb demo --keep` leaves the broker and the worker running and prints "
+                "the settings that make every other masb command work against them")
         return 0 if ok else 1
     finally:
         worker.stop()
+
+
+def _keep_running(bootstrap: str, prefix: str, deployment, worker) -> None:
+    """Leave the broker and the worker running until Ctrl-C, with settings every command can use."""
+    settings = {"MASB_BOOTSTRAP": bootstrap, "MASB_TOPIC_PREFIX": prefix,
+                "MASB_POLICY": str(deployment.policy_path.resolve()), "MASB_KEYS_DIR": str(deployment.keys_dir.resolve())}
+    env_file = deployment.workdir / "env"
+    env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in settings.items()))
+    agency = deployment.policy.agencies[0].id
+    key = next(deployment.keys_dir.glob(f"{agency}.exchange.*.key"), None)
+    say("")
+    say("The broker and the worker keep running until you press Ctrl-C. In another terminal:")
+    say(f"  source {env_file}")
+    say(f"  masb consume --agency {agency} --key {key}        # what {agency} received, decrypted")
+    say("  masb audit verify                                   # replay the exchange log against its checkpoints")
+    say("  masb audit report --format html --out report.html   # who received what, when, and why")
+    say("  masb policy explain $MASB_POLICY MARAC_REFERRAL worcestershire")
+    say(f"worker metrics: {worker.url('/metrics')}")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1) and worker.proc.poll() is None:
+            pass
+    except KeyboardInterrupt:
+        pass
+    say("stopping the worker and the broker")
 
 
 def _print_summary(events, policy, received) -> None:

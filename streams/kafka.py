@@ -1,6 +1,9 @@
-"""Small aiokafka helpers shared by the publisher, partner and auditor clients.
+"""Small aiokafka helpers shared by the publisher, partner and auditor clients and the worker.
 
-Explicit lifecycles: every client is started and stopped inside the function that uses it.
+Every Kafka client MASB makes comes from :func:`producer`, :func:`consumer` or :func:`admin`, so
+that connection settings live in one place. Explicit lifecycles: a client is started with
+:func:`start_client` (which closes it again and raises a clear error if the broker cannot be
+reached) and stopped in a ``finally`` by the function that started it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,71 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+
+from streams.errors import AccessDenied, BrokerUnavailable, MasbError
 
 log = logging.getLogger(__name__)
+
+_DENIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError, ClusterAuthorizationFailedError,
+           TransactionalIdAuthorizationFailed, SaslAuthenticationFailed, AuthenticationFailedError)
+
+
+def broker_error(exc: BaseException, bootstrap: str) -> MasbError:
+    """The MASB error for an aiokafka failure: AccessDenied for authentication and authorization
+    refusals, BrokerUnavailable for everything else (connection, timeouts, broker errors)."""
+    if isinstance(exc, MasbError):
+        return exc
+    name = type(exc).__name__
+    if isinstance(exc, _DENIED):
+        return AccessDenied(f"Kafka at {bootstrap} refused the operation ({name})",
+                            hint="check the client's credentials and the ACLs granted to its principal")
+    if isinstance(exc, (KafkaError, asyncio.TimeoutError, OSError)):
+        return BrokerUnavailable(bootstrap, name)
+    raise TypeError(f"not a broker error: {name}")
+
+
+async def start_client(client, bootstrap: str) -> None:
+    """Start an aiokafka client; if that fails, close it (no 'Unclosed' warnings) and raise a
+    MASB error naming the broker."""
+    try:
+        await client.start()
+    except BaseException as exc:
+        await stop_quietly(client)
+        if isinstance(exc, (KafkaError, asyncio.TimeoutError, OSError)):
+            raise broker_error(exc, bootstrap) from None
+        raise
+
+
+async def stop_quietly(client) -> None:
+    """Stop (or close) a client that may never have connected, ignoring its complaints."""
+    try:
+        close = getattr(client, "stop", None) or client.close
+        await asyncio.wait_for(close(), 10)
+    except Exception:  # noqa: BLE001 - a client that never connected may fail to stop cleanly
+        pass
+
+
+def admin(bootstrap: str, **overrides) -> AIOKafkaAdminClient:
+    options = {"bootstrap_servers": bootstrap}
+    options.update(overrides)
+    return AIOKafkaAdminClient(**options)
+
+
+def consumer(bootstrap: str, **overrides) -> AIOKafkaConsumer:
+    """A consumer without auto-commit: callers decide what has been handled."""
+    options = {"bootstrap_servers": bootstrap, "enable_auto_commit": False}
+    options.update(overrides)
+    return AIOKafkaConsumer(**options)
 
 
 @dataclass(frozen=True)
@@ -26,25 +91,25 @@ class TopicSpec:
 
 async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
     """Create the topics that do not exist yet (existing ones are left as they are)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    client = admin(bootstrap)
+    await start_client(client, bootstrap)
     try:
-        existing = set(await admin.list_topics())
+        existing = set(await client.list_topics())
         missing = [s for s in specs if s.name not in existing]
         for spec in missing:  # one at a time: a race with another creator is not an error
             try:
-                await admin.create_topics([NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config or {})])
+                await client.create_topics([NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config or {})])
             except TopicAlreadyExistsError:
                 pass
             except Exception as exc:
                 # Some brokers (Tansu) refuse some topic configs; the topic still matters more.
                 if spec.config:
                     log.warning("creating topic %s with config failed (%s); creating without", spec.name, type(exc).__name__)
-                    await admin.create_topics([NewTopic(spec.name, spec.partitions, 1)])
+                    await client.create_topics([NewTopic(spec.name, spec.partitions, 1)])
                 else:
                     raise
     finally:
-        await admin.close()
+        await client.close()
 
 
 def producer(bootstrap: str, **overrides) -> AIOKafkaProducer:
@@ -78,32 +143,29 @@ async def read_topic(
     the first poll that brings nothing new. With ``follow`` it keeps waiting for new records, until
     ``idle_timeout`` seconds pass with none (if given).
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-        auto_offset_reset="earliest", fetch_max_bytes=16 * 1024 * 1024,
-    )
-    await consumer.start()
+    reader = consumer(bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_bytes=16 * 1024 * 1024)
+    await start_client(reader, bootstrap)
     try:
-        partitions = consumer.partitions_for_topic(topic)
+        partitions = reader.partitions_for_topic(topic)
         if partitions is None:
             # Metadata may not be loaded yet for a topic created a moment ago.
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
+            await reader._client.force_metadata_update()
+            partitions = reader.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
             return
-        consumer.assign(tps)
+        reader.assign(tps)
         for tp in tps:
             if from_offsets and tp.partition in from_offsets:
-                consumer.seek(tp, from_offsets[tp.partition])
+                reader.seek(tp, from_offsets[tp.partition])
             else:
-                await consumer.seek_to_beginning(tp)
-        end = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+                await reader.seek_to_beginning(tp)
+        end = await reader.end_offsets(tps)
+        remaining = {tp for tp in tps if await reader.position(tp) < end[tp]}
         loop = asyncio.get_running_loop()
         idle_since = loop.time()
         while True:
-            batch = await consumer.getmany(timeout_ms=500 if (follow or remaining) else 200)
+            batch = await reader.getmany(timeout_ms=500 if (follow or remaining) else 200)
             if not batch:
                 if not follow and not remaining:
                     # Past the end offsets seen at the start and nothing more came: done. (Some
@@ -117,7 +179,7 @@ async def read_topic(
             for tp, messages in batch.items():
                 for m in messages:
                     yield Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-                if tp in remaining and await consumer.position(tp) >= end[tp]:
+                if tp in remaining and await reader.position(tp) >= end[tp]:
                     remaining.discard(tp)
     finally:
-        await consumer.stop()
+        await reader.stop()

@@ -81,10 +81,13 @@ class ReceiptSender:
         self.policy = policy
         self.agency_key = agency_key
         self.topics = topics or Topics.from_env()
+        self.bootstrap = bootstrap
         self._producer = producer(bootstrap)
 
     async def __aenter__(self) -> "ReceiptSender":
-        await self._producer.start()
+        from streams.kafka import start_client
+
+        await start_client(self._producer, self.bootstrap)
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -13,7 +13,7 @@ from streams import codec
 from streams.crypto.keys import PrivateKeyRecord
 from streams.crypto.publication import seal_publication
 from streams.errors import InvalidInput
-from streams.kafka import producer
+from streams.kafka import producer, start_client
 from streams.policy import Policy
 from streams.topics import Topics
 
@@ -45,10 +45,11 @@ class Publisher:
         self.policy = policy
         self.unit_key = unit_key
         self.topics = topics or Topics.from_env()
+        self.bootstrap = bootstrap
         self._producer = producer(bootstrap)
 
     async def start(self) -> None:
-        await self._producer.start()
+        await start_client(self._producer, self.bootstrap)
 
     async def stop(self) -> None:
         await self._producer.stop()

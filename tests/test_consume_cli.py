@@ -104,7 +104,7 @@ def test_another_agencys_key_on_an_empty_feed_still_fails(deployment_on_kafka, p
 def test_a_signing_key_is_refused_with_a_clear_message(deployment_on_kafka, published):
     d = deployment_on_kafka
     result = consume(d, "--agency", IDVA, "--key", key_file(d, "hau-worcestershire", "signing"))
-    assert result.returncode == 1
+    assert result.returncode == 2  # usage: the wrong kind of key
     assert "exchange key files" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -113,5 +113,5 @@ def test_missing_policy_is_a_clear_error(deployment_on_kafka, tmp_path):
     result = subprocess.run([sys.executable, "-m", "agents", "consume", "--bootstrap", d.bootstrap,
                              "--policy", str(tmp_path / "none.yaml"), "--agency", IDVA, "--key", key_file(d, IDVA)],
                             check=False, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "none.yaml not found" in result.stderr

@@ -48,8 +48,8 @@ def test_check_yaml_syntax_error_names_the_line(tmp_path, capsys):
 
 
 def test_check_missing_file(tmp_path, capsys):
-    assert main(["policy", "check", str(tmp_path / "nope.yaml")]) == 1
-    assert "nope.yaml" in capsys.readouterr().err
+    assert main(["policy", "check", str(tmp_path / "nope.yaml")]) == 2  # a usage error, not a failed check
+    assert "nope.yaml not found" in capsys.readouterr().err
 
 
 def test_explain_names_recipients_fields_and_who_gets_nothing(capsys):
@@ -100,8 +100,9 @@ def test_diff_warns_when_the_version_is_not_increased(tmp_path, valid_text, caps
 
 def test_diff_refuses_an_invalid_side(tmp_path, valid_text, capsys):
     bad = write(tmp_path, "bad.yaml", valid_text.replace("kind: housing", "kind: landlord"))
-    assert main(["policy", "diff", str(VALID), str(bad)]) == 1
-    assert "kind: unknown agency kind 'landlord'" in capsys.readouterr().err
+    assert main(["policy", "diff", str(VALID), str(bad)]) == 2  # invalid input: nothing to compare
+    err = capsys.readouterr().err
+    assert f"policy file {bad} is invalid" in err and "kind: unknown agency kind 'landlord'" in err
 
 
 def test_exit_codes_through_the_installed_entry_point(tmp_path, valid_text):

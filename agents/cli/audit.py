@@ -17,40 +17,23 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from agents.cli.common import Progress, UsageError, bootstrap, existing_dir, existing_file, kafka_flags, topics
+from agents.cli.common import load_policy as load_policy_of
 from agents.settings import env_or
 from streams.auditing import DEFAULT_ORIGIN, checkpoint_verifiers, read_log
+from streams.errors import CheckFailed
 
 
-
-class Progress:
-    """A one-line progress counter on stderr, redrawn at most a few times a second."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self._last = 0.0
-        self.count = 0
-
-    def __call__(self, count: int) -> None:
-        self.count = count
-        now = time.monotonic()
-        if now - self._last >= 0.25:
-            self._last = now
-            print(f"\r{self.what}: {count:,}", end="", file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        if self.count:
-            print(f"\r{self.what}: {self.count:,} done", file=sys.stderr, flush=True)
+class AuditCommandError(CheckFailed):
+    """What an audit command looked for is not there or does not hold (exit 1)."""
 
 
-class AuditCommandError(Exception):
-    """A user-facing failure of an audit command (printed as one line, exit code 1)."""
-
-
-def add_audit_parsers(parser, kafka_flags) -> None:
+def register(sub) -> None:
+    parser = sub.add_parser("audit", help="verify, prove, report on or export the exchange log")
+    parser.set_defaults(func=cmd_audit)
     sub = parser.add_subparsers(dest="action", required=True)
 
     def log_source(p, kafka: bool = True) -> None:
@@ -105,32 +88,28 @@ def origin_of(args) -> str:
     return env_or(getattr(args, "origin", None), "MASB_LOG_ORIGIN", DEFAULT_ORIGIN)
 
 
-def run_audit_command(args, bootstrap, topics, load_policy) -> int:
-    try:
-        if args.action == "shred":
-            return shred(args)
-        policy = load_policy(args)
-        origin = origin_of(args)
-        verifiers = checkpoint_verifiers(policy, origin)
-        if args.action == "check-proof":
-            return check_proof_file(args.file, verifiers, origin)
-        if args.action == "verify" and args.from_export:
-            return verify_export_dir(args.from_export, verifiers, origin)
-        if args.action == "verify":
-            return verify(bootstrap, topics, policy, origin)
-        log = load_log(args, bootstrap, topics)
-        if args.action == "prove":
-            return prove(args, log, verifiers, origin)
-        if args.action == "consistency":
-            return consistency(args, log, verifiers, origin)
-        if args.action == "report":
-            return report(args, log, verifiers, origin)
-        if args.action == "export":
-            return export(args, log, verifiers, origin, topics)
-    except AuditCommandError as exc:
-        print(f"masb: {exc}", file=sys.stderr)
-        return 1
-    raise SystemExit(f"masb: unknown audit action {args.action}")
+def cmd_audit(args) -> int:
+    if args.action == "shred":
+        return shred(args)
+    if getattr(args, "from_export", None):
+        existing_dir(args.from_export, "export directory")
+    policy = load_policy_of(args)
+    origin = origin_of(args)
+    verifiers = checkpoint_verifiers(policy, origin)
+    if args.action == "check-proof":
+        return check_proof_file(str(existing_file(args.file, "proof file")), verifiers, origin)
+    if args.action == "verify" and args.from_export:
+        return verify_export_dir(args.from_export, verifiers, origin)
+    if args.action == "verify":
+        return verify(bootstrap(args), topics(args), policy, origin)
+    log = load_log(args, bootstrap(args), topics(args))
+    if args.action == "prove":
+        return prove(args, log, verifiers, origin)
+    if args.action == "consistency":
+        return consistency(args, log, verifiers, origin)
+    if args.action == "report":
+        return report(args, log, verifiers, origin)
+    return export(args, log, verifiers, origin, topics(args))
 
 
 # -- reading the log -----------------------------------------------------------------------------
@@ -337,7 +316,7 @@ def export(args, log: Log, verifiers, origin, topics) -> int:
 def shred(args) -> int:
     store = _case_store(args)
     if store is None:
-        raise AuditCommandError("no case key store: give the router's keys dir (--keys-dir or MASB_KEYS_DIR)")
+        raise UsageError("no case key store: give the router's keys dir (--keys-dir or MASB_KEYS_DIR)")
     key_id = store.shred(args.case_ref)
     if key_id is None:
         raise AuditCommandError("no live key for that case reference (unknown to this router, or already shredded)")

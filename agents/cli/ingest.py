@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-from agents.settings import DEFAULT_BOOTSTRAP, env_or
+from agents.cli.common import UsageError, bootstrap, existing_file, kafka_flags, load_policy, topics
 
 
-def add_ingest_parser(sub, kafka_flags) -> None:
+def register(sub) -> None:
     p = sub.add_parser("ingest", help="serve POST /events for a unit's case system (validate, sign, seal, produce)")
     kafka_flags(p)
     p.add_argument("--as", dest="unit", required=True, help="the harm assessment unit id")
@@ -27,36 +26,28 @@ def add_ingest_parser(sub, kafka_flags) -> None:
 def cmd_ingest(args) -> int:
     from aiohttp import web
 
-    from agents.cli import CommandError, _policy, _topics
-    from streams.crypto.keys import KeyFileError, load_private_key
+    from streams.crypto.keys import load_private_key
     from streams.ingest import (
         DEFAULT_SEND_TIMEOUT,
         MAX_BODY_BYTES,
-        IngestConfigError,
         IngestService,
         build_ingest_app,
     )
 
-    policy = _policy(args)
-    try:
-        unit_key = load_private_key(args.key)
-    except (KeyFileError, OSError) as exc:
-        raise CommandError(f"cannot read the key file {args.key}: {type(exc).__name__}") from None
+    policy = load_policy(args)
+    unit_key = load_private_key(existing_file(args.key, "key file"))
     if unit_key.owner != args.unit or unit_key.kind != "signing":
-        raise CommandError(f"the key given is not a signing key of unit {args.unit}")
+        raise UsageError(f"the key given is not a signing key of unit {args.unit}")
     token = None
     if args.token_file:
-        token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        token = existing_file(args.token_file, "token file").read_text(encoding="utf-8").strip()
         if not token:
-            raise CommandError(f"token file {args.token_file} is empty")
-    try:
-        service = IngestService(
-            env_or(args.bootstrap, "MASB_BOOTSTRAP", DEFAULT_BOOTSTRAP), policy, unit_key, _topics(args),
-            send_timeout=args.send_timeout or DEFAULT_SEND_TIMEOUT, token=token,
-            max_body_bytes=args.max_body_bytes or MAX_BODY_BYTES,
-        )
-    except IngestConfigError as exc:
-        raise CommandError(str(exc)) from None
+            raise UsageError(f"token file {args.token_file} is empty")
+    service = IngestService(
+        bootstrap(args), policy, unit_key, topics(args),
+        send_timeout=args.send_timeout or DEFAULT_SEND_TIMEOUT, token=token,
+        max_body_bytes=args.max_body_bytes or MAX_BODY_BYTES,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     print(f"masb ingest: unit {service.unit_id}, policy version {policy.version}, "
           f"POST http://{args.host}:{args.port}/events", file=sys.stderr, flush=True)

@@ -1,0 +1,98 @@
+"""masb: the single command-line door for people (units, partners, auditors, operators).
+
+One module per command group (agents/cli/<group>.py), each with ``register(subparsers)``; this
+module builds the parser and is the one place where failures become messages and exit codes:
+
+    0  OK                                      3  Kafka unavailable (connection, timeout)
+    1  a check or verification found a problem 4  Kafka refused the operation (authentication, ACLs)
+    2  usage error or invalid input            130 interrupted (Ctrl-C)
+    70 a bug in MASB: the traceback is printed, with a hint to report it
+
+Expected failures print one line (``masb: <what> ...``, naming the file, key, field or broker at
+fault) and at most a hint; ``--verbose`` adds the traceback. Settings come from flags first, then
+MASB_* environment variables (docs/cli.md). No command prints personal data except the decrypted
+events `masb consume` exists to show to their entitled recipient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+
+from streams.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, MasbError
+
+GROUPS = ("demo", "worker", "publish", "ingest", "consume", "keys", "policy", "schemas", "audit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="masb", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show tracebacks and debug logging of the client libraries (env MASB_VERBOSE=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        importlib.import_module(f"agents.cli.{group}").register(sub)
+    return parser
+
+
+def _say(text: str) -> None:
+    lines = text.splitlines() or [""]
+    print(f"masb: {lines[0]}", file=sys.stderr)
+    for line in lines[1:]:
+        print(f"  {line}", file=sys.stderr)
+
+
+def _quiet_client_libraries(verbose: bool) -> None:
+    """aiokafka logs every refused connection at ERROR; the command reports the outcome itself."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.CRITICAL, format="%(name)s: %(message)s")
+    for name in ("aiokafka", "kafka", "asyncio"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+
+
+def run(args) -> int:
+    """Run the parsed command; every failure becomes a message and an exit code."""
+    verbose = args.verbose or os.environ.get("MASB_VERBOSE") == "1"
+    if args.command not in ("worker", "ingest"):  # those configure their own service logging
+        _quiet_client_libraries(verbose)
+    try:
+        return args.func(args) or EXIT_OK
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one place where failures become exit codes
+        error = _as_masb_error(exc, args)
+        if error is None:
+            traceback.print_exc()
+            _say(f"internal error ({type(exc).__name__}): this is a bug in MASB; please report it with the "
+                 "traceback above")
+            return EXIT_BUG
+        if verbose:
+            traceback.print_exc()
+        _say(error.diagnostics())
+        return error.exit_code
+
+
+def _as_masb_error(exc: Exception, args) -> MasbError | None:
+    from aiokafka.errors import KafkaError
+
+    from agents.cli.common import bootstrap
+    from streams.kafka import broker_error
+
+    if isinstance(exc, MasbError):
+        return exc
+    if isinstance(exc, (KafkaError, TimeoutError)):
+        return broker_error(exc, bootstrap(args))
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors: argparse prints usage and exits 2
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

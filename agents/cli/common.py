@@ -1,0 +1,152 @@
+"""What every `masb` command group shares: settings from flags or MASB_* variables, the policy and
+topics they name, reading JSON input, and progress on long work.
+
+Settings: a flag wins, then its environment variable, then the default (docs/cli.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from agents.settings import DEFAULT_BOOTSTRAP, env_or
+from streams.errors import InvalidInput
+
+
+class UsageError(InvalidInput):
+    """A command given something it cannot use: a missing file, a wrong kind of key, an unknown id."""
+
+
+def kafka_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers host:port (env MASB_BOOTSTRAP)")
+    p.add_argument("--topic-prefix", help="prefix of every topic name (env MASB_TOPIC_PREFIX)")
+
+
+def policy_flag(p: argparse.ArgumentParser, help_text: str = "sharing policy YAML (env MASB_POLICY)") -> None:
+    p.add_argument("--policy", help=help_text)
+
+
+def bootstrap(args) -> str:
+    return env_or(getattr(args, "bootstrap", None), "MASB_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+
+
+def topics(args):
+    from streams.topics import Topics
+
+    return Topics(env_or(getattr(args, "topic_prefix", None), "MASB_TOPIC_PREFIX", ""))
+
+
+def existing_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` if it names a readable regular file; else a UsageError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{what} {path} not found")
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory, not a file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{what} {path} is not readable")
+    return path
+
+
+def existing_dir(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{what} {path} not found")
+    if not path.is_dir():
+        raise UsageError(f"{what} {path} is not a directory")
+    return path
+
+
+def policy_path(args) -> Path:
+    value = env_or(getattr(args, "policy", None), "MASB_POLICY", None)
+    if value is None:
+        if not Path("policy.yaml").exists():
+            raise UsageError("no sharing policy given", hint="use --policy FILE or set MASB_POLICY")
+        value = "policy.yaml"
+    return existing_file(value, "policy file")
+
+
+def load_policy(args):
+    """The policy the command's flags or MASB_POLICY name; PolicyError (exit 2) if it is invalid."""
+    return load_policy_file(policy_path(args))
+
+
+def load_policy_file(path: str | os.PathLike):
+    """A valid policy from ``path``; InvalidInput naming the file and every problem otherwise."""
+    from streams.policy import PolicyError
+    from streams.policy import load_policy as load
+
+    path = existing_file(path, "policy file")
+    try:
+        return load(path)
+    except PolicyError as exc:
+        raise InvalidInput(f"policy file {path} is invalid: {exc}") from None
+
+
+def read_text(source: str) -> str:
+    """A file's text, or standard input for '-'."""
+    if source == "-":
+        return sys.stdin.read()
+    path = existing_file(source, "input file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"input file {path} is not UTF-8 text") from None
+
+
+def read_events(source: str) -> list[dict]:
+    """JSON events from a file or '-' (stdin): one object, an array, or one object per line."""
+    text = read_text(source).strip()
+    if not text:
+        raise UsageError(f"no event in {'standard input' if source == '-' else source}")
+    try:
+        value = json.loads(text)
+        return value if isinstance(value, list) else [value]
+    except json.JSONDecodeError:
+        events = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        return events
+
+
+def print_json(value) -> None:
+    print(json.dumps(value), flush=True)
+
+
+class Progress:
+    """Progress of long work on stderr: a tqdm bar on a terminal; on a file or pipe, a plain line
+    at most every ``every`` seconds and one at the end (no carriage returns, no escape codes)."""
+
+    def __init__(self, what: str, unit: str = "entries", every: float = 10.0) -> None:
+        self.what = what
+        self.count = 0
+        self._bar = None
+        self._every = every
+        self._last = time.monotonic()
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(desc=what, unit=f" {unit}", unit_scale=True, file=sys.stderr, leave=False)
+
+    def __call__(self, count: int) -> None:
+        if self._bar is not None:
+            self._bar.update(count - self.count)
+        elif time.monotonic() - self._last >= self._every:
+            self._last = time.monotonic()
+            print(f"{self.what}: {count:,}", file=sys.stderr, flush=True)
+        self.count = count
+
+    def done(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self.count:
+            print(f"{self.what}: {self.count:,} done", file=sys.stderr, flush=True)

@@ -1,0 +1,24 @@
+"""`masb demo`: the scripted end-to-end demo (agents/demo.py), on the embedded broker by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agents.settings import env_or
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="run the scripted end-to-end demo on the embedded broker")
+    p.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
+    p.add_argument("--workdir", default=".masb-demo", help="where demo keys and policy are written")
+    p.add_argument("--keep", action="store_true",
+                   help="leave the broker and the worker running afterwards (until Ctrl-C) and print the "
+                        "settings that make every other masb command work against them")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from agents.demo import run_demo
+
+    return run_demo(bootstrap=env_or(args.bootstrap, "MASB_BOOTSTRAP", None), workdir=Path(args.workdir),
+                    keep=args.keep)

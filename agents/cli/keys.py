@@ -1,0 +1,106 @@
+"""`masb keys generate|rotate|export-public|revoke`: key pairs and their life cycle (docs/keys.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from agents.cli.common import UsageError, existing_file, print_json
+from streams.errors import CheckFailed
+
+
+def register(sub) -> None:
+    p = sub.add_parser("keys", help="generate, rotate, export or revoke keys")
+    ksub = p.add_subparsers(dest="action", required=True)
+    for action, text in (("generate", "new key pairs for a party (private files 0600)"),
+                         ("rotate", "a new key pair beside the old one, and what to change in the policy")):
+        q = ksub.add_parser(action, help=text)
+        q.add_argument("--owner", required=True, help="unit, agency or router id")
+        q.add_argument("--kind", choices=["signing", "exchange", "both"], default="both")
+        q.add_argument("--out", default="keys", help="directory for the private key files (written 0600)")
+    q = ksub.add_parser("export-public", help="the public record of a private key file, to put in the policy")
+    q.add_argument("key_file", help="the private key file")
+    q = ksub.add_parser("revoke", help="mark a key revoked in the policy (comments and layout kept)")
+    q.add_argument("--policy", required=True, help="the policy file to edit")
+    q.add_argument("--owner", required=True, help="unit, agency or router id")
+    q.add_argument("--key-id", required=True, help="the key id to mark revoked")
+    q.add_argument("--output", dest="out_policy",
+                   help="write the edited policy here instead of in place (to diff before deploying)")
+    p.set_defaults(func=cmd_keys)
+
+
+def cmd_keys(args) -> int:
+    if args.action in ("generate", "rotate"):
+        return _generate(args)
+    if args.action == "export-public":
+        from streams.crypto.keys import load_private_key, public_record
+
+        print(json.dumps(public_record(load_private_key(existing_file(args.key_file, "key file"))), indent=2))
+        return 0
+    return _revoke_key(args)
+
+
+def _generate(args) -> int:
+    from streams.crypto.keys import generate_key, public_record, write_private_key
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory for the private key files")
+    out.mkdir(parents=True, exist_ok=True)
+    kinds = ["signing", "exchange"] if args.kind == "both" else [args.kind]
+    for kind in kinds:
+        record = generate_key(args.owner, kind)
+        path = out / f"{args.owner}.{kind}.{record.key_id}.key"
+        write_private_key(path, record)
+        print_json({"wrote": str(path), **public_record(record)})
+    if args.action == "rotate":
+        print("masb: add the new public key to the policy as active and mark the old one retired "
+              "(docs/keys.md); old data stays readable while the old key file is kept", file=sys.stderr)
+    return 0
+
+
+def _revoke_key(args) -> int:
+    """Mark one key revoked by editing only its status and policy_version (comments and layout kept)."""
+    from streams.policy import PolicyError, diff, load_policy
+    from streams.policy.revoke import RevokeError, revoke_key_text
+
+    path = existing_file(args.policy, "policy file")
+    try:
+        edit = revoke_key_text(path.read_text(encoding="utf-8"), args.owner, args.key_id)
+    except RevokeError as exc:
+        raise UsageError(f"policy file {path}: {exc}") from None
+    if edit is None:
+        print(f"masb: key {args.key_id} of {args.owner} is already revoked; nothing changed", file=sys.stderr)
+        return 0
+    try:
+        old_policy = load_policy(path)
+    except PolicyError:
+        old_policy = None  # e.g. two active keys while replacing one: only the result must pass the checks
+    out = Path(args.out_policy) if args.out_policy else path
+    fd, temp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(edit.text)
+        try:
+            new_policy = load_policy(temp_name)
+        except PolicyError as exc:
+            raise CheckFailed(f"refused: with key {args.key_id} revoked the policy fails its checks; "
+                              f"nothing written\n{exc}",
+                              hint="to replace an agency's only active key, add the new key as active first "
+                                   "(docs/operations.md)") from None
+        os.chmod(temp_name, path.stat().st_mode & 0o777)
+        os.replace(temp_name, out)
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+    print_json({"revoked": args.key_id, "owner": args.owner, "key_list": edit.key_list,
+                "previous_status": edit.previous_status,
+                "policy_version": [edit.old_version, edit.new_version], "wrote": str(out)})
+    if old_policy is not None:
+        print(diff(old_policy, new_policy).render())
+    print(f"masb: review with `masb policy diff <policy in force> {out}` and get it approved before "
+          f"deploying it (docs/operations.md)", file=sys.stderr)
+    return 0

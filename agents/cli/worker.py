@@ -1,0 +1,54 @@
+"""`masb worker`: run the Faust worker (router, receipts, checkpointer, policy reload, web)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agents.cli.common import existing_dir, existing_file, kafka_flags
+
+
+def register(sub) -> None:
+    p = sub.add_parser("worker", help="run the Faust worker (router, checkpointer, policy reload)")
+    kafka_flags(p)
+    p.add_argument("--policy", help="sharing policy YAML (env MASB_POLICY)")
+    p.add_argument("--keys-dir", help="directory of the router's private key files (env MASB_KEYS_DIR)")
+    p.add_argument("--web-port", type=int, help="port of /metrics and /health (env MASB_WEB_PORT, default 6066)")
+    p.add_argument("--datadir", help="Faust data directory (env MASB_DATADIR)")
+    p.add_argument("--checkpoint-interval", type=float, help="seconds between audit checkpoints")
+    p.add_argument("--log-level", choices=["crit", "error", "warn", "info", "debug"], default="warn")
+    p.set_defaults(func=cmd_worker)
+
+
+def cmd_worker(args) -> int:
+    from agents.app import Runtime, build_app, topic_specs
+    from agents.settings import Settings
+    from streams.kafka import ensure_topics
+
+    Worker = _worker_class()
+    settings = Settings.from_args(args)
+    existing_file(settings.policy_path, "policy file")
+    existing_dir(settings.keys_dir, "keys directory")
+    runtime = Runtime(settings)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings.bootstrap, topic_specs(runtime.topics, runtime.policy,
+                                                                          settings.partitions)))
+    app = build_app(settings, runtime)
+    worker = Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def _worker_class():
+    import faust
+
+    class QuietWorker(faust.Worker):
+        """faust's worker without its terminal spinner when the log is not a terminal: a log file or
+        journal gets plain lines, no cursor escape codes."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            if not self.stdout.isatty():
+                self.spinner = None
+
+    return QuietWorker
