@@ -61,10 +61,10 @@ def topic_specs(topics: Topics, policy: Policy, partitions: int) -> list[TopicSp
 class Runtime:
     """What the agents share: settings, topics, the policy in force and the router applying it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, policy: Policy | None = None) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
-        self.policy = load_policy(settings.policy_path)
+        self.policy = policy or load_policy(settings.policy_path)
         self.identity = load_identity(self.policy, settings.keys_dir)
         self.router = Router(self.policy, self.identity, self.topics)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploy.brokers import free_port
+from streams.errors import CheckFailed
 
 if TYPE_CHECKING:
     from streams.policy import Policy
@@ -77,14 +78,14 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the worker exited with code {self.proc.returncode}; see {self.log.name}")
+                raise CheckFailed(f"the worker exited with code {self.proc.returncode}; see {self.log.name}")
             try:
                 with urllib.request.urlopen(self.url("/health"), timeout=1) as response:
                     if response.status == 200:
                         return
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError(f"the worker was not healthy after {timeout:.0f}s; see {self.log.name}")
+        raise CheckFailed(f"the worker was not healthy after {timeout:.0f}s; see {self.log.name}")
 
     def request_checkpoint(self) -> None:
         request = urllib.request.Request(self.url("/audit/checkpoint"), method="POST", data=b"")

@@ -10,10 +10,10 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
 def env_or(value, name: str, default=None):
-    """The explicit value if given, else the environment variable, else the default."""
+    """The explicit value if given, else the environment variable (if set and not empty), else the default."""
     if value not in (None, ""):
         return value
-    return os.environ.get(name, default)
+    return os.environ.get(name) or default
 
 
 @dataclass

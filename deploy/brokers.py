@@ -27,11 +27,15 @@ import time
 import uuid
 from pathlib import Path
 
+from streams.errors import EXIT_UNAVAILABLE, MasbError
+
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 
 
-class BrokerError(RuntimeError):
-    """A broker could not be installed, started or reached."""
+class BrokerError(MasbError):
+    """A broker could not be installed, started or reached (exit code 3: unavailable)."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 def free_port() -> int:
@@ -69,7 +73,9 @@ async def _poll_metadata(admin_class, bootstrap: str, timeout: float) -> None:
             await asyncio.sleep(0.3)
         finally:
             await admin.close()
-    raise BrokerError(f"broker at {bootstrap} not ready after {timeout:.0f}s: {last_error!r}")
+    reason = f" ({type(last_error).__name__})" if last_error is not None else ""
+    raise BrokerError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s{reason}",
+                      hint="check --bootstrap / MASB_BOOTSTRAP and that the broker is running")
 
 
 class _ProcessBroker:

@@ -51,5 +51,8 @@ def cmd_ingest(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     print(f"masb ingest: unit {service.unit_id}, policy version {policy.version}, "
           f"POST http://{args.host}:{args.port}/events", file=sys.stderr, flush=True)
-    web.run_app(build_ingest_app(service), host=args.host, port=args.port, print=None, access_log=None)
+    try:
+        web.run_app(build_ingest_app(service), host=args.host, port=args.port, print=None, access_log=None)
+    except OSError as exc:  # the port is taken or the address is not this host's
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 
-from agents.cli.common import existing_dir, existing_file, kafka_flags
+from agents.cli.common import UsageError, existing_dir, kafka_flags, load_policy_file
 
 
 def register(sub) -> None:
@@ -26,17 +28,36 @@ def cmd_worker(args) -> int:
 
     Worker = _worker_class()
     settings = Settings.from_args(args)
-    existing_file(settings.policy_path, "policy file")
+    policy = load_policy_file(settings.policy_path)
     existing_dir(settings.keys_dir, "keys directory")
-    runtime = Runtime(settings)
+    _check_port_free(settings.web_host, settings.web_port)
+    runtime = Runtime(settings, policy)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_topics(settings.bootstrap, topic_specs(runtime.topics, runtime.policy,
-                                                                          settings.partitions)))
+    # Before the worker's own logging is set up: an unreachable broker is reported once, by the CLI,
+    # not also by aiokafka's connection errors on the console.
+    client_log = logging.getLogger("aiokafka")
+    level, client_log.level = client_log.level, logging.CRITICAL
+    try:
+        loop.run_until_complete(ensure_topics(settings.bootstrap, topic_specs(runtime.topics, runtime.policy,
+                                                                              settings.partitions)))
+    finally:
+        client_log.setLevel(level)
     app = build_app(settings, runtime)
     worker = Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Say so at once if the web port is taken, rather than after the worker has joined its group."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"cannot serve /health and /metrics on {host}:{port}: {exc.strerror}",
+                             hint="choose another --web-port (env MASB_WEB_PORT)") from None
 
 
 def _worker_class():

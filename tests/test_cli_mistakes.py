@@ -1,0 +1,150 @@
+"""Ordinary mistakes, run as a user runs `masb`: one clear line naming the thing at fault, the documented
+exit code (docs/cli.md), no traceback, no personal data, no unclosed Kafka client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.deployment import prepare_deployment
+from tests.harness import fixture_event
+
+NO_BROKER = "127.0.0.1:1"  # nothing listens on port 1: refused at once
+EVENT = fixture_event("MARAC_REFERRAL")
+PERSONAL = [EVENT["victim"]["name"], EVENT["header"]["case_ref"], EVENT["victim"]["nhs_number"]]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mistakes")
+    deployment = prepare_deployment(root / "deployment")
+    (root / "event.json").write_text(json.dumps(EVENT, indent=1))
+    (root / "a-file").write_text("not a directory")
+    typo = deployment.policy_path.read_text().replace("agreements:", "agreemnts:", 1)
+    (root / "typo.yaml").write_text(typo)
+    return root, deployment
+
+
+def masb(*args: str, cwd: Path, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agents", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, check=False, env={**os.environ, **(env or {})})
+
+
+def key(deployment, owner: str, kind: str = "exchange") -> str:
+    return str(next(deployment.keys_dir.glob(f"{owner}.{kind}.*.key")))
+
+
+def _busy_port() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+# (name, arguments given the fixture's paths, exit code, words the one line must contain)
+CASES = [
+    ("consume, no broker", lambda r, d: ["consume", "--bootstrap", NO_BROKER, "--policy", d.policy_path,
+                                         "--agency", "nhs-worcs-acute", "--key", key(d, "nhs-worcs-acute")],
+     3, ["127.0.0.1:1", "unavailable"]),
+    ("publish, no broker", lambda r, d: ["publish", "--bootstrap", NO_BROKER, "--policy", d.policy_path,
+                                         "--as", "hau-worcestershire", "--key", key(d, "hau-worcestershire", "signing"),
+                                         r / "event.json"], 3, ["127.0.0.1:1", "unavailable"]),
+    ("audit verify, no broker", lambda r, d: ["audit", "verify", "--bootstrap", NO_BROKER, "--policy", d.policy_path],
+     3, ["127.0.0.1:1"]),
+    ("audit report, no broker", lambda r, d: ["audit", "report", "--bootstrap", NO_BROKER, "--policy", d.policy_path],
+     3, ["127.0.0.1:1"]),
+    ("worker, no broker", lambda r, d: ["worker", "--bootstrap", NO_BROKER, "--policy", d.policy_path,
+                                        "--keys-dir", d.keys_dir, "--web-port", "0"], 3, ["127.0.0.1:1"]),
+    ("worker, policy with a typo", lambda r, d: ["worker", "--bootstrap", NO_BROKER, "--policy", r / "typo.yaml",
+                                                 "--keys-dir", d.keys_dir], 2, ["typo.yaml", "agreemnts"]),
+    ("worker, no such keys dir", lambda r, d: ["worker", "--bootstrap", NO_BROKER, "--policy", d.policy_path,
+                                               "--keys-dir", r / "nokeys"], 2, ["nokeys", "not found"]),
+    ("policy check on a directory", lambda r, d: ["policy", "check", r], 2, ["mistakes", "is a directory"]),
+    ("policy explain, unknown event type", lambda r, d: ["policy", "explain", d.policy_path, "MARAC", "worcestershire"],
+     2, ["MARAC"]),
+    ("keys generate --out an existing file", lambda r, d: ["keys", "generate", "--owner", "x-unit", "--out",
+                                                           r / "a-file"], 2, ["a-file", "is a file"]),
+    ("keys export-public of a directory", lambda r, d: ["keys", "export-public", r], 2, ["is a directory"]),
+    ("audit verify --from-export of a missing dir", lambda r, d: ["audit", "verify", "--from-export", r / "nope",
+                                                                  "--policy", d.policy_path], 2, ["nope", "not found"]),
+    ("audit check-proof of a missing file", lambda r, d: ["audit", "check-proof", r / "nope.json",
+                                                          "--policy", d.policy_path], 2, ["nope.json", "not found"]),
+    ("audit shred without a keys dir", lambda r, d: ["audit", "shred", "WM-ABC123456"], 2, ["keys dir"]),
+    ("schemas check of a missing root", lambda r, d: ["schemas", "check", "--root", r / "nope"], 2, ["nope", "not found"]),
+    ("schemas check of an empty root", lambda r, d: ["schemas", "check", "--root", d.keys_dir], 2,
+     ["nothing to check"]),
+    ("consume for an agency the policy does not know", lambda r, d: ["consume", "--bootstrap", NO_BROKER, "--policy",
+                                                                     d.policy_path, "--agency", "nobody", "--key",
+                                                                     key(d, "nhs-worcs-acute")], 2, ["nobody"]),
+    ("consume with a signing key", lambda r, d: ["consume", "--bootstrap", NO_BROKER, "--policy", d.policy_path,
+                                                 "--agency", "nhs-worcs-acute", "--key",
+                                                 key(d, "hau-worcestershire", "signing")], 2, ["exchange key"]),
+    ("publish as a unit the policy does not know", lambda r, d: ["publish", "--bootstrap", NO_BROKER, "--policy",
+                                                                 d.policy_path, "--as", "hau-nowhere", r / "event.json"],
+     2, ["hau-nowhere"]),
+    ("publish a file that does not exist", lambda r, d: ["publish", "--policy", d.policy_path, "--as",
+                                                         "hau-worcestershire", "--key",
+                                                         key(d, "hau-worcestershire", "signing"), r / "none.json"],
+     2, ["none.json", "not found"]),
+    ("no policy anywhere", lambda r, d: ["audit", "verify", "--bootstrap", NO_BROKER], 2, ["--policy", "MASB_POLICY"]),
+]
+
+
+@pytest.mark.parametrize("name, argv, code, words", CASES, ids=[c[0] for c in CASES])
+def test_a_mistake_is_one_clear_line_with_its_exit_code(setup, name, argv, code, words):
+    root, deployment = setup
+    env = {"MASB_POLICY": "", "MASB_BOOTSTRAP": "", "MASB_KEYS_DIR": ""}
+    result = masb(*map(str, argv(root, deployment)), cwd=root, env=env)
+    assert result.returncode == code, result.stderr
+    err = result.stderr
+    assert "Traceback" not in err and "Unclosed" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 4 and lines[0].startswith("masb: "), err
+    for word in words:
+        assert word in err, err
+    for value in PERSONAL:
+        assert value not in err + result.stdout
+
+
+def test_a_busy_web_port_is_named_before_the_worker_starts(setup):
+    root, deployment = setup
+    with _busy_port() as busy:
+        port = busy.getsockname()[1]
+        result = masb("worker", "--bootstrap", NO_BROKER, "--policy", str(deployment.policy_path),
+                      "--keys-dir", str(deployment.keys_dir), "--web-port", str(port), cwd=root)
+    assert result.returncode == 2 and f"127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2_with_argparse_usage(setup):
+    root, _ = setup
+    result = masb("keys", "generate", cwd=root)
+    assert result.returncode == 2 and "--owner" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.tansu
+def test_ctrl_c_in_consume_follow_exits_130_without_a_traceback(setup, tansu):
+    import asyncio
+
+    from streams.kafka import TopicSpec, ensure_topics
+    from streams.topics import Topics
+
+    root, deployment = setup
+    asyncio.run(ensure_topics(tansu, [TopicSpec(Topics("ctrlc.").partner("nhs-worcs-acute"))]))
+    proc = subprocess.Popen([sys.executable, "-m", "agents", "consume", "--follow", "--bootstrap", tansu,
+                             "--topic-prefix", "ctrlc.", "--policy", str(deployment.policy_path), "--agency",
+                             "nhs-worcs-acute", "--key", key(deployment, "nhs-worcs-acute")],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # reading, waiting for envelopes
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Unclosed" not in err, err
+    assert "masb: interrupted" in err
