@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import faust
 
-from agents.settings import Settings
 from pathlib import Path
+
+from agents.faults import Faults
+from agents.health import Health
+from agents.settings import Settings
+from agents.supervision import Supervisor
 
 from streams.audit.case_keys import CASE_KEYS_DIR, CaseKeyStore
 from streams.crypto.keys import Keyring, KeyFileError, load_private_key
@@ -58,15 +62,26 @@ def topic_specs(topics: Topics, policy: Policy, partitions: int) -> list[TopicSp
     return specs
 
 
+def assigned_partitions(app: faust.App) -> set[tuple[str, int]]:
+    """(topic, partition) of every partition faust's consumer holds now (none before it started)."""
+    try:
+        return {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+    except Exception:  # noqa: BLE001 - ConsumerNotStarted and friends: nothing assigned yet
+        return set()
+
+
 class Runtime:
     """What the agents share: settings, topics, the policy in force and the router applying it."""
 
     def __init__(self, settings: Settings, policy: Policy | None = None) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
+        self.policy_mtime = settings.policy_path.stat().st_mtime_ns  # before loading: a later edit is seen
         self.policy = policy or load_policy(settings.policy_path)
         self.identity = load_identity(self.policy, settings.keys_dir)
         self.router = Router(self.policy, self.identity, self.topics)
+        self.supervisor: Supervisor | None = None  # set by build_app
+        self.health: Health | None = None
 
 
 def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
@@ -92,6 +107,15 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
     )
     app.masb = runtime  # the agents below reach the shared runtime through the app
+    runtime.supervisor = Supervisor(app, broker_up=lambda: runtime.health.broker_ok is not False)
+    runtime.health = Health(
+        settings.bootstrap, app.conf.id, [runtime.topics.case_events, runtime.topics.receipts], runtime.supervisor,
+        assigned=lambda: assigned_partitions(app),
+        checkpoint_interval=settings.checkpoint_interval, interval=settings.health_interval,
+        stall_seconds=settings.stall_seconds,
+    )
+    runtime.supervisor.run("health-monitor", runtime.health.run)
+    runtime.faults = Faults() if settings.fault_injection else None
 
     from agents import checkpointer, policy_watch, receipts, router, web
 

@@ -17,12 +17,13 @@ import faust
 from aiokafka import TopicPartition
 
 from agents import metrics
+from agents.sending import AcknowledgedSender, Message
 from streams.audit.checkpoint import Checkpoint, sign_checkpoint
 from streams.audit.checkpoint_record import CheckpointRecordError, encode_checkpoint_record, open_checkpoint_record
 from streams.audit.merkle import CompactRange, leaf_hash
 from streams.auditing import checkpoint_verifiers
 from streams.kafka import consumer as kafka_consumer
-from streams.kafka import producer, read_topic
+from streams.kafka import read_topic, start_client, stop_quietly
 
 log = logging.getLogger("masb.checkpointer")
 
@@ -44,45 +45,62 @@ async def resume_state(runtime) -> tuple[CompactRange, int]:
 def install(app: faust.App, runtime) -> None:
     requested = asyncio.Event()
     app.masb_checkpoint_requested = requested
+    runtime.supervisor.run("checkpointer", lambda: run_checkpointer(runtime, requested))
 
-    @app.task
-    async def checkpointer() -> None:
-        settings = runtime.settings
-        tree, next_offset = await resume_state(runtime)
-        signed_size = tree.size
-        origin = settings.log_origin
-        consumer = kafka_consumer(settings.bootstrap, group_id=None)
-        out = producer(settings.bootstrap)
-        await consumer.start()
-        await out.start()
+
+async def run_checkpointer(runtime, requested: asyncio.Event) -> None:
+    """Follow the exchange log and sign checkpoints, until cancelled (a supervised task)."""
+    settings = runtime.settings
+    health = runtime.health
+    tree, next_offset = await resume_state(runtime)
+    signed_size = tree.size
+    health.checkpoint_signed(signed_size)
+    health.checkpoint_read(tree.size)
+    origin = settings.log_origin
+    consumer = kafka_consumer(settings.bootstrap, group_id=None)
+    sender = AcknowledgedSender(settings.bootstrap)
+    await start_client(consumer, settings.bootstrap)
+    try:
+        await sender.start()
         tp = TopicPartition(runtime.topics.audit, 0)
-        try:
-            consumer.assign([tp])
-            consumer.seek(tp, next_offset)
-            last_signed = time.monotonic()
-            while True:
-                batch = await consumer.getmany(tp, timeout_ms=250)
-                for message in batch.get(tp, []):
-                    if message.offset != next_offset:
-                        # Never sign over a hole: entries were deleted or compacted away.
-                        log.error("audit log gap: expected offset %d, got %d; checkpointing stopped",
-                                  next_offset, message.offset)
-                        return
-                    tree.append(leaf_hash(message.value))
-                    next_offset = message.offset + 1
-                unsigned = tree.size - signed_size
-                due = unsigned >= settings.checkpoint_max_entries or (
-                    time.monotonic() - last_signed >= settings.checkpoint_interval)
-                if unsigned > 0 and (due or requested.is_set()):
-                    signing_key = runtime.identity.signing.current.signing_key()
-                    note = sign_checkpoint(Checkpoint(origin, tree.size, tree.root()), origin, signing_key)
-                    await out.send_and_wait(runtime.topics.checkpoints,
-                                            encode_checkpoint_record(note, next_offset, tree))
-                    signed_size = tree.size
-                    last_signed = time.monotonic()
-                    metrics.CHECKPOINT_SIZE.set(tree.size)
-                if requested.is_set() and tree.size == signed_size:
-                    requested.clear()
-        finally:
-            await consumer.stop()
-            await out.stop()
+        consumer.assign([tp])
+        consumer.seek(tp, next_offset)
+        last_signed = time.monotonic()
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=250)
+            for message in batch.get(tp, []):
+                if message.offset != next_offset:
+                    await halt_on_gap(runtime, next_offset, message.offset)
+                tree.append(leaf_hash(message.value))
+                next_offset = message.offset + 1
+            health.checkpoint_read(tree.size)
+            unsigned = tree.size - signed_size
+            due = unsigned >= settings.checkpoint_max_entries or (
+                time.monotonic() - last_signed >= settings.checkpoint_interval)
+            if unsigned > 0 and (due or requested.is_set()):
+                signing_key = runtime.identity.signing.current.signing_key()
+                note = sign_checkpoint(Checkpoint(origin, tree.size, tree.root()), origin, signing_key)
+                record = encode_checkpoint_record(note, next_offset, tree)
+                await sender.send_all([Message(runtime.topics.checkpoints, None, record)], _never_refused)
+                signed_size = tree.size
+                last_signed = time.monotonic()
+                metrics.CHECKPOINT_SIZE.set(tree.size)
+                health.checkpoint_signed(signed_size)
+            if requested.is_set() and tree.size == signed_size:
+                requested.clear()
+    finally:
+        await stop_quietly(consumer)
+        await sender.stop()
+
+
+def _never_refused(message: Message, error: Exception) -> list[Message]:
+    # A checkpoint record is a few KB; a broker that refuses it for good is misconfigured.
+    raise RuntimeError(f"the broker refused a {len(message.value)}-byte checkpoint record ({type(error).__name__})")
+
+
+async def halt_on_gap(runtime, expected: int, got: int) -> None:
+    """Never sign over a hole: entries were deleted or compacted away. Checkpointing halts (routing
+    goes on), /health says why, and an operator must look (docs/operations.md)."""
+    log.error("audit log gap: expected offset %d, got %d; checkpointing halted", expected, got)
+    runtime.health.checkpoint.halted = f"audit log gap at offset {expected} (next entry at {got})"
+    await asyncio.Event().wait()

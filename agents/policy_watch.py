@@ -14,6 +14,7 @@ import logging
 import faust
 
 from agents import metrics
+from agents.sending import AcknowledgedSender, Message
 from streams.kafka import ensure_topics
 from streams.policy import PolicyError, load_policy
 from streams.routing import Router
@@ -22,44 +23,60 @@ log = logging.getLogger("masb.policy")
 
 
 def install(app: faust.App, runtime) -> None:
+    runtime.supervisor.run("policy-watch", lambda: watch_policy(runtime))
+
+
+async def watch_policy(runtime) -> None:
+    """Record the policy in force, then apply each valid change of the file (a supervised task)."""
     path = runtime.settings.policy_path
-    state = {"mtime": path.stat().st_mtime_ns}
-    audit_topic = app.topic(runtime.topics.audit, key_serializer="raw", value_serializer="raw")
+    sender = AcknowledgedSender(runtime.settings.bootstrap)
+    await sender.start()
+    try:
+        if not getattr(runtime, "initial_policy_recorded", False):
+            await record_change(runtime, sender, None)
+            runtime.initial_policy_recorded = True
+        while True:
+            await asyncio.sleep(runtime.settings.policy_poll_interval)
+            try:
+                current = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                if runtime.policy_mtime is not None:
+                    log.error("policy file %s is missing; keeping version %d", path, runtime.policy.version)
+                runtime.policy_mtime = None
+                continue
+            if current != runtime.policy_mtime:
+                runtime.policy_mtime = current
+                await reload(runtime, sender, path)
+    finally:
+        await sender.stop()
 
-    async def record_change(previous) -> None:
-        fut = await audit_topic.send(value=runtime.router.policy_change(previous))
-        await fut
-        metrics.AUDIT_ENTRIES.labels("POLICY_CHANGE").inc()
-        metrics.POLICY_VERSION.set(runtime.policy.version)
 
-    @app.task
-    async def record_initial_policy() -> None:
-        await record_change(None)
+async def record_change(runtime, sender: AcknowledgedSender, previous) -> None:
+    entry = runtime.router.policy_change(previous)
+    await sender.send_all([Message(runtime.topics.audit, None, entry)], _never_refused)
+    metrics.AUDIT_ENTRIES.labels("POLICY_CHANGE").inc()
+    metrics.POLICY_VERSION.set(runtime.policy.version)
 
-    @app.timer(runtime.settings.policy_poll_interval)
-    async def reload_policy() -> None:
-        try:
-            mtime = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            log.error("policy file %s is missing; keeping version %d", path, runtime.policy.version)
-            return
-        if mtime == state["mtime"]:
-            return
-        state["mtime"] = mtime
-        try:
-            new = await asyncio.get_running_loop().run_in_executor(None, load_policy, path)
-        except PolicyError as exc:
-            metrics.POLICY_RELOAD_FAILURES.inc()
-            log.error("policy file refused, keeping version %d: %s", runtime.policy.version, exc)
-            return
-        if new.digest == runtime.policy.digest:
-            return
-        # New agencies need their feed before the first envelope is sent to them.
-        from agents.app import topic_specs
 
-        await ensure_topics(runtime.settings.bootstrap, topic_specs(runtime.topics, new, runtime.settings.partitions))
-        previous = runtime.policy
-        runtime.policy = new
-        runtime.router = Router(new, runtime.identity, runtime.topics)
-        await record_change(previous)
-        log.warning("policy version %d now in force (was %d)", new.version, previous.version)
+def _never_refused(message: Message, error: Exception) -> list[Message]:
+    raise RuntimeError(f"the broker refused a {len(message.value)}-byte audit entry ({type(error).__name__})")
+
+
+async def reload(runtime, sender: AcknowledgedSender, path) -> None:
+    try:
+        new = await asyncio.get_running_loop().run_in_executor(None, load_policy, path)
+    except PolicyError as exc:
+        metrics.POLICY_RELOAD_FAILURES.inc()
+        log.error("policy file refused, keeping version %d: %s", runtime.policy.version, exc)
+        return
+    if new.digest == runtime.policy.digest:
+        return
+    # New agencies need their feed before the first envelope is sent to them.
+    from agents.app import topic_specs
+
+    await ensure_topics(runtime.settings.bootstrap, topic_specs(runtime.topics, new, runtime.settings.partitions))
+    previous = runtime.policy
+    runtime.policy = new
+    runtime.router = Router(new, runtime.identity, runtime.topics)
+    await record_change(runtime, sender, previous)
+    log.warning("policy version %d now in force (was %d)", new.version, previous.version)

@@ -1,40 +1,73 @@
 """The receipts agent: partner receipts -> RECEIPT entries of the exchange log (or refusals).
 
-Receipts are few (one or two per envelope) and each is recorded before its offset may be
-committed, so this agent handles them one at a time.
+Like the router, it handles receipts in small batches and commits a batch's offsets only after the
+broker acknowledged every entry and dead letter made from it (agents/sending.py): a receipt is
+never lost, even when its dead letter cannot be written as it was (too large) or the broker is away.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import faust
 
 from agents import metrics
-from streams.routing import InputRecord, Refusal
+from agents.router import replacement_for
+from agents.sending import AcknowledgedSender, Message, forget
+from streams.routing import INTERNAL_ERROR, InputRecord, Refusal
 
 log = logging.getLogger("masb.receipts")
 
+BATCH = 100
+BATCH_WINDOW_SECONDS = 0.05
+
+
+def decide(runtime, record: InputRecord) -> tuple[list[Message], list[str]]:
+    """What one receipt becomes: an entry (RECEIPT) or a dead letter and an entry (REFUSAL)."""
+    topics = runtime.topics
+    try:
+        result = runtime.router.receipt(record)
+    except Exception as exc:  # a bug must not lose the receipt: keep it, say why, go on
+        log.error("internal error recording receipt %s: %s", record.source, type(exc).__name__)
+        result = runtime.router.refuse(record, INTERNAL_ERROR,
+                                       f"internal error while recording a receipt ({type(exc).__name__}); record kept")
+    if isinstance(result, Refusal):
+        log.warning("refused receipt %s: %s", result.reason_code, result.reason)
+        metrics.REFUSED.labels(result.reason_code).inc()
+        return ([Message(topics.dead_letter, None, result.dead_letter, record),
+                 Message(topics.audit, None, result.audit_entry, record)], ["REFUSAL"])
+    return [Message(topics.audit, None, result, record)], ["RECEIPT"]
+
 
 def install(app: faust.App, runtime) -> None:
-    topics = runtime.topics
-    source = app.topic(topics.receipts, key_serializer="raw", value_serializer="raw")
-    audit = app.topic(topics.audit, key_serializer="raw", value_serializer="raw")
-    dead_letter = app.topic(topics.dead_letter, key_serializer="raw", value_serializer="raw")
+    source = app.topic(runtime.topics.receipts, key_serializer="raw", value_serializer="raw")
+    supervisor = runtime.supervisor
+    hold = runtime.faults.hold if getattr(runtime, "faults", None) else None
 
     @app.agent(source, name="receipts")
     async def record_receipts(stream):
-        async for event in stream.events():
-            message = event.message
-            record = InputRecord(message.topic, message.partition, message.offset, event.key, event.value)
-            result = runtime.router.receipt(record)
-            if isinstance(result, Refusal):
-                sends = [await dead_letter.send(value=result.dead_letter), await audit.send(value=result.audit_entry)]
-                metrics.REFUSED.labels(result.reason_code).inc()
-                metrics.AUDIT_ENTRIES.labels("REFUSAL").inc()
-                log.warning("refused receipt %s: %s", result.reason_code, result.reason)
-            else:
-                sends = [await audit.send(value=result)]
-                metrics.AUDIT_ENTRIES.labels("RECEIPT").inc()
-            await asyncio.gather(*sends)  # recorded before the offset may be committed
+        sender = AcknowledgedSender(runtime.settings.bootstrap)
+        await sender.start()
+        supervisor.beat("receipts")
+        try:
+            async for events in stream.take_events(BATCH, within=BATCH_WINDOW_SECONDS):
+                messages, kinds = [], []
+                try:
+                    for event in events:
+                        m = event.message
+                        made, made_kinds = decide(runtime, InputRecord(m.topic, m.partition, m.offset,
+                                                                       event.key, event.value))
+                        messages += made
+                        kinds += made_kinds
+                    if hold is not None:
+                        await hold("receipts")
+                    await sender.send_all(messages, lambda msg, err: replacement_for(runtime, msg, err))
+                except BaseException:
+                    forget(events)  # stopping, or a crash: never committed, so read again
+                    raise
+                for kind in kinds:
+                    metrics.AUDIT_ENTRIES.labels(kind).inc()
+        finally:
+            await sender.stop()
+
+    supervisor.watch_agent(record_receipts, "receipts")

@@ -6,15 +6,16 @@ until the broker acknowledged every one of them before the batch's input offsets
 Waiting once per batch instead of once per event is what makes the worker fast (see
 bench/bench_pipeline.py); waiting at all is what makes it at-least-once.
 
-If the broker fails, the same messages are sent again with backoff until they are acknowledged:
-the batch is never given up, so nothing is lost. Re-sending can duplicate a delivery; the dedupe
-table (event id -> content digest) and partners' dedupe by event id make each agency see each event
-once.
+If the broker is away, the messages not yet acknowledged are sent again with backoff until they
+are (agents/sending.py): nothing is lost, and the health monitor reports the partition as stalled
+meanwhile. A record the broker will never take is replaced by a small dead letter that references
+it. Re-sending can duplicate a delivery; the dedupe table (event id -> content digest) and
+partners' dedupe by event id make each agency see each event once. When the worker stops while a
+batch waits for the broker, the batch is abandoned without committing its offsets.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -22,17 +23,14 @@ import weakref
 
 import faust
 import faust.streams as faust_streams
-from aiokafka.errors import KafkaError
 
 from agents import metrics
-from streams.kafka import producer
+from agents.sending import AcknowledgedSender, Message, forget
 from streams.routing import INTERNAL_ERROR, Admitted, InputRecord, Refusal
 
 log = logging.getLogger("masb.router")
 
-Message = tuple[str, bytes | None, bytes]  # topic, key, value
 BATCH_WINDOW_SECONDS = 0.02
-RETRY_BACKOFF_SECONDS = (0.5, 1, 2, 5, 10)
 
 
 class BatchRouter:
@@ -50,24 +48,24 @@ class BatchRouter:
         topics = self.runtime.topics
         result = router.admit(record)
         if isinstance(result, Refusal):
-            self.refuse(result)
+            self.refuse(result, record)
             return
         admitted: Admitted = result
         event_key = admitted.event_id.encode()
         prior = self.routed[event_key][0] if event_key in self.routed else self.seen.get(event_key)
         if prior is not None:
             if prior.decode() == admitted.digest:
-                self.messages.append((topics.audit, None, router.duplicate(admitted)))
+                self.messages.append(Message(topics.audit, None, router.duplicate(admitted), record))
                 self.count(metrics.DUPLICATES, admitted.header["event_type"])
                 self.count(metrics.AUDIT_ENTRIES, "DUPLICATE")
             else:
-                self.refuse(router.conflict(admitted))
+                self.refuse(router.conflict(admitted), record)
             return
         started = time.perf_counter()
         deliveries = router.deliver(admitted)
         metrics.ENCRYPT_SECONDS.observe(time.perf_counter() - started)
-        self.messages += [(d.topic, d.key, d.envelope) for d in deliveries]
-        self.messages += [(topics.audit, None, d.audit_entry) for d in deliveries]
+        self.messages += [Message(d.topic, d.key, d.envelope, record) for d in deliveries]
+        self.messages += [Message(topics.audit, None, d.audit_entry, record) for d in deliveries]
         self.routed[event_key] = (admitted.digest.encode(), event)
         event_type = admitted.header["event_type"]
         self.count(metrics.EVENTS_ROUTED, event_type)
@@ -81,17 +79,32 @@ class BatchRouter:
         except Exception as exc:  # a bug must not stop the flow: keep the record, say why, go on
             log.error("internal error routing %s: %s", record.source, type(exc).__name__)
             self.refuse(self.runtime.router.refuse(
-                record, INTERNAL_ERROR, f"internal error while routing ({type(exc).__name__}); record kept"))
+                record, INTERNAL_ERROR, f"internal error while routing ({type(exc).__name__}); record kept"), record)
 
-    def refuse(self, refusal: Refusal) -> None:
+    def refuse(self, refusal: Refusal, record: InputRecord) -> None:
         topics = self.runtime.topics
-        self.messages += [(topics.dead_letter, None, refusal.dead_letter), (topics.audit, None, refusal.audit_entry)]
+        self.messages += [Message(topics.dead_letter, None, refusal.dead_letter, record),
+                          Message(topics.audit, None, refusal.audit_entry, record)]
         self.count(metrics.REFUSED, refusal.reason_code)
         self.count(metrics.AUDIT_ENTRIES, "REFUSAL")
         log.warning("refused %s: %s", refusal.reason_code, refusal.reason)
 
     def count(self, metric, *labels: str, amount: int = 1) -> None:
         self.counters.append((metric, labels, amount))
+
+
+def replacement_for(runtime, message: Message, error: Exception) -> list[Message]:
+    """What to send instead of a record the broker will never take: a dead letter referencing the
+    input record (no copy of it) and its REFUSAL audit entry (docs/routing.md, SEND_REFUSED)."""
+    if message.origin is None:  # already a replacement: a few hundred bytes, refused all the same
+        log.critical("the broker refused even a minimal dead letter (%s); check message.max.bytes of %s",
+                     type(error).__name__, message.topic)
+        return []
+    refusal = runtime.router.send_refused(message.origin, message.topic, len(message.value), type(error).__name__)
+    metrics.REFUSED.labels(refusal.reason_code).inc()
+    metrics.AUDIT_ENTRIES.labels("REFUSAL").inc()
+    return [Message(runtime.topics.dead_letter, None, refusal.dead_letter),
+            Message(runtime.topics.audit, None, refusal.audit_entry)]
 
 
 @contextlib.contextmanager
@@ -113,41 +126,38 @@ def install(app: faust.App, runtime) -> None:
     # Keys and values are bytes (event id -> content digest): typed, so the changelog holds raw
     # bytes and a restarted worker can recover the table from it.
     seen = app.Table("seen-events", key_type=bytes, value_type=bytes, partitions=runtime.settings.partitions)
-
-    async def send_acknowledged(out, messages: list[Message]) -> None:
-        """Send every message and wait for every acknowledgement; on broker failure send again."""
-        attempt = 0
-        while True:
-            try:
-                pending = [await out.send(name, value=value, key=key) for name, key, value in messages]
-                await asyncio.gather(*pending)
-                return
-            except KafkaError as exc:
-                delay = RETRY_BACKOFF_SECONDS[min(attempt, len(RETRY_BACKOFF_SECONDS) - 1)]
-                attempt += 1
-                log.error("broker refused a send (%s); sending the batch again in %ss", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
+    supervisor = runtime.supervisor
+    hold = runtime.faults.hold if getattr(runtime, "faults", None) else None
 
     @app.agent(source, name="router")
     async def route(stream):
         # The router's own producer (plain aiokafka): its sends are awaited per batch, before the
         # batch's offsets can be committed, so Faust's per-message send machinery is not needed.
-        out = producer(runtime.settings.bootstrap, linger_ms=2, max_batch_size=512 * 1024)
-        await out.start()
+        sender = AcknowledgedSender(runtime.settings.bootstrap, linger_ms=2, max_batch_size=512 * 1024)
+        await sender.start()
+        supervisor.beat("router")
         try:
-            await route_batches(stream, out)
+            await route_batches(stream, sender)
         finally:
-            await out.stop()
+            await sender.stop()
 
-    async def route_batches(stream, out) -> None:
+    supervisor.watch_agent(route, "router")
+
+    async def route_batches(stream, sender: AcknowledgedSender) -> None:
         async for events in stream.take_events(runtime.settings.router_batch, within=BATCH_WINDOW_SECONDS):
             started = time.perf_counter()
             batch = BatchRouter(runtime, seen)
-            for event in events:
-                message = event.message
-                batch.decide_safely(InputRecord(message.topic, message.partition, message.offset,
-                                                event.key, event.value), event)
-            await send_acknowledged(out, batch.messages)
+            try:
+                for event in events:
+                    message = event.message
+                    batch.decide_safely(InputRecord(message.topic, message.partition, message.offset,
+                                                    event.key, event.value), event)
+                if hold is not None:
+                    await hold("router")
+                await sender.send_all(batch.messages, lambda m, e: replacement_for(runtime, m, e))
+            except BaseException:
+                forget(events)  # stopping, or a crash: never committed, so routed again
+                raise
             # Only now, with every delivery acknowledged, remember the events as routed. A table
             # write goes to the changelog partition of the event being processed, which Faust
             # knows only inside per-event iteration; in a batch we name that event ourselves.

@@ -35,6 +35,10 @@ class Settings:
     session_timeout: float = 60.0
     log_origin: str = "masb.local/exchange-log"  # C2SP origin line of the audit checkpoints
     log_level: str = "warn"
+    health_interval: float = 5.0         # seconds between probes of the broker and the input partitions
+    stall_seconds: float = 60.0          # records waiting this long behind an unmoving offset = stalled
+    stop_deadline: float = 10.0          # seconds SIGTERM may take before the worker exits regardless
+    fault_injection: bool = False        # POST /debug/... endpoints that break the worker on purpose (tests)
 
     @classmethod
     def from_args(cls, args) -> "Settings":
@@ -51,4 +55,8 @@ class Settings:
             session_timeout=float(env_or(None, "MASB_SESSION_TIMEOUT", 60.0)),
             log_origin=env_or(None, "MASB_LOG_ORIGIN", "masb.local/exchange-log"),
             log_level=getattr(args, "log_level", None) or "warn",
+            health_interval=float(env_or(None, "MASB_HEALTH_INTERVAL", 5.0)),
+            stall_seconds=float(env_or(None, "MASB_STALL_SECONDS", 60.0)),
+            stop_deadline=float(env_or(None, "MASB_STOP_DEADLINE", 10.0)),
+            fault_injection=env_or(None, "MASB_FAULT_INJECTION", "0") == "1",
         )

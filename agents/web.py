@@ -1,5 +1,10 @@
-"""HTTP views of the worker (Faust's web server, no extra threads): /metrics, health and
-on-demand audit checkpoints."""
+"""HTTP views of the worker (Faust's web server, no extra threads): /metrics, /health, /ready and
+on-demand audit checkpoints; with MASB_FAULT_INJECTION=1 also the fault endpoints of agents/faults.py.
+
+    GET /health   liveness: 200 unless the worker is failing for good (503); the body reports every
+                  component (broker, tasks, partitions, checkpoint) so an outage shows while it lasts
+    GET /ready    readiness: 200 only when every component is ok, else 503 with the problems
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,33 @@ def install(app: faust.App, runtime) -> None:
     async def metrics_view(self, request):
         return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    def report() -> dict:
+        return {**runtime.health.report(), "policy_version": runtime.policy.version}
+
     @app.page("/health")
     async def health(self, request):
-        return self.json({"status": "ok", "policy_version": runtime.policy.version})
+        body = report()
+        return self.json(body, status=503 if body["status"] == "failing" else 200)
+
+    @app.page("/ready")
+    async def ready(self, request):
+        body = report()
+        return self.json(body, status=200 if body["status"] == "ok" else 503)
 
     @app.page("/audit/checkpoint")
     class CheckpointNow(faust.web.View):
         async def post(self, request):
             app.masb_checkpoint_requested.set()
             return self.json({"requested": True}, status=202)
+
+    if runtime.settings.fault_injection:
+        @app.page("/debug/tasks/{name}/{fault}")
+        class InjectFault(faust.web.View):
+            async def post(self, request, name: str, fault: str):
+                if fault == "cancel":
+                    return self.json({"cancelled": runtime.supervisor.cancel(name)})
+                if fault == "hold":
+                    seconds = float(request.query.get("seconds", "10"))
+                    runtime.faults.hold_for(name, seconds)
+                    return self.json({"holding": name, "seconds": seconds})
+                return self.json({"error": f"unknown fault {fault}"}, status=404)

@@ -148,6 +148,22 @@ class _ProcessBroker:
     def _env(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """End the broker abruptly (SIGKILL) or gracefully (SIGTERM), keeping its port and data, so
+        that :meth:`restart` brings the same broker back: a broker outage, for fault tests."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=60)
+
+    def restart(self, timeout: float = 90.0) -> None:
+        """Start the broker again on the same port with the same data (after :meth:`kill`)."""
+        if self._proc is not None and self._proc.poll() is None:
+            raise BrokerError(f"{self.name} is still running")
+        self._proc = subprocess.Popen(self._command(), stdout=self._log_file, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True, env=self._env())
+        asyncio.run(self._wait(timeout))
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:

@@ -60,11 +60,11 @@ async def start_client(client, bootstrap: str) -> None:
         raise
 
 
-async def stop_quietly(client) -> None:
+async def stop_quietly(client, timeout: float = 3.0) -> None:
     """Stop (or close) a client that may never have connected, ignoring its complaints."""
     try:
         close = getattr(client, "stop", None) or client.close
-        await asyncio.wait_for(close(), 10)
+        await asyncio.wait_for(close(), timeout)
     except Exception:  # noqa: BLE001 - a client that never connected may fail to stop cleanly
         pass
 

@@ -36,6 +36,12 @@ from streams.topics import Topics
 # A publication is one event sealed to the router: far below this. Larger input is refused before
 # any crypto or decoding work is spent on it.
 MAX_PUBLICATION_BYTES = 256 * 1024
+# A dead letter must always fit on the broker (its default message.max.bytes is 1 MiB): it keeps the
+# refused value only up to this size, and a record key only up to MAX_DEAD_LETTER_KEY_BYTES; larger
+# ones are referenced by topic/partition/offset and SHA-256 instead (docs/routing.md).
+MAX_DEAD_LETTER_PAYLOAD_BYTES = MAX_PUBLICATION_BYTES
+MAX_RECEIPT_BYTES = 4096  # a receipt is about 200 bytes
+MAX_DEAD_LETTER_KEY_BYTES = 256
 
 _DLQ_SCHEMA = fastavro.schema.load_schema(
     str(schema_file("dead_letter.avsc"))
@@ -52,6 +58,7 @@ KEY_MISMATCH = "KEY_MISMATCH"
 CONFLICTING_DUPLICATE = "CONFLICTING_DUPLICATE"
 RECEIPT_INVALID = "RECEIPT_INVALID"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+SEND_REFUSED = "SEND_REFUSED"
 
 
 @dataclass(frozen=True)
@@ -226,13 +233,24 @@ class Router:
 
     # -- refusal -----------------------------------------------------------------------------
     def refuse(self, record: InputRecord, reason_code: str, reason: str, *,
-               unit_id: str | None = None, event_id: str | None = None) -> Refusal:
+               unit_id: str | None = None, event_id: str | None = None, copy: bool = True) -> Refusal:
+        """A dead letter and a REFUSAL audit entry for ``record``. The dead letter copies the record's
+        key and value (``copy``) unless they are over the dead-letter limits; it always names the
+        record's topic/partition/offset and the SHA-256 of its value."""
         now = self.clock()
+        payload, key = (record.value, record.key) if copy else (None, None)
+        if payload is not None and len(payload) > MAX_DEAD_LETTER_PAYLOAD_BYTES:
+            reason += (f"; payload of {len(payload)} bytes not copied (over {MAX_DEAD_LETTER_PAYLOAD_BYTES}): "
+                       f"the original stays at {record.source} while the topic retains it")
+            payload = None
+        if key is not None and len(key) > MAX_DEAD_LETTER_KEY_BYTES:
+            reason += f"; record key of {len(key)} bytes not copied"
+            key = None
         letter = {
             "version": 1, "reason_code": reason_code, "reason": reason, "source_topic": record.topic,
             "source_partition": record.partition, "source_offset": record.offset, "received_at": now,
             "unit_id": unit_id, "event_id": event_id, "payload_sha256": _sha256(record.value),
-            "original_key": record.key, "payload": record.value,
+            "original_key": key, "payload": payload,
         }
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, _DLQ_SCHEMA, letter)
@@ -242,9 +260,18 @@ class Router:
         )
         return Refusal(reason_code, reason, buf.getvalue(), encode_entry(entry))
 
+    def send_refused(self, record: InputRecord, topic: str, size: int, error: str) -> Refusal:
+        """The broker refused for good a record made from ``record`` (``size`` bytes for ``topic``):
+        a dead letter that references the input (no copy of it) and its REFUSAL entry."""
+        return self.refuse(record, SEND_REFUSED,
+                           f"the broker refused a {size}-byte record for {topic} ({error}); the input stays at "
+                           f"{record.source}", copy=False)
+
     # -- receipts ----------------------------------------------------------------------------
     def receipt(self, record: InputRecord) -> bytes | Refusal:
         """A partner's receipt -> a RECEIPT audit entry, or a refusal (docs/receipts.md)."""
+        if record.value is not None and len(record.value) > MAX_RECEIPT_BYTES:
+            return self.refuse(record, OVERSIZED, f"the record is larger than {MAX_RECEIPT_BYTES} bytes")
         try:
             opened = open_receipt(record.value or b"", router_exchange_keys=self.identity.exchange.get,
                                   agency_public_key=self._agency_public_key)

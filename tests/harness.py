@@ -116,6 +116,12 @@ class Running:
     def dead_letters(self) -> list[dict]:
         return [decode_dead_letter(r.value) for r in self.records(self.topics.dead_letter)]
 
+    def own_label_values(self) -> set[str]:
+        """Metric label values that are the worker's own identifiers (input topics, their partition
+        numbers, supervised task names): never anything from an event."""
+        return ({self.topics.case_events, self.topics.receipts} | {str(p) for p in range(64)}
+                | {"router", "receipts", "checkpointer", "health-monitor", "policy-watch"})
+
     def health(self) -> dict:
         """The worker's /health document (status and the policy version in force)."""
         with urllib.request.urlopen(self.worker.url("/health"), timeout=5) as response:

@@ -26,7 +26,8 @@ def cmd_worker(args) -> int:
     from agents.settings import Settings
     from streams.kafka import ensure_topics
 
-    Worker = _worker_class()
+    from agents.worker import MasbWorker
+
     settings = Settings.from_args(args)
     policy = load_policy_file(settings.policy_path)
     existing_dir(settings.keys_dir, "keys directory")
@@ -44,7 +45,8 @@ def cmd_worker(args) -> int:
     finally:
         client_log.setLevel(level)
     app = build_app(settings, runtime)
-    worker = Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
+    worker = MasbWorker(app, loop=loop, loglevel=settings.log_level, quiet=True,
+                        stop_deadline=settings.stop_deadline, supervisor=runtime.supervisor)
     worker.execute_from_commandline()
     return 0
 
@@ -58,18 +60,3 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as exc:
             raise UsageError(f"cannot serve /health and /metrics on {host}:{port}: {exc.strerror}",
                              hint="choose another --web-port (env MASB_WEB_PORT)") from None
-
-
-def _worker_class():
-    import faust
-
-    class QuietWorker(faust.Worker):
-        """faust's worker without its terminal spinner when the log is not a terminal: a log file or
-        journal gets plain lines, no cursor escape codes."""
-
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            if not self.stdout.isatty():
-                self.spinner = None
-
-    return QuietWorker

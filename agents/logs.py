@@ -1,0 +1,44 @@
+"""The worker's log stays readable during outages: repeats of a client library's message are held back.
+
+aiokafka logs every failed connection and metadata refresh (hundreds of lines a second while a
+broker is away). :class:`RepeatFilter` lets the first line of each message template through, holds
+back its repeats for ``window`` seconds, then lets one through that says how many it held back.
+MASB's own loggers (``masb.*``) are not filtered: they already log once per state change plus a
+periodic summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+FILTERED_PREFIXES = ("aiokafka", "kafka", "faust", "mode")
+
+
+class RepeatFilter(logging.Filter):
+    def __init__(self, window: float = 60.0) -> None:
+        super().__init__()
+        self.window = window
+        self._seen: dict[tuple[str, object], list] = {}  # (logger, template) -> [window start, held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(FILTERED_PREFIXES) or record.levelno >= logging.CRITICAL:
+            return True
+        key = (record.name, record.msg)  # the template: its arguments (hosts, ids) vary between repeats
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window:
+            seen[1] += 1
+            return False
+        held = seen[1] if seen is not None else 0
+        self._seen[key] = [now, 0]
+        if held:
+            record.msg = f"{record.msg} [and {held} more like it in the last {self.window:.0f}s]"
+        return True
+
+
+def install_repeat_filter(logger: logging.Logger, window: float = 60.0) -> None:
+    """Filter every handler of ``logger`` (the root logger, once the worker configured it)."""
+    repeat = RepeatFilter(window)
+    for handler in logger.handlers:
+        handler.addFilter(repeat)

@@ -1,0 +1,153 @@
+"""Acknowledged sends for the worker's agents: every message of a batch is acknowledged by the broker
+before the batch's input offsets may be committed.
+
+Two kinds of failure, told apart (docs/routing.md, "When the broker refuses"):
+
+- the broker is away or busy (connection, timeout, leader moving): the messages not yet
+  acknowledged are sent again with capped exponential backoff and jitter, for as long as it
+  takes: nothing is lost, and the health monitor reports the partition as stalled meanwhile;
+- the broker will never take this record (too large, invalid): retrying cannot help, so the
+  caller replaces it (a small dead letter that references it) and the batch goes on.
+
+Stopping never waits for an absent broker: sends still unacknowledged after ``stop_timeout`` are
+abandoned. Their input offsets were not committed, so they are sent again after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
+
+from agents.supervision import backoff
+from streams.kafka import producer, start_client
+
+log = logging.getLogger("masb.sending")
+
+NEVER_ACCEPTED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException,
+                  InvalidTopicError, UnsupportedForMessageFormatError)
+RETRY_LOG_EVERY = 30.0  # while retrying, one line when it starts and one every this many seconds
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    key: bytes | None
+    value: bytes
+    origin: object = None  # what the caller needs to replace it if the broker refuses it for good
+
+
+def forget(events: Iterable) -> None:
+    """Make sure faust never commits the offsets of these events: their batch was abandoned.
+
+    faust acknowledges a taken batch when its generator is closed, even after an exception; a
+    message already flagged as acknowledged is skipped by the consumer's bookkeeping (faust 0.15),
+    so its offset is never marked done and never committed: the records are read again after the
+    restart.
+    """
+    for event in events:
+        event.message.acked = True
+
+
+class AcknowledgedSender:
+    def __init__(self, bootstrap: str, *, stop_timeout: float = 5.0, **producer_options) -> None:
+        self.bootstrap = bootstrap
+        self.stop_timeout = stop_timeout
+        self.producer = producer(bootstrap, **producer_options)
+        self.retrying_since: float | None = None
+        self.abandon = asyncio.Event()  # set when the worker stops: give up on a batch being retried
+
+    async def start(self) -> None:
+        await start_client(self.producer, self.bootstrap)
+
+    async def send_all(self, messages: list[Message],
+                       replace: Callable[[Message, Exception], list[Message]]) -> None:
+        """Send every message and wait until each is acknowledged or replaced.
+
+        ``replace(message, error)`` is called for a message the broker will never accept and
+        returns what to send in its place (a small dead letter and its audit entry; nothing, after
+        the caller logged why, if even that was refused). Raises asyncio.CancelledError when the
+        worker stops while the broker is away.
+        """
+        pending = list(messages)
+        attempt = 0
+        last_log = 0.0
+        while pending:
+            futures: list[asyncio.Future | Exception] = []
+            for m in pending:
+                try:
+                    futures.append(await self.producer.send(m.topic, m.value, key=m.key))
+                except Exception as exc:  # noqa: BLE001 - sorted below: never accepted, or retried
+                    futures.append(exc)
+            results = await asyncio.gather(*(f for f in futures if not isinstance(f, Exception)),
+                                           return_exceptions=True)
+            outcomes = iter(results)
+            again: list[Message] = []
+            error: Exception | None = None
+            for m, f in zip(pending, futures):
+                outcome = f if isinstance(f, Exception) else next(outcomes)
+                if not isinstance(outcome, BaseException):
+                    continue
+                if isinstance(outcome, NEVER_ACCEPTED):
+                    log.error("the broker refused a %d-byte record for %s for good (%s); sending a dead letter "
+                              "in its place", len(m.value), m.topic, type(outcome).__name__)
+                    again += replace(m, outcome)
+                elif isinstance(outcome, (KafkaError, asyncio.TimeoutError, OSError)):
+                    again.append(m)
+                    error = outcome
+                else:
+                    raise outcome
+            pending = again
+            if not pending:
+                break
+            if error is not None:  # the broker is away or busy: wait, then send what is left
+                now = time.monotonic()
+                if self.retrying_since is None:
+                    self.retrying_since = now
+                if now - last_log >= RETRY_LOG_EVERY:
+                    last_log = now
+                    log.error("broker did not acknowledge %d records (%s); retrying with backoff (for %.0fs)",
+                              len(pending), type(error).__name__, now - self.retrying_since)
+                await self._wait(backoff(attempt, 0.5, 10.0))
+                attempt += 1
+        if self.retrying_since is not None:
+            log.warning("broker acknowledged again after %.0fs of retries", time.monotonic() - self.retrying_since)
+            self.retrying_since = None
+
+    async def _wait(self, delay: float) -> None:
+        try:
+            await asyncio.wait_for(self.abandon.wait(), delay)
+        except asyncio.TimeoutError:
+            return
+        raise asyncio.CancelledError("worker stopping: batch abandoned, its offsets stay uncommitted")
+
+    async def stop(self) -> None:
+        """Close the producer; sends the broker has not acknowledged within stop_timeout are abandoned."""
+        self.abandon.set()
+        closing = asyncio.ensure_future(self.producer.stop())
+        done, _ = await asyncio.wait({closing}, timeout=self.stop_timeout)
+        if done:
+            return
+        log.warning("abandoning unacknowledged sends at shutdown; their input is routed again after the restart")
+        # aiokafka's stop() waits for every pending batch; there is no public way to drop them, so
+        # end its sender task and close its connections ourselves (aiokafka 0.14).
+        sender = getattr(self.producer, "_sender", None)
+        if sender is not None and sender.sender_task is not None:
+            sender.sender_task.cancel()
+        closing.cancel()
+        try:
+            await asyncio.wait_for(self.producer.client.close(), 2)
+        except Exception:  # noqa: BLE001 - the connections are going away anyway
+            pass

@@ -1,0 +1,179 @@
+"""Supervision of the worker's long-running tasks: nothing ends silently.
+
+Every long-running task of the worker (checkpointer, health monitor, policy watch, ...) runs under
+:meth:`Supervisor.run`. When it ends unexpectedly (an exception, an unexpected return, or a
+cancellation while the worker is not stopping) the supervisor logs it at ERROR with the cause,
+counts it in ``masb_task_restarts_total{task}``, and starts it again after a capped exponential
+backoff with jitter. If a task keeps failing while the broker is reachable (``give_up_after``
+failures in a row, none of which ran for ``healthy_after`` seconds), the supervisor stops the
+worker with exit code 1 so that the process supervisor (systemd, Kubernetes) restarts it.
+Failures while the broker is unreachable do not count towards giving up: waiting is the cure.
+
+The faust agents (router, receipts) are restarted by faust's own agent supervisor; they report
+their liveness here through :meth:`Supervisor.beat`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge
+
+from streams.errors import EXIT_FAILED
+
+log = logging.getLogger("masb.supervisor")
+
+TASK_UP = Gauge("masb_task_up", "1 while a supervised worker task runs, 0 while it waits to be restarted",
+                ["task"])
+TASK_RESTARTS = Counter("masb_task_restarts_total", "Unexpected ends of a worker task (each is restarted)",
+                        ["task"])
+
+
+def backoff(attempt: int, initial: float = 1.0, cap: float = 30.0) -> float:
+    """Capped exponential backoff with +-20 % jitter: 1, 2, 4, ... cap seconds."""
+    return min(cap, initial * 2 ** attempt) * random.uniform(0.8, 1.2)
+
+
+@dataclass
+class TaskState:
+    name: str
+    up: bool = False
+    restarts: int = 0
+    failures_in_a_row: int = 0
+    last_error: str | None = None  # the exception class (never its message: it could quote input)
+    since: float = field(default_factory=time.time)  # when `up` last changed (unix time)
+
+    def as_json(self) -> dict:
+        return {"up": self.up, "restarts": self.restarts, "last_error": self.last_error,
+                "since": round(self.since, 3)}
+
+
+class Supervisor:
+    def __init__(self, app, *, broker_up: Callable[[], bool] = lambda: True, backoff_initial: float = 1.0,
+                 backoff_cap: float = 30.0, give_up_after: int = 8, healthy_after: float = 60.0) -> None:
+        self.app = app
+        self.broker_up = broker_up
+        self.backoff_initial = backoff_initial
+        self.backoff_cap = backoff_cap
+        self.give_up_after = give_up_after
+        self.healthy_after = healthy_after
+        self.tasks: dict[str, TaskState] = {}
+        self.exit_code: int | None = None  # set when the supervisor stops the worker
+        self._running: dict[str, asyncio.Task] = {}
+
+    def state(self, name: str) -> TaskState:
+        if name not in self.tasks:
+            self.tasks[name] = TaskState(name)
+            TASK_UP.labels(name).set(0)
+        return self.tasks[name]
+
+    def _set_up(self, state: TaskState, up: bool) -> None:
+        if state.up != up:
+            state.up, state.since = up, time.time()
+        TASK_UP.labels(state.name).set(1 if up else 0)
+
+    def beat(self, name: str) -> None:
+        """A task supervised elsewhere (a faust agent) says it is running."""
+        self._set_up(self.state(name), True)
+
+    def ended(self, name: str, exc: BaseException | None) -> None:
+        """A task supervised elsewhere (a faust agent) ended unexpectedly; faust restarts it."""
+        state = self.state(name)
+        self._record_failure(state, exc, ran_for=0.0)
+
+    def watch_agent(self, agent, name: str) -> None:
+        """Count a faust agent's crashes here (faust's own agent supervisor restarts it)."""
+        faust_handler = agent._on_error  # the app's handler: it commits what was acknowledged
+
+        async def on_error(failed_agent, exc: BaseException) -> None:
+            self.ended(name, exc)
+            if faust_handler is not None:
+                await faust_handler(failed_agent, exc)
+
+        agent._on_error = on_error
+        self.state(name)
+
+    def run(self, name: str, task: Callable[[], Awaitable[None]]) -> None:
+        """Start ``task`` with the app, and again whenever it ends unexpectedly."""
+        self.state(name)
+        self.app.task(self._supervise_factory(name, task))
+
+    def _supervise_factory(self, name: str, task: Callable[[], Awaitable[None]]):
+        async def supervise() -> None:
+            await self.supervise(name, task)
+        supervise.__name__ = supervise.__qualname__ = f"supervised_{name.replace('-', '_')}"
+        return supervise
+
+    def _stopping(self) -> bool:
+        return bool(self.app.should_stop) or self.exit_code is not None
+
+    async def supervise(self, name: str, task: Callable[[], Awaitable[None]]) -> None:
+        state = self.state(name)
+        attempt = 0
+        while not self._stopping():
+            started = time.monotonic()
+            self._set_up(state, True)
+            runner = asyncio.ensure_future(task())
+            self._running[name] = runner
+            error: BaseException | None = None
+            try:
+                await runner
+                error = RuntimeError(f"task {name} returned")  # long-running tasks never return
+            except asyncio.CancelledError as exc:
+                if self._stopping() or not runner.cancelled():
+                    runner.cancel()
+                    if self._stopping():
+                        raise
+                error = exc
+            except Exception as exc:  # noqa: BLE001 - the point of supervision
+                error = exc
+            finally:
+                self._running.pop(name, None)
+                self._set_up(state, False)
+            if self._stopping():
+                return
+            ran_for = time.monotonic() - started
+            if ran_for >= self.healthy_after:
+                attempt = 0
+            self._record_failure(state, error, ran_for)
+            if state.failures_in_a_row >= self.give_up_after:
+                self.give_up(name)
+                return
+            delay = backoff(attempt, self.backoff_initial, self.backoff_cap)
+            attempt += 1
+            log.error("task %s will restart in %.1fs", name, delay)
+            await asyncio.sleep(delay)
+
+    def _record_failure(self, state: TaskState, exc: BaseException | None, ran_for: float) -> None:
+        cause = type(exc).__name__ if exc is not None else "unknown"
+        state.last_error = cause
+        state.restarts += 1
+        TASK_RESTARTS.labels(state.name).inc()
+        if ran_for >= self.healthy_after:
+            state.failures_in_a_row = 0
+        if self.broker_up():  # failures while the broker is away are the outage's, not the task's
+            state.failures_in_a_row += 1
+        log.error("task %s ended unexpectedly after %.1fs: %s", state.name, ran_for, cause,
+                  exc_info=exc if isinstance(exc, Exception) else None)
+
+    def give_up(self, name: str) -> None:
+        """Stop the worker with a non-zero exit code: its process supervisor will restart it."""
+        log.critical("task %s failed %d times in a row; stopping the worker (exit code %d) so that its "
+                     "process supervisor restarts it", name, self.give_up_after, EXIT_FAILED)
+        self.exit_code = EXIT_FAILED
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def cancel(self, name: str) -> bool:
+        """Cancel a running supervised task from inside (fault injection for tests)."""
+        runner = self._running.get(name)
+        if runner is None or runner.done():
+            return False
+        runner.cancel()
+        return True
