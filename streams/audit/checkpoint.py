@@ -35,7 +35,9 @@ __all__ = [
     "signer_key_string",
     "parse_signer_key",
     "sign_note",
+    "split_note",
     "open_note",
+    "open_note_verified",
     "format_checkpoint_body",
     "parse_checkpoint_body",
     "sign_checkpoint",
@@ -44,8 +46,13 @@ __all__ = [
 
 ED25519_TYPE = 0x01
 SIG_DASH = "\u2014"  # em dash that starts every signature line
-MAX_SIGNATURES = 100  # golang.org/x/mod/sumdb/note's limit; C2SP requires accepting >= 16
-MAX_NOTE_BYTES = 64 * 1024  # a checkpoint is ~100 bytes plus ~100 per signature
+# Bounds on untrusted notes. C2SP signed-note: verifiers "MUST accept at least up to 16 signatures"
+# and post-quantum signatures "can be up to nearly 5kB". 16 lines of a 255-byte key name and a
+# 5,000-byte signature are 16 * (4 + 255 + 1 + 6,676 + 1) = 111,008 bytes; 256 KiB leaves room for
+# the body and twice that, and keeps parsing cheap (one linear pass; only known keys cost a
+# signature check). 100 lines is golang.org/x/mod/sumdb/note's own limit.
+MAX_SIGNATURES = 100
+MAX_NOTE_BYTES = 256 * 1024
 
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 
@@ -75,12 +82,26 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class NoteVerifier:
+    """An Ed25519 signed-note key (signature type 0x01): signs the note text itself.
+
+    Any object with `name`, `key_id` (4 bytes) and `verify(message, signature) -> bool` can be
+    given to open_note (streams/audit/cosignature.py has the cosignature/v1 kind)."""
+
     name: str
     key_id: bytes
     verify_key: nacl.signing.VerifyKey
 
     def key_string(self) -> str:
         return verifier_key_string(self.name, self.verify_key)
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        if len(signature) != 64:
+            return False
+        try:
+            self.verify_key.verify(message, signature)
+        except nacl.exceptions.BadSignatureError:
+            return False
+        return True
 
 
 def _check_key_name(name: str) -> None:
@@ -90,9 +111,9 @@ def _check_key_name(name: str) -> None:
         raise CheckpointError("bad_key", "key name must not contain control characters")
 
 
-def key_id(name: str, public_key: bytes) -> bytes:
-    """C2SP signed-note key ID for an Ed25519 key: SHA-256(name || 0x0A || 0x01 || key)[:4]."""
-    return hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([ED25519_TYPE]) + public_key).digest()[:4]
+def key_id(name: str, public_key: bytes, key_type: int = ED25519_TYPE) -> bytes:
+    """C2SP signed-note key ID: SHA-256(name || 0x0A || signature type || key)[:4] (type 0x01: Ed25519)."""
+    return hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([key_type]) + public_key).digest()[:4]
 
 
 def verifier_key_string(name: str, verify_key: nacl.signing.VerifyKey) -> str:
@@ -108,7 +129,8 @@ def _b64decode(text: str) -> bytes:
     return raw
 
 
-def _parse_key_fields(name: str, hex_id: str, b64: str, what: str) -> tuple[bytes, bytes]:
+def _parse_key_fields(name: str, hex_id: str, b64: str, what: str,
+                      key_types: tuple[int, ...] = (ED25519_TYPE,)) -> tuple[bytes, bytes]:
     _check_key_name(name)
     if not re.fullmatch(r"[0-9a-f]{8}", hex_id):
         raise CheckpointError("bad_key", f"{what} for {name}: key id must be 8 lowercase hex digits")
@@ -116,8 +138,9 @@ def _parse_key_fields(name: str, hex_id: str, b64: str, what: str) -> tuple[byte
         raw = _b64decode(b64)
     except (ValueError, UnicodeEncodeError, binascii.Error):
         raise CheckpointError("bad_key", f"{what} for {name}: key is not valid base64") from None
-    if len(raw) != 33 or raw[0] != ED25519_TYPE:
-        raise CheckpointError("bad_key", f"{what} for {name}: not an Ed25519 key (type 0x01, 32 bytes)")
+    if len(raw) != 33 or raw[0] not in key_types:
+        wanted = " or ".join(f"0x{t:02x}" for t in key_types)
+        raise CheckpointError("bad_key", f"{what} for {name}: not an Ed25519 key (type {wanted}, 32 bytes)")
     return bytes.fromhex(hex_id), raw[1:]
 
 
@@ -172,21 +195,23 @@ def sign_note(text: str, name: str, signing_key: nacl.signing.SigningKey) -> str
     return f"{text}\n{SIG_DASH} {name} {base64.b64encode(kid + sig).decode('ascii')}\n"
 
 
-def _as_verifiers(verifiers: list[str] | list[NoteVerifier]) -> dict[tuple[str, bytes], NoteVerifier]:
-    known: dict[tuple[str, bytes], NoteVerifier] = {}
+def _as_verifiers(verifiers) -> dict[tuple[str, bytes], object]:
+    known: dict[tuple[str, bytes], object] = {}
     for v in verifiers:
-        nv = v if isinstance(v, NoteVerifier) else parse_verifier_key(v)
+        nv = parse_verifier_key(v) if isinstance(v, str) else v
         known[(nv.name, nv.key_id)] = nv
     return known
 
 
-def open_note(note: str | bytes, verifiers: list[str] | list[NoteVerifier]) -> tuple[str, list[str]]:
-    """Check a signed note; return (text, names of the keys whose signatures verified).
+_SIG_LINE = re.compile(SIG_DASH + r" (\S+) (\S+)")
 
-    Signatures from unknown keys are ignored (C2SP: they may be witnesses or
-    rotated keys). A signature from a known key that fails rejects the whole
-    note; a note with no verified signature is rejected.
-    """
+
+def split_note(note: str | bytes) -> tuple[str, list[tuple[str, bytes, str]]]:
+    """Parse a signed note's syntax without checking any signature.
+
+    Returns (text, [(key name, decoded signature bytes, the whole line), ...]). Raises
+    CheckpointError("malformed") for anything that is not a signed note within the bounds
+    (MAX_NOTE_BYTES, MAX_SIGNATURES)."""
     if isinstance(note, (bytes, bytearray)):
         if len(note) > MAX_NOTE_BYTES:
             raise CheckpointError("malformed", "malformed note: too large")
@@ -196,10 +221,14 @@ def open_note(note: str | bytes, verifiers: list[str] | list[NoteVerifier]) -> t
             raise CheckpointError("malformed", "malformed note: not valid UTF-8") from None
     if not isinstance(note, str):
         raise CheckpointError("malformed", "malformed note: not text")
-    if len(note) > MAX_NOTE_BYTES:
+    if len(note) > MAX_NOTE_BYTES or len(note.encode("utf-8", "surrogatepass")) > MAX_NOTE_BYTES:
         raise CheckpointError("malformed", "malformed note: too large")
     if any(ord(c) < 0x20 and c != "\n" for c in note):
         raise CheckpointError("malformed", "malformed note: control characters other than newline")
+    try:
+        note.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError("malformed", "malformed note: not valid UTF-8") from None
     split = note.rfind("\n\n")
     if split < 0 or not note.endswith("\n"):
         raise CheckpointError("malformed", "malformed note: no blank line before the signatures")
@@ -210,35 +239,58 @@ def open_note(note: str | bytes, verifiers: list[str] | list[NoteVerifier]) -> t
         raise CheckpointError("malformed", "malformed note: no signature lines")
     if len(lines) > MAX_SIGNATURES:
         raise CheckpointError("malformed", "malformed note: too many signatures")
-    known = _as_verifiers(verifiers)
-    message = text.encode("utf-8")
-    verified: list[str] = []
+    out = []
     for n, line in enumerate(lines, start=1):
-        m = re.fullmatch(SIG_DASH + r" (\S+) (\S+)", line)
+        m = _SIG_LINE.fullmatch(line)
         if not m or "+" in m.group(1):
             raise CheckpointError("malformed", f"malformed note: signature line {n} is not '\u2014 <name> <base64>'")
-        name = m.group(1)
         try:
             raw = _b64decode(m.group(2))
         except (ValueError, UnicodeEncodeError, binascii.Error):
             raise CheckpointError("malformed", f"malformed note: signature line {n} is not base64") from None
         if len(raw) < 5:
             raise CheckpointError("malformed", f"malformed note: signature line {n} is too short")
+        out.append((m.group(1), raw, line + "\n"))
+    return text, out
+
+
+def open_note_verified(note: str | bytes, verifiers) -> tuple[str, list]:
+    """Check a signed note; return (text, the verifier objects whose signatures verified).
+
+    `verifiers` are verifier key strings (Ed25519, type 0x01) or verifier objects (`name`,
+    `key_id`, `verify(message, signature)`). Signatures from unknown keys are ignored (C2SP: they
+    may be witnesses or rotated keys). A signature from a known key that fails rejects the whole
+    note; a note with no verified signature is rejected."""
+    text, signatures = split_note(note)
+    known = _as_verifiers(verifiers)
+    message = text.encode("utf-8")
+    verified: list = []
+    for name, raw, _line in signatures:
         verifier = known.get((name, raw[:4]))
         if verifier is None:
             continue  # unknown key: ignored, as the signed-note spec requires
-        bad = CheckpointError("bad_signature", f"bad signature for key {name}+{raw[:4].hex()}")
-        if len(raw) != 4 + 64:
-            raise bad
-        try:
-            verifier.verify_key.verify(message, raw[4:])
-        except nacl.exceptions.BadSignatureError:
-            raise bad from None
-        if name not in verified:
-            verified.append(name)
+        if not verifier.verify(message, raw[4:]):
+            raise CheckpointError("bad_signature", f"bad signature for key {name}+{raw[:4].hex()}")
+        if verifier not in verified:
+            verified.append(verifier)
     if not verified:
         raise CheckpointError("no_known_signature", "no signature from a known key")
     return text, verified
+
+
+def open_note(note: str | bytes, verifiers) -> tuple[str, list[str]]:
+    """Check a signed note; return (text, names of the keys whose signatures verified).
+
+    Signatures from unknown keys are ignored (C2SP: they may be witnesses or
+    rotated keys). A signature from a known key that fails rejects the whole
+    note; a note with no verified signature is rejected.
+    """
+    text, verified = open_note_verified(note, verifiers)
+    names: list[str] = []
+    for v in verified:
+        if v.name not in names:
+            names.append(v.name)
+    return text, names
 
 
 # --- checkpoints -----------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from streams.errors import CheckFailed
 
-from .checkpoint import parse_verifier_key
+from .checkpoint import MAX_NOTE_BYTES, parse_verifier_key
 from .verify import VerifyReport, verify_log
 
 __all__ = ["ExportError", "ExportManifest", "write_export", "read_export", "verify_export"]
@@ -34,7 +34,6 @@ ENTRIES_FILE = "entries.bin"
 CHECKPOINTS_FILE = "checkpoints.txt"
 MANIFEST_FILE = "manifest.json"
 MAX_ENTRY_BYTES = 0xFFFFFFFF
-MAX_NOTE_BYTES = 64 * 1024
 _LEN = struct.Struct(">I")
 _HEADER = re.compile(rb"checkpoint (0|[1-9][0-9]{0,5})\n")
 _CHUNK = 1 << 20
@@ -201,6 +200,9 @@ def _parse_checkpoints(data: bytes) -> list[str]:
         if not m:
             raise ExportError(f"{CHECKPOINTS_FILE}: record {len(notes) + 1}: expected 'checkpoint <length>' line")
         length = int(m.group(1))
+        if length > MAX_NOTE_BYTES:
+            raise ExportError(f"{CHECKPOINTS_FILE}: record {len(notes) + 1}: longer than a signed note may be "
+                              f"({MAX_NOTE_BYTES} bytes)")
         start, end = m.end(), m.end() + length
         if end + 1 > len(data) or data[end : end + 1] != b"\n":
             raise ExportError(f"{CHECKPOINTS_FILE}: record {len(notes) + 1}: length does not match its content")
