@@ -14,6 +14,8 @@ from .model import (
     RouterKeySet,
     Share,
     Unit,
+    WitnessMember,
+    WitnessSet,
     canonical_json,
 )
 from .parse import key_id_for, load_policy, parse_policy
@@ -23,6 +25,7 @@ from .vocab import AGENCY_KINDS, AREAS, KEY_STATUSES, LEGAL_BASES, NEXT_SCHOOL_D
 __all__ = [
     "AGENCY_KINDS", "AREAS", "KEY_STATUSES", "LEGAL_BASES", "NEXT_SCHOOL_DAY",
     "Agency", "Agreement", "KeyEntry", "Policy", "PolicyDiff", "PolicyError", "RouterKeySet", "Share", "Unit",
+    "WitnessMember", "WitnessSet",
     "canonical_json", "deliver_by", "diff", "explain", "key_id_for", "load_policy", "parse_duration", "parse_policy",
     "policy_change_summary", "render_template", "template_placeholders",
 ]

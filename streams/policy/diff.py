@@ -127,6 +127,7 @@ def _other_changes(old: Policy, new: Policy) -> list[str]:
                                ("name", "kind", "areas"), "exchange_keys")
     changes += _entity_changes("agreement", {g.id: g for g in old.agreements}, {g.id: g for g in new.agreements},
                                ("version", "agency", "purpose", "legal_basis", "retention", "deadline"), None)
+    changes += _witness_changes(old, new)
     for agreement in new.agreements:
         before = old.agreement(agreement.id)
         if before is not None:
@@ -158,6 +159,15 @@ def _entity_changes(noun: str, old: dict[str, Any], new: dict[str, Any], attribu
     return changes
 
 
+def _witness_changes(old: Policy, new: Policy) -> list[str]:
+    changes = []
+    if old.witnesses.quorum != new.witnesses.quorum:
+        changes.append(f"witness quorum: {old.witnesses.quorum} -> {new.witnesses.quorum}")
+    changes += _entity_changes("witness", {m.id: m for m in old.witnesses.members},
+                               {m.id: m for m in new.witnesses.members}, ("url", "key"), None)
+    return changes
+
+
 def _key_changes(owner: str, old: tuple[KeyEntry, ...], new: tuple[KeyEntry, ...]) -> list[str]:
     before, after = {k.key_id: k for k in old}, {k.key_id: k for k in new}
     changes = [f"{owner}: added {i} ({after[i].status})" for i in sorted(after.keys() - before.keys())]
@@ -171,6 +181,9 @@ def _warnings(old: Policy, new: Policy) -> list[str]:
     warnings = []
     if new.version <= old.version and new.digest != old.digest:
         warnings.append(f"policy_version did not increase ({old.version} -> {new.version}) although the policy changed")
+    if new.witnesses.quorum < old.witnesses.quorum:
+        warnings.append(f"witness quorum lowered ({old.witnesses.quorum} -> {new.witnesses.quorum}): fewer "
+                        "independent parties must vouch for each audit checkpoint")
     for agreement in new.agreements:
         before = old.agreement(agreement.id)
         if before is not None and before != agreement and agreement.version <= before.version:

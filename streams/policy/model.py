@@ -106,6 +106,28 @@ class Share:
     fields: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class WitnessMember:
+    """A witness of the exchange log (C2SP tlog-witness): who runs it, where the log submits
+    checkpoints, and its C2SP cosignature/v1 verifier key (signed-note vkey of type 0x04)."""
+
+    id: str
+    url: str   # submission prefix: the log POSTs to <url>/add-checkpoint
+    key: str   # "<name>+<8 hex key id>+<base64(0x04 || Ed25519 public key)>"
+
+
+@dataclass(frozen=True)
+class WitnessSet:
+    """The witnesses the policy names and how many of them must cosign a checkpoint before
+    auditors and partners rely on it (0: cosignatures are collected but not required)."""
+
+    quorum: int = 0
+    members: tuple[WitnessMember, ...] = ()
+
+    def member(self, witness_id: str) -> WitnessMember | None:
+        return next((m for m in self.members if m.id == witness_id), None)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -119,13 +141,15 @@ class Policy:
     """A validated policy. Build it with parse_policy/load_policy, never directly."""
 
     def __init__(self, *, version: int, effective_from: date, router: RouterKeySet, units: tuple[Unit, ...],
-                 agencies: tuple[Agency, ...], agreements: tuple[Agreement, ...]):
+                 agencies: tuple[Agency, ...], agreements: tuple[Agreement, ...],
+                 witnesses: WitnessSet = WitnessSet()):
         self.version = version
         self.effective_from = effective_from
         self.router = router
         self.units = tuple(sorted(units, key=lambda u: u.id))
         self.agencies = tuple(sorted(agencies, key=lambda a: a.id))
         self.agreements = tuple(sorted(agreements, key=lambda a: a.id))
+        self.witnesses = WitnessSet(witnesses.quorum, tuple(sorted(witnesses.members, key=lambda m: m.id)))
         self._units = {u.id: u for u in self.units}
         self._agencies = {a.id: a for a in self.agencies}
         self._agreements = {a.id: a for a in self.agreements}
@@ -175,8 +199,9 @@ class Policy:
         return tuple(u.id for u in self.units if (u.id, event_type, area) in self._may_publish)
 
     def to_document(self) -> dict[str, Any]:
-        """The normalised policy (the input of `digest`): every list sorted, keys re-encoded in standard base64."""
-        return {
+        """The normalised policy (the input of `digest`): every list sorted, keys re-encoded in standard base64.
+        `witnesses` appears only when the policy has the section, so older policies keep their digest."""
+        document = {
             "policy_version": self.version,
             "effective_from": self.effective_from.isoformat(),
             "router": {"id": self.router.id, "signing_keys": _keys_doc(self.router.signing_keys),
@@ -189,6 +214,11 @@ class Policy:
                             "legal_basis": g.legal_basis, "retention": g.retention, "deadline": g.deadline,
                             "shares": {t: list(f) for t, f in sorted(g.shares.items())}} for g in self.agreements],
         }
+        if self.witnesses.members or self.witnesses.quorum:
+            document["witnesses"] = {"quorum": self.witnesses.quorum,
+                                     "members": [{"id": m.id, "url": m.url, "key": m.key}
+                                                 for m in self.witnesses.members]}
+        return document
 
 
 def canonical_json(document: Any) -> bytes:

@@ -22,11 +22,16 @@ from .model import (
     PolicyError,
     RouterKeySet,
     Unit,
+    WitnessMember,
+    WitnessSet,
     active_keys,
 )
 from .vocab import AGENCY_KINDS, AREAS, KEY_STATUSES, LEGAL_BASES
 
 TOP_KEYS = ("policy_version", "effective_from", "router", "units", "agencies", "agreements")
+OPTIONAL_TOP_KEYS = ("witnesses",)
+WITNESSES_KEYS = ("quorum", "members")
+WITNESS_KEYS = ("id", "url", "key")
 ROUTER_KEYS = ("id", "signing_keys", "exchange_keys")
 UNIT_KEYS = ("id", "areas", "event_types", "signing_keys")
 AGENCY_KEYS = ("id", "name", "kind", "areas", "exchange_keys")
@@ -62,6 +67,18 @@ def parse_policy(document: Mapping[str, Any]) -> Policy:
     return _Parser().parse(document)
 
 
+def _is_http_url(value: Any) -> bool:
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+
+
 def _describe(value: Any) -> str:
     return type(value).__name__
 
@@ -75,12 +92,13 @@ class _Parser:
         self.problems.append(f"{where}: {message}")
 
     # ---- generic shapes -------------------------------------------------------------------------
-    def mapping(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any] | None:
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...],
+                optional: tuple[str, ...] = ()) -> dict[str, Any] | None:
         if not isinstance(value, Mapping):
             self.problem(where, f"must be a mapping, not {_describe(value)}")
             return None
         for key in value:
-            if key not in allowed:
+            if key not in allowed and key not in optional:
                 self.problem(where, f"unknown key {str(key)!r}")
         for key in allowed:
             if key not in value:
@@ -190,7 +208,7 @@ class _Parser:
 
     # ---- sections -------------------------------------------------------------------------------
     def parse(self, document: Any) -> Policy:
-        top = self.mapping(document, "policy", TOP_KEYS)
+        top = self.mapping(document, "policy", TOP_KEYS, optional=OPTIONAL_TOP_KEYS)
         if top is None:
             raise PolicyError(self.problems)
         version = self.positive_int(top.get("policy_version"), "policy_version") if "policy_version" in top else 0
@@ -199,10 +217,57 @@ class _Parser:
         units = self.units(top.get("units", []))
         agencies = self.agencies(top.get("agencies", []))
         agreements = self.agreements(top.get("agreements", []), {a.id: a for a in agencies})
+        witnesses = self.witnesses(top["witnesses"]) if "witnesses" in top else WitnessSet()
         if self.problems or router is None or effective_from is None:
             raise PolicyError(self.problems)
         return Policy(version=version, effective_from=effective_from, router=router, units=tuple(units),
-                      agencies=tuple(agencies), agreements=tuple(agreements))
+                      agencies=tuple(agencies), agreements=tuple(agreements), witnesses=witnesses)
+
+    def witnesses(self, value: Any) -> WitnessSet:
+        """The optional `witnesses` section (docs/policy.md): quorum and members of the log's witnesses."""
+        from streams.audit.checkpoint import CheckpointError
+        from streams.audit.cosignature import parse_cosigner_verifier_key
+
+        section = self.mapping(value, "witnesses", WITNESSES_KEYS)
+        if section is None:
+            return WitnessSet()
+        members: list[WitnessMember] = []
+        seen: dict[str, str] = {}  # witness ids, key names and public keys -> where first used
+        for i, raw in enumerate(self.items(section.get("members", []), "witnesses.members")):
+            where = self.located("witnesses.members", i, raw)
+            member = self.mapping(raw, where, WITNESS_KEYS)
+            if member is None:
+                continue
+            witness_id, url, key = member.get("id"), member.get("url"), member.get("key")
+            ok = True
+            if "id" in member and (not isinstance(witness_id, str) or not ID_PATTERN.fullmatch(witness_id)):
+                self.problem(where, "id: must be 1-64 lowercase letters, digits or hyphens")
+                ok = False
+            if "url" in member and not _is_http_url(url):
+                self.problem(where, "url: must be an http:// or https:// URL without query or fragment")
+                ok = False
+            verifier = None
+            if "key" in member:
+                try:
+                    verifier = parse_cosigner_verifier_key(key)
+                except CheckpointError as exc:
+                    self.problem(where, f"key: not a C2SP cosignature/v1 verifier key ({exc})")
+                    ok = False
+            for label, ident in (("id", witness_id), ("key name", verifier and verifier.name),
+                                 ("key", verifier and bytes(verifier.verify_key))):
+                if ok and ident is not None:
+                    if (label, ident) in seen:
+                        self.problem(where, f"duplicate witness {label} (first used at {seen[(label, ident)]})")
+                        ok = False
+                    seen[(label, ident)] = where
+            if ok and len(member) == len(WITNESS_KEYS):
+                members.append(WitnessMember(witness_id, url.rstrip("/"), key))
+        quorum = section.get("quorum", 0)
+        if "quorum" in section and (isinstance(quorum, bool) or not isinstance(quorum, int)
+                                    or not 0 <= quorum <= len(members)):
+            self.problem("witnesses", f"quorum: must be an integer from 0 to the number of members ({len(members)})")
+            quorum = 0
+        return WitnessSet(quorum, tuple(members))
 
     def effective_from(self, value: Any) -> date | None:
         if isinstance(value, date) and not isinstance(value, datetime):
