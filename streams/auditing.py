@@ -13,6 +13,7 @@ import nacl.signing
 
 from streams.audit.checkpoint import verifier_key_string
 from streams.audit.checkpoint_record import CheckpointRecordError, note_of
+from streams.audit.trust import Witnesses
 from streams.kafka import read_topic
 from streams.policy import Policy
 from streams.topics import Topics
@@ -27,6 +28,11 @@ def checkpoint_verifiers(policy: Policy, origin: str) -> list[str]:
         for key in policy.router.signing_keys
         if key.status != "revoked"
     ]
+
+
+def witness_quorum(policy: Policy) -> Witnesses:
+    """The witnesses the policy names (id, cosignature/v1 key) and the quorum it requires."""
+    return Witnesses.from_keys(policy.witnesses.quorum, [(m.id, m.key) for m in policy.witnesses.members])
 
 
 @dataclass

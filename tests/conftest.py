@@ -34,6 +34,13 @@ def tansu() -> str:
         broker.cleanup()
 
 
+@pytest.fixture(autouse=True)
+def audit_state_dir(tmp_path, monkeypatch):
+    """Auditor commands remember the newest checkpoint they verified (docs/audit.md): each test gets
+    its own state directory, never the user's."""
+    monkeypatch.setenv("MASB_STATE_DIR", str(tmp_path / "masb-state"))
+
+
 @pytest.fixture
 def topic_prefix() -> str:
     """A prefix of this test's own, so tests sharing a broker never see each other's records."""

@@ -119,7 +119,8 @@ def test_prove_and_check_proof_offline_round_trip(audited, capsys, tmp_path) -> 
     # Offline: a separate process with no Kafka settings at all.
     result = subprocess.run([sys.executable, "-m", "agents", "audit", "check-proof", str(proof),
                              "--policy", str(running.deployment.policy_path)],
-                            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+                            capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "MASB_STATE_DIR": str(tmp_path / "state")})
     assert result.returncode == 0, result.stdout + result.stderr
     for share in shares:
         assert f"to {share.agency_id}" in result.stdout

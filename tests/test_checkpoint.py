@@ -190,3 +190,48 @@ def test_invalid_key_names_are_refused(log_key: nacl.signing.SigningKey) -> None
     for name in ["", "a b", "a+b"]:
         with pytest.raises(CheckpointError):
             verifier_key_string(name, log_key.verify_key)
+
+
+# --- bounds on untrusted notes (C2SP signed-note: accept at least 16 signatures of up to ~5 kB) --------
+
+def _unknown_line(name: str, size: int) -> str:
+    return f"\u2014 {name} {base64.b64encode(bytes([7]) * size).decode()}\n"
+
+
+def test_sixteen_post_quantum_sized_signatures_are_accepted_and_ignored(log_key: nacl.signing.SigningKey) -> None:
+    note = sign_checkpoint(Checkpoint(ORIGIN, 7, ROOT), ORIGIN, log_key)
+    # 16 cosigners with a 255-byte name and a 5,000-byte signature (more than ML-DSA-87's 4,627).
+    big = note + "".join(_unknown_line(f"w{i:02d}" + "x" * 252, 4 + 8 + 4980) for i in range(16))
+    assert len(big.encode()) > 100_000
+    assert open_checkpoint(big, [verifier_key_string(ORIGIN, log_key.verify_key)]).size == 7
+    # The known signature may come last, after all the big unknown ones.
+    body, sig = note.rsplit("\n\n", 1)
+    reordered = body + "\n\n" + "".join(_unknown_line(f"w{i}", 2424) for i in range(16)) + sig
+    assert open_checkpoint(reordered, [verifier_key_string(ORIGIN, log_key.verify_key)]).size == 7
+
+
+@pytest.mark.parametrize("extra", [
+    [("w", 68)] * 100,                        # 101 signature lines: more than any verifier must take
+    [(f"w{i}", 10_000) for i in range(20)],   # over 256 KiB in all
+])
+def test_notes_beyond_the_bounds_are_refused(log_key: nacl.signing.SigningKey, extra) -> None:
+    note = sign_checkpoint(Checkpoint(ORIGIN, 7, ROOT), ORIGIN, log_key)
+    big = note + "".join(_unknown_line(name, size) for name, size in extra)
+    for form in (big, big.encode()):
+        with pytest.raises(CheckpointError) as e:
+            open_checkpoint(form, [verifier_key_string(ORIGIN, log_key.verify_key)])
+        assert e.value.reason == "malformed"
+
+
+def test_case_15_proof_with_16_pq_sized_cosignatures_is_accepted(capsys) -> None:
+    """../shared/cases/turn2/15: `masb audit check-proof --policy` refused it as too large."""
+    from pathlib import Path
+
+    from agents.cli import main
+
+    here = Path(__file__).resolve().parent / "fixtures" / "audit"
+    code = main(["audit", "check-proof", str(here / "15_checkpoint_16_pq_sized_witness_cosigs.json"),
+                 "--policy", str(here / "15_policy_for_the_checkpoint.yaml"), "--no-state"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "VALID: 1 entries are in the log masb.local/exchange-log as signed at size 5" in out

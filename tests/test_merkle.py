@@ -283,3 +283,32 @@ def test_every_generated_consistency_proof_verifies_and_any_mutation_fails(data:
         forked = hashes[: m - 1] + [leaf_hash(b"forged")] + hashes[m:]
         assert not verify_consistency(m, n, root_from_leaf_hashes(forked[:m]), r2, proof)
         assert not verify_consistency(m, n, r1, root_from_leaf_hashes(forked), proof)
+
+
+# --- consistency proofs from a compact range and the later leaves (the checkpointer's way) --------
+from streams.audit.merkle import ConsistencyProofBuilder  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=300), st.integers(min_value=0, max_value=300))
+def test_proof_from_compact_range_equals_proof_from_all_leaves(a: int, b: int) -> None:
+    old_size, new_size = min(a, b), max(a, b)
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(new_size)]
+    old = CompactRange()
+    for h in leaves[:old_size]:
+        old.append(h)
+    built = ConsistencyProofBuilder(old, new_size).add_all(leaves[old_size:]).proof()
+    assert built == consistency_proof(leaves, old_size, new_size)
+
+
+def test_builder_refuses_too_few_or_too_many_leaves() -> None:
+    leaves = [leaf_hash(bytes([i])) for i in range(10)]
+    old = CompactRange()
+    for h in leaves[:3]:
+        old.append(h)
+    builder = ConsistencyProofBuilder(old, 10).add_all(leaves[3:9])
+    with pytest.raises(ValueError):
+        builder.proof()
+    builder.add(leaves[9])
+    with pytest.raises(ValueError):
+        builder.add(leaves[9])

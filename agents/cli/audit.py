@@ -23,7 +23,7 @@ from pathlib import Path
 from agents.cli.common import Progress, UsageError, bootstrap, existing_dir, existing_file, kafka_flags, topics
 from agents.cli.common import load_policy as load_policy_of
 from agents.settings import env_or
-from streams.auditing import DEFAULT_ORIGIN, checkpoint_verifiers, read_log
+from streams.auditing import DEFAULT_ORIGIN, checkpoint_verifiers, read_log, witness_quorum
 from streams.errors import CheckFailed
 
 
@@ -45,15 +45,19 @@ def register(sub) -> None:
 
     p = sub.add_parser("verify", help="replay the whole log and check it against the signed checkpoints")
     log_source(p)
+    trust_flags(p)
 
     p = sub.add_parser("prove", help="inclusion proof of an event's deliveries, as a self-contained JSON file")
     log_source(p)
     p.add_argument("event_id")
     p.add_argument("--agency", help="only the delivery to this agency")
+    p.add_argument("--extends", type=int, action="append", default=[], metavar="SIZE",
+                   help="add a consistency proof from this earlier size (a checkpoint the auditor trusts)")
     p.add_argument("--out", help="write the proof here (default: stdout)")
 
     p = sub.add_parser("check-proof", help="verify a proof file offline (no Kafka) and print what it proves")
     log_source(p, kafka=False)
+    trust_flags(p)
     p.add_argument("file")
 
     p = sub.add_parser("consistency", help="consistency proof between two signed checkpoints")
@@ -84,6 +88,15 @@ def register(sub) -> None:
     p.add_argument("--keys-dir", help="router keys dir holding case-keys/ (env MASB_KEYS_DIR)")
 
 
+def trust_flags(p) -> None:
+    """What the auditor already trusts (docs/audit.md, "Trusted checkpoints and local state")."""
+    p.add_argument("--trusted-checkpoint", action="append", default=[], metavar="FILE",
+                   help="a signed checkpoint (note) the log must contain or extend; repeatable")
+    p.add_argument("--state-dir", help="where the newest verified checkpoint is remembered (env MASB_STATE_DIR; "
+                                       "default $XDG_STATE_HOME/masb or ~/.local/state/masb)")
+    p.add_argument("--no-state", action="store_true", help="neither use nor update the remembered checkpoint")
+
+
 def origin_of(args) -> str:
     return env_or(getattr(args, "origin", None), "MASB_LOG_ORIGIN", DEFAULT_ORIGIN)
 
@@ -96,12 +109,14 @@ def cmd_audit(args) -> int:
     policy = load_policy_of(args)
     origin = origin_of(args)
     verifiers = checkpoint_verifiers(policy, origin)
+    if args.action in ("check-proof", "verify"):
+        trust = load_trust(args, verifiers, origin, witness_quorum(policy))
     if args.action == "check-proof":
-        return check_proof_file(str(existing_file(args.file, "proof file")), verifiers, origin)
+        return check_proof_file(str(existing_file(args.file, "proof file")), verifiers, origin, trust)
     if args.action == "verify" and args.from_export:
-        return verify_export_dir(args.from_export, verifiers, origin)
+        return verify_export_dir(args.from_export, verifiers, origin, trust)
     if args.action == "verify":
-        return verify(bootstrap(args), topics(args), policy, origin)
+        return verify(bootstrap(args), topics(args), policy, origin, trust)
     log = load_log(args, bootstrap(args), topics(args))
     if args.action == "prove":
         return prove(args, log, verifiers, origin)
@@ -110,6 +125,55 @@ def cmd_audit(args) -> int:
     if args.action == "report":
         return report(args, log, verifiers, origin)
     return export(args, log, verifiers, origin, topics(args))
+
+
+# -- what the auditor already trusts ------------------------------------------------------------
+class Trust:
+    """Trusted checkpoints (files and the remembered one), the witness quorum, and the state to update."""
+
+    def __init__(self, trusted, witnesses, state, origin: str) -> None:
+        self.trusted = trusted
+        self.witnesses = witnesses
+        self.state = state
+        self.origin = origin
+
+    def remember(self, opened) -> None:
+        """After a successful check: remember the checkpoint relied on, if newer than what is held."""
+        if self.state is None or opened is None:
+            return
+        try:
+            if self.state.advance(self.origin, opened.note, opened.checkpoint):
+                print(f"  remembered: checkpoint of size {opened.checkpoint.size} in {self.state.path(self.origin)}")
+        except OSError as exc:
+            print(f"  note: could not remember the checkpoint in {self.state.directory} ({type(exc).__name__})")
+
+
+def load_trust(args, verifiers, origin: str, witnesses) -> Trust:
+    from streams.audit.trust import CheckpointState, TrustError, default_state_dir, load_trusted_checkpoint
+
+    try:
+        trusted = [load_trusted_checkpoint(path, verifiers, origin) for path in args.trusted_checkpoint]
+        state = None
+        if not args.no_state:
+            state = CheckpointState(args.state_dir or default_state_dir())
+            remembered, warning = state.load(origin, verifiers)
+            if warning:
+                print(f"  note: {warning}")
+            if remembered is not None:
+                trusted.append(remembered)
+    except TrustError as exc:
+        raise AuditCommandError(str(exc)) from None
+    return Trust(trusted, witnesses if witnesses.members or witnesses.quorum else None, state, origin)
+
+
+def _print_trust(report, trust: Trust) -> None:
+    for source in report.trusted_checked:
+        size = next(t.checkpoint.size for t in trust.trusted if t.source == source)
+        print(f"  held against: {source} (size {size})")
+    if trust.witnesses is not None and report.relied_on is not None:
+        cosigners = ", ".join(report.relied_on.cosigners) or "none"
+        print(f"  witnesses: the checkpoint of size {report.relied_on.checkpoint.size} is cosigned by {cosigners} "
+              f"({trust.witnesses.describe()})")
 
 
 # -- reading the log -----------------------------------------------------------------------------
@@ -150,8 +214,10 @@ def _write(text: str, out: str | None, what: str) -> None:
 
 
 # -- verify --------------------------------------------------------------------------------------
-def _print_verify(report, problems: list[str], source: str) -> int:
+def _print_verify(report, problems: list[str], source: str, trust: Trust | None = None) -> int:
     print(f"audit log {source}: {report.entries} entries, {report.checkpoints_checked} signed checkpoints checked")
+    if trust is not None:
+        _print_trust(report, trust)
     for note in report.notes:
         print(f"  note: {note}")
     if problems:
@@ -159,7 +225,12 @@ def _print_verify(report, problems: list[str], source: str) -> int:
             print(f"  PROBLEM: {problem}")
         print("audit log NOT intact")
         return 1
-    if report.uncovered_entries:
+    if trust is not None:
+        trust.remember(report.relied_on)
+    if trust is not None and trust.witnesses is not None and report.witnessed_size < report.entries:
+        print(f"audit log intact up to the last checkpoint cosigned by the witnesses (size {report.witnessed_size}); "
+              f"{report.entries - report.witnessed_size} newer entries await a witnessed checkpoint")
+    elif report.uncovered_entries:
         print(f"audit log intact up to the last signed checkpoint (size {report.verified_size}); "
               f"{report.uncovered_entries} newer entries await the next checkpoint")
     else:
@@ -167,30 +238,32 @@ def _print_verify(report, problems: list[str], source: str) -> int:
     return 0
 
 
-def verify(bootstrap, topics, policy, origin) -> int:
+def verify(bootstrap, topics, policy, origin, trust: Trust) -> int:
     from streams.audit.verify import verify_log
 
     progress = Progress("replaying audit entries")
     snapshot = asyncio.run(read_log(bootstrap, topics, progress))
     progress.done()
-    report = verify_log(snapshot.entries, snapshot.checkpoints, checkpoint_verifiers(policy, origin), origin)
+    report = verify_log(snapshot.entries, snapshot.checkpoints, checkpoint_verifiers(policy, origin), origin,
+                        trusted=trust.trusted, witnesses=trust.witnesses)
     problems = list(report.problems)
     problems += [f"checkpoints topic offset {o}: not a checkpoint record" for o in snapshot.malformed_checkpoint_offsets]
-    return _print_verify(report, problems, topics.audit)
+    return _print_verify(report, problems, topics.audit, trust)
 
 
-def verify_export_dir(directory: str, verifiers: list[str], origin: str) -> int:
+def verify_export_dir(directory: str, verifiers: list[str], origin: str, trust: Trust) -> int:
     from streams.audit.export import ExportError, verify_export
 
     progress = Progress("replaying exported entries")
     try:
-        report = verify_export(directory, verifiers, origin, progress)
+        report = verify_export(directory, verifiers, origin, progress, trusted=trust.trusted,
+                               witnesses=trust.witnesses)
     except ExportError as exc:
         print(f"  PROBLEM: export {directory}: {exc}")
         print("audit log NOT intact")
         return 1
     progress.done()
-    return _print_verify(report, list(report.problems), f"export {directory}")
+    return _print_verify(report, list(report.problems), f"export {directory}", trust)
 
 
 # -- proofs --------------------------------------------------------------------------------------
@@ -211,7 +284,7 @@ def prove(args, log: Log, verifiers, origin) -> int:
         raise AuditCommandError(f"no delivery of event {args.event_id}{who} in the log")
     try:
         doc = make_inclusion_proof([d for _, d in log.entries], log.checkpoints, verifiers, origin, indexes,
-                                   positions=[p for p, _ in log.entries])
+                                   positions=[p for p, _ in log.entries], extends=args.extends)
     except ProofError as exc:
         raise AuditCommandError(str(exc)) from None
     _write(json.dumps(doc, indent=2) + "\n", args.out, f"inclusion proof of {len(indexes)} entries")
@@ -234,16 +307,23 @@ def _when(value) -> str:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else "-"
 
 
-def check_proof_file(path: str, verifiers, origin) -> int:
+def check_proof_file(path: str, verifiers, origin, trust: Trust) -> int:
     from streams.audit.proof import ProofError, check_proof, parse_proof_file
 
     try:
-        checked = check_proof(parse_proof_file(Path(path).read_bytes()), verifiers, origin)
+        checked = check_proof(parse_proof_file(Path(path).read_bytes()), verifiers, origin,
+                              trusted=trust.trusted, witnesses=trust.witnesses)
     except ProofError as exc:
         print(f"proof {path}: REFUSED: {exc}")
         return 1
+    for t in trust.trusted:
+        print(f"  held against: {t.source} (size {t.checkpoint.size})")
+    if trust.witnesses is not None:
+        print(f"  witnesses: the checkpoint of size {checked.checkpoint.size} is cosigned by "
+              f"{', '.join(checked.opened.cosigners) or 'none'} ({trust.witnesses.describe()})")
     for note in checked.notes:
         print(f"  note: {note}")
+    trust.remember(checked.opened)
     if checked.type == "consistency":
         print(f"proof {path}: VALID: the signed checkpoint of size {checked.checkpoint.size} is an append-only "
               f"extension of the signed checkpoint of size {checked.old_checkpoint.size} (log {origin})")

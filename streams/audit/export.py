@@ -19,11 +19,12 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from streams.errors import CheckFailed
 
 from .checkpoint import MAX_NOTE_BYTES, parse_verifier_key
+from .trust import TrustedCheckpoint, Witnesses
 from .verify import VerifyReport, verify_log
 
 __all__ = ["ExportError", "ExportManifest", "write_export", "read_export", "verify_export"]
@@ -264,10 +265,13 @@ def verify_export(
     verifiers: list[str],
     origin: str,
     progress: Callable[[int], None] | None = None,
+    trusted: Sequence[TrustedCheckpoint] = (),
+    witnesses: Witnesses | None = None,
 ) -> VerifyReport:
-    """read_export + verify_log with keys and origin the auditor trusts (not the manifest's)."""
+    """read_export + verify_log with keys, origin, trusted checkpoints and witnesses the auditor
+    holds (never the manifest's)."""
     entries, notes, manifest = read_export(directory)
-    report = verify_log(entries, notes, verifiers, origin, progress)
+    report = verify_log(entries, notes, verifiers, origin, progress, trusted=trusted, witnesses=witnesses)
     if manifest.origin != origin:
         report.notes.append("the manifest names another origin; only the trusted origin was used")
     return report

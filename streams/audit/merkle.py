@@ -29,6 +29,8 @@ __all__ = [
     "inclusion_proof",
     "verify_inclusion",
     "consistency_proof",
+    "consistency_proof_ranges",
+    "ConsistencyProofBuilder",
     "verify_consistency",
 ]
 
@@ -263,6 +265,94 @@ def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int, new_size: int
     if 0 < old_size < new_size:
         _subproof(leaf_hashes, old_size, 0, new_size, True, out)
     return out
+
+
+def consistency_proof_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
+    """The leaf ranges [start, end) whose tree hashes make PROOF(old_size, D[new_size]), in proof order.
+
+    Each range either ends at or before old_size, and is then one of the perfect subtrees of the
+    old tree's compact range, or starts at or after old_size; the latter tile [old_size, new_size).
+    """
+    if not 0 <= old_size <= new_size:
+        raise ValueError("consistency proof: need 0 <= old_size <= new_size")
+    out: list[tuple[int, int]] = []
+
+    def subproof(m: int, start: int, end: int, b: bool) -> None:
+        n = end - start
+        if m == n:
+            if not b:
+                out.append((start, end))
+            return
+        k = _split_point(n)
+        if m <= k:
+            subproof(m, start, start + k, b)
+            out.append((start + k, end))
+        else:
+            subproof(m - k, start + k, end, False)
+            out.append((start, start + k))
+
+    if 0 < old_size < new_size:
+        subproof(old_size, 0, new_size, True)
+    return out
+
+
+class ConsistencyProofBuilder:
+    """PROOF(old.size, D[new_size]) without the whole tree: from the compact range of the old tree
+    and the leaf hashes old.size .. new_size-1, given once each in order (add). Memory O(log n).
+
+    This is how the checkpointer proves a new checkpoint to a witness: it keeps the compact range
+    of the size the witness last cosigned and the leaves since then, or streams them from the log.
+    """
+
+    def __init__(self, old: CompactRange, new_size: int) -> None:
+        if not old.size <= new_size:
+            raise ValueError("consistency proof: the new size is smaller than the old tree")
+        self.new_size = new_size
+        self._next = old.size
+        ranges = consistency_proof_ranges(old.size, new_size)
+        peaks: dict[tuple[int, int], bytes] = {}
+        start, remaining = 0, old.size
+        for peak in old.peaks:  # peaks are the subtrees of the old size's set bits, largest first
+            width = 1 << (remaining.bit_length() - 1)
+            peaks[(start, start + width)] = peak
+            start, remaining = start + width, remaining - width
+        self._proof: list[bytes | None] = []
+        self._pending: list[tuple[int, int, int]] = []  # (start, end, index in proof) of ranges after old
+        for start, end in ranges:
+            if end <= old.size:
+                self._proof.append(peaks[(start, end)])  # KeyError would be a bug: proved impossible above
+            else:
+                self._pending.append((start, end, len(self._proof)))
+                self._proof.append(None)
+        self._pending.sort()
+        self._current: CompactRange | None = None
+
+    def add(self, leaf: bytes) -> None:
+        """The next leaf hash (index old.size, old.size + 1, ...)."""
+        if self._next >= self.new_size:
+            raise ValueError("consistency proof: more leaves than the new size")
+        if not self._pending:  # old size 0: the proof is empty and needs no leaf
+            self._next += 1
+            return
+        if self._current is None:
+            self._current = CompactRange()
+        self._current.append(leaf)
+        self._next += 1
+        start, end, slot = self._pending[0]
+        if self._next == end:
+            self._proof[slot] = self._current.root()
+            self._pending.pop(0)
+            self._current = None
+
+    def add_all(self, leaves) -> "ConsistencyProofBuilder":
+        for leaf in leaves:
+            self.add(leaf)
+        return self
+
+    def proof(self) -> list[bytes]:
+        if self._next != self.new_size:
+            raise ValueError(f"consistency proof: {self.new_size - self._next} leaves still missing")
+        return list(self._proof)  # type: ignore[arg-type]
 
 
 def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> bool:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from streams.errors import CheckFailed
 
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from .trust import OpenedCheckpoint, TrustedCheckpoint, Witnesses, open_witnessed_checkpoint
 from .entry import AuditEntryError, decode_entry
 from .merkle import (
     consistency_proof,
@@ -49,6 +50,7 @@ class CheckedProof:
     old_checkpoint: Checkpoint | None = None
     entries: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (0-based index, decoded entry)
     notes: list[str] = field(default_factory=list)
+    opened: OpenedCheckpoint | None = None  # the (newest) checkpoint with its note and cosigners
 
 
 def _b64(data: bytes) -> str:
@@ -87,10 +89,22 @@ def _matching_checkpoint(hashes: Sequence[bytes], candidates: list[tuple[str, Ch
                      "run `masb audit verify`, or request a checkpoint and retry")
 
 
+def _extends(hashes: Sequence[bytes], sizes: Sequence[int], new_size: int) -> list[dict[str, Any]]:
+    """Consistency proofs from each earlier size an auditor holds to the proof's checkpoint."""
+    out = []
+    for old in sorted(set(sizes)):
+        if not 0 <= old <= new_size:
+            raise ProofError(f"--extends {old}: must be between 0 and the proof's checkpoint size {new_size}")
+        out.append({"old_size": old, "proof": [_b64(h) for h in consistency_proof(hashes, old, new_size)]})
+    return out
+
+
 def make_inclusion_proof(entries: Sequence[bytes], notes: Sequence[str], verifiers: list[str], origin: str,
-                         indexes: Sequence[int], positions: Sequence[int] | None = None) -> dict[str, Any]:
+                         indexes: Sequence[int], positions: Sequence[int] | None = None,
+                         extends: Sequence[int] = ()) -> dict[str, Any]:
     """Proof file for the entries at `indexes` (0-based) against the latest signed checkpoint that
-    covers all of them and that the log reproduces."""
+    covers all of them and that the log reproduces; `extends` adds consistency proofs from those
+    earlier sizes (the sizes of checkpoints the auditor already trusts) to that checkpoint."""
     if not indexes:
         raise ProofError("no entry to prove")
     hashes = [leaf_hash(e) for e in entries]
@@ -106,8 +120,11 @@ def make_inclusion_proof(entries: Sequence[bytes], notes: Sequence[str], verifie
             "index": i, "position": positions[i] if positions is not None else i, "entry": _b64(entries[i]),
             "proof": [_b64(h) for h in inclusion_proof(hashes, i, cp.size)],
         })
-    return {"format": FORMAT, "version": VERSION, "type": "inclusion", "origin": origin, "tree_size": cp.size,
-            "checkpoint": note, "inclusions": inclusions}
+    doc = {"format": FORMAT, "version": VERSION, "type": "inclusion", "origin": origin, "tree_size": cp.size,
+           "checkpoint": note, "inclusions": inclusions}
+    if extends:
+        doc["extends"] = _extends(hashes, extends, cp.size)
+    return doc
 
 
 def make_consistency_proof(entries: Sequence[bytes], notes: Sequence[str], verifiers: list[str], origin: str,
@@ -147,13 +164,64 @@ def _hashes(value: Any, what: str) -> list[bytes]:
     return out
 
 
-def _open(note: Any, what: str, verifiers: list[str], origin: str) -> Checkpoint:
+def _open(note: Any, what: str, verifiers: list[str], origin: str,
+          witnesses: Witnesses | None = None) -> OpenedCheckpoint:
     if not isinstance(note, str):
         raise ProofError(f"{what}: must be a signed note (string)")
     try:
-        return open_checkpoint(note, verifiers, origin=origin)
+        return open_witnessed_checkpoint(note, verifiers, origin, witnesses)
     except CheckpointError as exc:
         raise ProofError(f"{what}: refused: {exc}") from None
+
+
+def _require_quorum(opened: OpenedCheckpoint, what: str, witnesses: Witnesses | None) -> None:
+    if witnesses is not None and not witnesses.met(opened.cosigners):
+        seen = ", ".join(opened.cosigners) or "none"
+        raise ProofError(f"{what} (size {opened.checkpoint.size}) is cosigned by {len(opened.cosigners)} of the "
+                         f"witnesses the policy names ({witnesses.describe()}; cosigned by: {seen}); it cannot be "
+                         "relied on yet: ask for a proof against a checkpoint the witnesses have cosigned")
+
+
+def _parse_extends(doc: dict[str, Any]) -> dict[int, list[bytes]]:
+    items = doc.get("extends", [])
+    if not isinstance(items, list):
+        raise ProofError("extends: must be a list")
+    out = {}
+    for k, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            raise ProofError(f"extends {k}: must be an object")
+        out[_int(item, "old_size")] = _hashes(item.get("proof"), f"extends {k}.proof")
+    return out
+
+
+def _check_trusted(new: OpenedCheckpoint, trusted: Sequence[TrustedCheckpoint], proofs: dict[int, list[bytes]],
+                   witnesses: Witnesses | None, notes: list[str]) -> None:
+    """The proof's checkpoint must be the auditor's trusted checkpoints or an extension of each."""
+    cp = new.checkpoint
+    for t in trusted:
+        held = t.checkpoint
+        if cp.size < held.size:
+            raise ProofError(f"the proof's checkpoint (size {cp.size}) is older than {t.source} (size {held.size}): "
+                             f"it cannot show the entries are in the history already held; ask for a proof "
+                             f"against a checkpoint of size {held.size} or more")
+        if cp.size == held.size:
+            if cp.root != held.root:
+                raise ProofError(f"the proof's checkpoint (size {cp.size}) has another root than {t.source} "
+                                 f"(size {held.size}): the log signed two histories (a fork)")
+            continue
+        if held.size in proofs:
+            if not verify_consistency(held.size, cp.size, held.root, cp.root, proofs[held.size]):
+                raise ProofError(f"the proof's checkpoint (size {cp.size}) is not consistent with {t.source} "
+                                 f"(size {held.size}): the consistency proof in the file does not verify "
+                                 "(a fork, or a changed proof)")
+            continue
+        if witnesses is not None and witnesses.quorum and witnesses.met(new.cosigners):
+            notes.append(f"consistency with {t.source} (size {held.size}) rests on the witnesses' cosignatures "
+                         "(the file carries no consistency proof from that size)")
+            continue
+        raise ProofError(f"the proof's checkpoint (size {cp.size}) is not shown to extend {t.source} (size "
+                         f"{held.size}): the file carries no consistency proof from size {held.size}; make the "
+                         f"proof with `masb audit prove EVENT_ID --extends {held.size}`")
 
 
 def parse_proof_file(text: str | bytes) -> dict[str, Any]:
@@ -168,22 +236,30 @@ def parse_proof_file(text: str | bytes) -> dict[str, Any]:
     return doc
 
 
-def check_proof(doc: dict[str, Any], verifiers: list[str], origin: str) -> CheckedProof:
+def check_proof(doc: dict[str, Any], verifiers: list[str], origin: str,
+                trusted: Sequence[TrustedCheckpoint] = (), witnesses: Witnesses | None = None) -> CheckedProof:
     """Verify a proof file offline with verifier keys and an origin the auditor trusts (the file's
-    own "origin" is informational only). Raises ProofError saying what does not verify."""
+    own "origin" is informational only). Raises ProofError saying what does not verify.
+
+    trusted: checkpoints the auditor already holds: the proof's checkpoint must equal or extend each
+      (a consistency proof in the file's "extends", or the witnesses' quorum, shows the extension).
+    witnesses: the checkpoint the proof leads to must carry the quorum's cosignatures."""
     kind = doc.get("type")
     notes = []
     if doc.get("origin") != origin:
         notes.append("the proof file names another origin; only the trusted origin was used")
+    extends = _parse_extends(doc)
     if kind == "inclusion":
-        cp = _open(doc.get("checkpoint"), "checkpoint", verifiers, origin)
+        opened = _open(doc.get("checkpoint"), "checkpoint", verifiers, origin, witnesses)
+        _require_quorum(opened, "the proof's checkpoint", witnesses)
+        cp = opened.checkpoint
         size = _int(doc, "tree_size")
         if size != cp.size:
             raise ProofError(f"tree_size {size} is not the signed checkpoint's size {cp.size}")
         items = doc.get("inclusions")
         if not isinstance(items, list) or not items:
             raise ProofError("inclusions: must be a non-empty list")
-        checked = CheckedProof("inclusion", cp, notes=notes)
+        checked = CheckedProof("inclusion", cp, notes=notes, opened=opened)
         for k, item in enumerate(items, start=1):
             what = f"inclusion {k}"
             if not isinstance(item, dict):
@@ -200,15 +276,27 @@ def check_proof(doc: dict[str, Any], verifiers: list[str], origin: str) -> Check
                 checked.entries.append((index, decode_entry(entry)))
             except AuditEntryError as exc:
                 raise ProofError(f"{what}: {exc}") from None
+        _check_trusted(opened, trusted, extends, witnesses, notes)
         return checked
     if kind == "consistency":
-        old = _open(doc.get("old_checkpoint"), "old_checkpoint", verifiers, origin)
-        new = _open(doc.get("new_checkpoint"), "new_checkpoint", verifiers, origin)
+        old = _open(doc.get("old_checkpoint"), "old_checkpoint", verifiers, origin).checkpoint
+        opened = _open(doc.get("new_checkpoint"), "new_checkpoint", verifiers, origin, witnesses)
+        _require_quorum(opened, "new_checkpoint", witnesses)
+        new = opened.checkpoint
         if (_int(doc, "old_size"), _int(doc, "new_size")) != (old.size, new.size):
             raise ProofError("old_size/new_size are not the sizes of the signed checkpoints")
         path = _hashes(doc.get("proof"), "proof")
         if not verify_consistency(old.size, new.size, old.root, new.root, path):
             raise ProofError(f"consistency proof from size {old.size} to {new.size} does not verify: the newer "
                              "checkpoint is not shown to extend the older one (a fork or a changed proof)")
-        return CheckedProof("consistency", new, old_checkpoint=old, notes=notes)
+        # The file's own proof shows the extension from its old checkpoint: a trusted checkpoint
+        # equal to that one is covered by it.
+        for t in trusted:
+            if t.checkpoint.size == old.size and t.checkpoint.root != old.root:
+                raise ProofError(f"old_checkpoint (size {old.size}) has another root than {t.source}: the log "
+                                 "signed two histories (a fork)")
+            if t.checkpoint.size == old.size:
+                extends.setdefault(old.size, path)
+        _check_trusted(opened, trusted, extends, witnesses, notes)
+        return CheckedProof("consistency", new, old_checkpoint=old, notes=notes, opened=opened)
     raise ProofError("type: must be 'inclusion' or 'consistency'")

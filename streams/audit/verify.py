@@ -21,10 +21,10 @@ from .checkpoint import (
     Checkpoint,
     CheckpointError,
     NoteVerifier,
-    open_checkpoint,
     parse_verifier_key,
 )
 from .merkle import EMPTY_ROOT, CompactRange, leaf_hash, verify_consistency
+from .trust import OpenedCheckpoint, TrustedCheckpoint, Witnesses, open_witnessed_checkpoint
 
 __all__ = ["VerifyReport", "verify_log", "check_checkpoint_chain", "find_divergence"]
 
@@ -43,6 +43,11 @@ class VerifyReport:
     verified_size: int = 0  # largest checkpoint size fully verified
     uncovered_entries: int = 0  # entries after the largest signed checkpoint size
     notes: list[str] = field(default_factory=list)  # informational, not failures
+    # With a witness quorum: the largest verified checkpoint cosigned by a quorum (without one, the
+    # largest verified checkpoint). `relied_on` is that checkpoint: what an auditor may remember.
+    witnessed_size: int = 0
+    relied_on: OpenedCheckpoint | None = None
+    trusted_checked: list[str] = field(default_factory=list)  # sources of the trusted checkpoints held against the log
 
 
 class _Problems:
@@ -68,9 +73,11 @@ _REASONS = {
 
 
 def _open_all(
-    checkpoints: Iterable[str], verifiers: Sequence[NoteVerifier], origin: str, problems: _Problems
+    checkpoints: Iterable[str], verifiers: Sequence[NoteVerifier], origin: str, problems: _Problems,
+    witnesses: Witnesses | None = None, opened: dict[int, OpenedCheckpoint] | None = None,
 ) -> tuple[int, list[tuple[int, Checkpoint]]]:
-    """Open every note; report signature, size-order and fork problems in publication order."""
+    """Open every note; report signature, size-order and fork problems in publication order.
+    `opened` (if given) receives each valid checkpoint with the witnesses that cosigned it."""
     valid: list[tuple[int, Checkpoint]] = []
     by_size: dict[int, tuple[int, bytes]] = {}
     largest: tuple[int, int] | None = None  # (size, number) of the largest valid checkpoint so far
@@ -78,7 +85,10 @@ def _open_all(
     for number, note in enumerate(checkpoints, start=1):
         count = number
         try:
-            cp = open_checkpoint(note, list(verifiers), origin=origin)
+            item = open_witnessed_checkpoint(note, verifiers, origin, witnesses)
+            cp = item.checkpoint
+            if opened is not None:
+                opened[number] = item
         except CheckpointError as e:
             detail = _REASONS.get(e.reason, str(e))  # bad_signature keeps its key name
             problems.add(f"checkpoint {number}: {detail}", number)
@@ -115,17 +125,26 @@ def verify_log(
     verifiers: list[str],
     origin: str,
     progress: Callable[[int], None] | None = None,
+    trusted: Sequence[TrustedCheckpoint] = (),
+    witnesses: Witnesses | None = None,
 ) -> VerifyReport:
     """Check that the entries, in order, hash to every signed checkpoint.
 
     entries: (position, entry bytes) in log order; positions must increase.
     checkpoints: signed notes in publication order.
+    trusted: checkpoints the auditor already holds (files, its local state): the log must be at
+      least as long as each and its first entries must hash to each one's root.
+    witnesses: the witnesses and quorum the auditor requires: only a checkpoint cosigned by a
+      quorum counts as the one the log is verified against (`witnessed_size`, `relied_on`).
     """
     problems = _Problems()
     keys = _parse_verifiers(verifiers)
-    examined, valid = _open_all(checkpoints, keys, origin, problems)
+    opened: dict[int, OpenedCheckpoint] = {}
+    examined, valid = _open_all(checkpoints, keys, origin, problems, witnesses, opened)
     if not valid:
         problems.add("no valid signed checkpoint: nothing in the log could be verified")
+    held = _TrustedTargets(trusted)
+    relied: list[OpenedCheckpoint] = []  # verified checkpoints, to pick the one relied on
 
     targets = sorted(valid, key=lambda nc: (nc[1].size, nc[0]))
     max_size = max((cp.size for _, cp in valid), default=0)
@@ -140,6 +159,7 @@ def verify_log(
         nonlocal verified, good_size, good_number
         if root == cp.root:
             verified += 1
+            relied.append(opened[number])
             if cp.size >= good_size:
                 good_size, good_number = cp.size, number
             return
@@ -158,6 +178,7 @@ def verify_log(
     while t < len(targets) and targets[t][1].size == 0:
         compare(targets[t][0], targets[t][1], EMPTY_ROOT, None)
         t += 1
+    held.check(0, EMPTY_ROOT, problems)
 
     prev_pos: int | None = None
     for pos, entry in entries:
@@ -180,6 +201,8 @@ def verify_log(
             while t < len(targets) and targets[t][1].size == n:
                 compare(targets[t][0], targets[t][1], root, pos)
                 t += 1
+        if n in held.sizes:
+            held.check(n, cr.root(), problems)
         if progress is not None and n % PROGRESS_EVERY == 0:
             progress(n)
 
@@ -195,6 +218,8 @@ def verify_log(
             number,
         )
 
+    held.missing(n, max_size, problems)
+
     notes: list[str] = []
     uncovered = max(0, n - max_size) if valid else n
     if valid and uncovered:
@@ -202,6 +227,7 @@ def verify_log(
             f"entries {max_size + 1}..{n} (positions {uncovered_first_pos}..{prev_pos}) are not yet covered "
             "by a signed checkpoint"
         )
+    relied_on = _relied_on(relied, witnesses, problems, notes, good_size)
     found = problems.sorted()
     return VerifyReport(
         ok=not found,
@@ -213,7 +239,61 @@ def verify_log(
         verified_size=good_size,
         uncovered_entries=uncovered,
         notes=notes,
+        witnessed_size=relied_on.checkpoint.size if relied_on else 0,
+        relied_on=relied_on,
+        trusted_checked=[t.source for t in trusted],
     )
+
+
+class _TrustedTargets:
+    """Checkpoints the auditor already trusts, held against the log's entries as they are hashed."""
+
+    def __init__(self, trusted: Sequence[TrustedCheckpoint]) -> None:
+        self.trusted = list(trusted)
+        self.sizes = {t.checkpoint.size for t in self.trusted}
+
+    def check(self, n: int, root: bytes, problems: _Problems) -> None:
+        for t in self.trusted:
+            if t.checkpoint.size == n and t.checkpoint.root != root:
+                problems.add(
+                    f"{t.source} (size {n}): the log's first {n} entries do not hash to its root: this log "
+                    "is not the history that checkpoint signed (entries altered, or a different history "
+                    "shown to someone else: a fork)"
+                )
+
+    def missing(self, n: int, max_signed: int, problems: _Problems) -> None:
+        for t in self.trusted:
+            if t.checkpoint.size > n:
+                problems.add(
+                    f"{t.source} (size {t.checkpoint.size}) is larger than this log: the log has only {n} "
+                    f"entries (signed checkpoints up to size {max_signed}), so entries {n + 1}.."
+                    f"{t.checkpoint.size} that it covers are missing: the log was truncated or rolled back"
+                )
+
+
+def _relied_on(verified: list[OpenedCheckpoint], witnesses: Witnesses | None, problems: _Problems,
+               notes: list[str], good_size: int) -> OpenedCheckpoint | None:
+    """The largest verified checkpoint meeting the witness quorum (the most cosigned at that size)."""
+    quorum = witnesses.quorum if witnesses else 0
+    eligible = [o for o in verified if witnesses is None or witnesses.met(o.cosigners)]
+    if not eligible:
+        if verified and quorum:
+            best = max(verified, key=lambda o: (len(o.cosigners), o.checkpoint.size))
+            seen = ", ".join(best.cosigners) or "none"
+            problems.add(
+                f"no checkpoint whose root matches the log is cosigned by a quorum of witnesses "
+                f"({witnesses.describe()}); the most cosigned (size {best.checkpoint.size}) has "
+                f"{len(best.cosigners)} (witnesses: {seen})"
+            )
+        return None
+    chosen = max(eligible, key=lambda o: (o.checkpoint.size, len(o.cosigners)))
+    if quorum and chosen.checkpoint.size < good_size:
+        notes.append(
+            f"checkpoints above size {chosen.checkpoint.size} (up to {good_size}) are not yet cosigned by a "
+            f"quorum of witnesses ({witnesses.describe()}); entries {chosen.checkpoint.size + 1}..{good_size} "
+            "match the log's own signature only"
+        )
+    return chosen
 
 
 def check_checkpoint_chain(
