@@ -25,6 +25,8 @@ from streams.auditing import checkpoint_verifiers
 from streams.kafka import consumer as kafka_consumer
 from streams.kafka import read_topic, start_client, stop_quietly
 
+from agents.witnessing import Witnessing
+
 log = logging.getLogger("masb.checkpointer")
 
 
@@ -59,6 +61,7 @@ async def run_checkpointer(runtime, requested: asyncio.Event) -> None:
     origin = settings.log_origin
     consumer = kafka_consumer(settings.bootstrap, group_id=None)
     sender = AcknowledgedSender(settings.bootstrap)
+    witnessing = Witnessing(runtime, tree)
     await start_client(consumer, settings.bootstrap)
     try:
         await sender.start()
@@ -71,7 +74,9 @@ async def run_checkpointer(runtime, requested: asyncio.Event) -> None:
             for message in batch.get(tp, []):
                 if message.offset != next_offset:
                     await halt_on_gap(runtime, next_offset, message.offset)
-                tree.append(leaf_hash(message.value))
+                leaf = leaf_hash(message.value)
+                tree.append(leaf)
+                witnessing.append(leaf)
                 next_offset = message.offset + 1
             health.checkpoint_read(tree.size)
             unsigned = tree.size - signed_size
@@ -79,16 +84,23 @@ async def run_checkpointer(runtime, requested: asyncio.Event) -> None:
                 time.monotonic() - last_signed >= settings.checkpoint_interval)
             if unsigned > 0 and (due or requested.is_set()):
                 signing_key = runtime.identity.signing.current.signing_key()
-                note = sign_checkpoint(Checkpoint(origin, tree.size, tree.root()), origin, signing_key)
+                checkpoint = Checkpoint(origin, tree.size, tree.root())
+                note = sign_checkpoint(checkpoint, origin, signing_key)
+                note = await witnessing.cosign(note, checkpoint, previous_size=signed_size)
                 record = encode_checkpoint_record(note, next_offset, tree)
                 await sender.send_all([Message(runtime.topics.checkpoints, None, record)], _never_refused)
                 signed_size = tree.size
                 last_signed = time.monotonic()
                 metrics.CHECKPOINT_SIZE.set(tree.size)
                 health.checkpoint_signed(signed_size)
+            elif unsigned == 0 and (more := await witnessing.retry(settings.checkpoint_interval)):
+                # The same checkpoint again, now with enough cosignatures (same size and root).
+                record = encode_checkpoint_record(more, next_offset, tree)
+                await sender.send_all([Message(runtime.topics.checkpoints, None, record)], _never_refused)
             if requested.is_set() and tree.size == signed_size:
                 requested.clear()
     finally:
+        await witnessing.close()
         await stop_quietly(consumer)
         await sender.stop()
 

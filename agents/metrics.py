@@ -15,3 +15,5 @@ ENCRYPT_SECONDS = Histogram("masb_encrypt_seconds", "Time to build and seal all 
 POLICY_VERSION = Gauge("masb_policy_version", "Version of the sharing policy in force")
 POLICY_RELOAD_FAILURES = Counter("masb_policy_reload_failures_total", "Policy files refused at reload")
 CHECKPOINT_SIZE = Gauge("masb_audit_checkpoint_size", "Tree size of the last signed audit checkpoint")
+CHECKPOINT_COSIGNATURES = Gauge("masb_audit_checkpoint_cosignatures",
+                                "Witness cosignatures on the last published audit checkpoint")
