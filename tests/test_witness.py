@@ -160,6 +160,8 @@ class WitnessProcess:
             with urllib.request.urlopen(req, timeout=10) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
+            if exc.code == 409:
+                assert exc.headers["Content-Type"] == "text/x.tlog.size"
             return exc.code, exc.read().decode()
 
     def stop(self) -> None:

@@ -22,8 +22,9 @@ def build_witness_app(service: WitnessService) -> web.Application:
         body = await request.read()
         # The check, the cosignature and the fsync are short; one thread keeps the event loop free.
         result = await asyncio.to_thread(service.add_checkpoint, body)
-        return web.Response(status=result.status, text=result.body, content_type=result.content_type.split(";")[0],
-                            charset="utf-8" if "charset" in result.content_type else None)
+        # The exact Content-Type the spec names (a 409 is "text/x.tlog.size", with no parameters).
+        return web.Response(status=result.status, body=result.body.encode("utf-8"),
+                            headers={"Content-Type": result.content_type})
 
     async def checkpoint(request: web.Request) -> web.Response:
         note = service.latest_note(request.match_info["origin_hash"])
