@@ -27,6 +27,7 @@ _TICK_FORMATS = {"minute": "%H:%M", "hour": "%d %b %H:00", "day": "%d %b", "week
                  "month": "%b %Y", "year": "%Y"}
 WIDTH_IN = 10.0
 MAX_TICKS = 12
+MIN_SLOTS = 8  # bar widths on the time axis, however few buckets there are
 
 
 def _inline(svg: str, chart_id: str, label: str) -> str:
@@ -70,7 +71,8 @@ def stacked_over_time(chart_id: str, title: str, series: dict[str, list[int]], b
         positions, labels = _tick_labels(buckets)
         ax.set_xticks(positions, labels, rotation=30 if len(labels) > 6 else 0,
                       ha="right" if len(labels) > 6 else "center")
-        ax.set_xlim(-0.6, len(x) - 0.4)
+        pad = max(0.0, (MIN_SLOTS - len(x)) / 2)  # a lone bar stays bar-sized, centred
+        ax.set_xlim(-0.6 - pad, len(x) - 0.4 + pad)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(y_label)
         ax.set_xlabel(f"UTC, per {buckets.unit}")
