@@ -18,7 +18,9 @@ from streams.audit.entry import decode_entry, encode_entry, make_entry
 from streams.audit.merkle import CompactRange, leaf_hash
 from streams.audit.proof import ProofError, check_proof, make_consistency_proof, make_inclusion_proof, \
     parse_proof_file
-from streams.audit.report import Filters, ReportError, build_report, render_csv, render_html, render_json
+from streams.audit.report import Filters, ReportError, build_report, render_csv, render_html, render_json, \
+    verify_for_report
+from streams.audit.report.aggregate import buckets_for, counts_over_time, top_series
 from streams.audit.verify import verify_log
 
 ORIGIN = "masb.example/audit/offline"
@@ -178,7 +180,8 @@ def test_report_formats_escape_everything(log, store) -> None:
     hostile = delivery(store, 20, CASES[0], "<script>alert(1)</script>", fields=["=cmd|' /C calc'!A0"])
     report = build_report(list(enumerate(entries + [hostile])), Filters(), store)
     page = render_html(report)
-    assert "<script>" not in page and "&lt;script&gt;" in page and "not valid &lt;Avro&gt;" in page
+    assert "<script>alert" not in page and "&lt;script&gt;alert" in page and "not valid &lt;Avro&gt;" in page
+    assert page.count("<script") == 1  # the page's own, allowed by its hash in the Content-Security-Policy
     assert page.startswith("<!DOCTYPE html>") and "Refusals" in page and "Policy changes" in page
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched
     rows = list(csv.DictReader(io.StringIO(render_csv(report))))
@@ -186,6 +189,132 @@ def test_report_formats_escape_everything(log, store) -> None:
     assert next(r for r in rows if r["entry"] == "13")["fields"].startswith("'=")  # no spreadsheet formula
     doc = json.loads(render_json(report))
     assert doc["summary"]["exchanges"] == 11 and doc["format"] == "masb-audit-report"
+
+
+def receipt(n: int, agency: str, after: timedelta, status: str = "RECEIVED") -> bytes:
+    """The agency's receipt for delivery n (same envelope hash), `after` the delivery."""
+    at = T0 + timedelta(hours=n) + after
+    return encode_entry(make_entry("RECEIPT", recorded_at=at, event_id=f"00000000-0000-4000-8000-{n:012d}",
+                                   agency_id=agency, policy_version=1, envelope_sha256=f"{n:02d}" * 32,
+                                   recipient_key_id="k2", reason=f"{status} at {at.isoformat()}"))
+
+
+def test_report_json_keeps_every_version_1_key_and_csv_its_columns(log, store) -> None:
+    entries, notes = log
+    pairs = list(enumerate(entries))
+    report = build_report(pairs, Filters(), store)
+    report.set_verification(verify_for_report(pairs, notes, VKEYS, ORIGIN))
+    doc = json.loads(render_json(report))
+    assert list(doc)[:9] == ["format", "version", "filters", "verification", "summary", "deliveries", "refusals",
+                             "policy_changes", "notes"] and doc["version"] == 1
+    assert doc["verification"].startswith("intact: 12 entries, 12 covered by signed checkpoints at ")
+    first = {"entry", "position", "recorded_at", "exchange_id", "event_id", "event_type", "case", "unit", "area",
+             "agency", "agreement", "legal_basis", "policy_version", "fields", "deliver_by", "envelope_sha256",
+             "recipient_key_id", "redeliveries", "received_at", "acknowledged_at", "deadline"}
+    assert all(first <= set(row) for row in doc["deliveries"])
+    assert doc["deliveries"][0]["agreement"] == "isa-idva v2" and doc["deliveries"][0]["agreement_id"] == "isa-idva"
+    assert set(doc["summary"]["deadlines"]) == {"received on time", "received late", "overdue", "escalated",
+                                                "awaiting receipt", "no deadline"}
+    assert doc["summary"]["deadlines"]["escalated"] == 0  # no ESCALATION entries exist yet
+    assert doc["summary"]["deadlines_by_agency"]["idva"]["no deadline"] == 4
+    assert doc["summary"]["refusals_by_reason"] == {"MALFORMED": 1}
+    assert doc["log"]["checkpoint"]["size"] == 12 and doc["log"]["checkpoint"]["cosigners"] == []
+    assert doc["period"] == {"from": "2025-03-01T09:00:00Z", "to": "2025-03-01T20:00:00Z"}
+    assert doc["legal_bases"]["CHILDREN_ACT_2004"].startswith("Children Act 2004")
+    assert doc["case_timeline"] is None and doc["masb_version"]
+    header = render_csv(report).split("\r\n")[0]
+    assert header == ("section,entry,position,recorded_at,exchange_id,event_id,event_type,case,unit,area,agency,"
+                      "agreement,legal_basis,policy_version,fields,deliver_by,redeliveries,received_at,"
+                      "acknowledged_at,deadline,reason_code,reason,source,policy_digest,envelope_sha256,"
+                      "recipient_key_id")
+
+
+def test_report_names_the_checkpoint_and_the_witnesses_it_verified_against(log) -> None:
+    entries, notes = log
+    pairs = list(enumerate(entries))
+    checked = verify_for_report(pairs, notes, VKEYS, ORIGIN, cosigners=["witness.example/a", "witness.example/b"])
+    root = base64.b64encode(_root(entries)).decode()
+    assert checked.intact and (checked.checkpoint.number, checked.checkpoint.size) == (3, 12)
+    assert checked.checkpoint.root == root and checked.checkpoint.origin == ORIGIN
+    report = build_report(pairs, Filters())
+    report.set_verification(checked)
+    page = render_html(report)
+    assert '<p class="verdict">Log verified: intact</p>' in page and root in page
+    assert "witness.example/a" in page and "witness.example/b" in page
+    assert "Log verified: intact against checkpoint 3 (size 12" in page  # printed on every page (@page)
+
+    shorter = verify_for_report(pairs[:10], notes, VKEYS, ORIGIN)  # entries 11 and 12 deleted
+    assert not shorter.intact and shorter.checkpoint.size == 8 and shorter.problems
+    report.set_verification(shorter)
+    page = render_html(report)
+    assert 'class="banner bad"' in page and "Log NOT verified" in page and "entries 11..12 are missing" in page
+    assert json.loads(render_json(report))["log"]["intact"] is False
+
+
+def _root(entries: list[bytes]) -> bytes:
+    cr = CompactRange()
+    for e in entries:
+        cr.append(leaf_hash(e))
+    return cr.root()
+
+
+def test_report_html_shows_only_what_the_filters_select(log, store) -> None:
+    entries, _ = log
+    page = render_html(build_report(list(enumerate(entries)), Filters(agency="idva"), store))
+    assert page.count('<tr data-agency="idva"') == 4 and "<tr data-agency=" not in page.replace(
+        '<tr data-agency="idva"', "")
+    assert "isa-health" not in page and "isa-childrens" not in page  # not in the table, the charts or a filter
+    assert "MALFORMED" not in page  # a refusal has no agency: excluded by the agency filter
+    assert "victim.name" in page and "Children Act" not in page
+
+
+def test_case_timeline_runs_in_time_order_from_routing_to_receipts(log, store) -> None:
+    entries, _ = log
+    more = [receipt(1, "idva", timedelta(minutes=30)), receipt(1, "idva", timedelta(minutes=90), "ACKNOWLEDGED")]
+    entries = [delivery(store, n, CASES[n % 2], ["health", "idva", "childrens"][n % 3],
+                        envelope_sha256=f"{n:02d}" * 32, deliver_by=T0 + timedelta(hours=n, minutes=45))
+               for n in range(1, 11)] + more
+    report = build_report(list(enumerate(entries)), Filters(case_ref=CASES[1]), store)
+    doc = json.loads(render_json(report))
+    steps = doc["case_timeline"]
+    assert [s["at"] for s in steps] == sorted(s["at"] for s in steps)
+    assert [s["step"] for s in steps[:4]] == ["routed", "delivered", "received", "acknowledged"]
+    assert steps[1]["agency"] == "idva" and steps[1]["fields"] == ["header.case_ref", "victim.name"]
+    assert steps[1]["legal_basis_label"].startswith("UK GDPR") and steps[1]["deadline"] == "received on time"
+    assert {s["event_id"] for s in steps} == {f"00000000-0000-4000-8000-{n:012d}" for n in (1, 3, 5, 7, 9)}
+    page = render_html(report)
+    assert page.index('<li data-step="routed"') < page.index('<li data-step="delivered"') \
+        < page.index('<li data-step="received"')
+    assert "Case WM-BBBB222222: timeline" in page
+
+
+def test_charts_count_into_calendar_buckets() -> None:
+    t = datetime(2025, 3, 5, 10, 17, 30, tzinfo=timezone.utc)  # a Wednesday
+    assert buckets_for(t, t + timedelta(minutes=30)).unit == "minute"
+    assert buckets_for(t, t + timedelta(hours=20)).unit == "hour"
+    assert buckets_for(t, t + timedelta(days=30)).unit == "day"
+    weeks = buckets_for(t, t + timedelta(days=200))
+    assert weeks.unit == "week" and weeks.starts[0] == datetime(2025, 3, 3, tzinfo=timezone.utc)
+    months = buckets_for(t, t + timedelta(days=800))
+    assert months.unit == "month" and months.starts[:2] == (datetime(2025, 3, 1, tzinfo=timezone.utc),
+                                                            datetime(2025, 4, 1, tzinfo=timezone.utc))
+    assert buckets_for(t, t + timedelta(days=365 * 20)).unit == "year"
+    hours = buckets_for(t, t + timedelta(hours=3))
+    rows = [{"recorded_at": (t + timedelta(minutes=m)).isoformat(), "agency": a}
+            for m, a in ((0, "idva"), (50, "idva"), (110, "health"), (170, "idva"))]
+    assert hours.unit == "hour" and len(hours.starts) == 4
+    assert counts_over_time(rows, lambda r: r["agency"], hours) == {"idva": [1, 1, 0, 1], "health": [0, 0, 1, 0]}
+    series = {f"a{i}": [i] for i in range(12)}
+    assert top_series(series, 9, "other") == {**{f"a{i}": [i] for i in range(9)}, "other": [9 + 10 + 11]}
+
+
+def test_charts_draw_any_label_as_plain_escaped_text(log, store) -> None:
+    entries, _ = log
+    odd = [delivery(store, 12, CASES[0], "$\\alpha$ & <b>co</b>"), delivery(store, 13, CASES[0], "{{x}} %s \\n")]
+    page = render_html(build_report(list(enumerate(entries + odd)), Filters(), store))
+    charts = page[page.index('<section id="charts">'):page.index('<section id="exchanges">')]
+    assert charts.count("<svg") == 4 and "$\\alpha$ &amp; &lt;b&gt;co&lt;/b&gt;" in charts
+    assert "<b>co</b>" not in page and "http" not in charts
 
 
 # -- case keys --------------------------------------------------------------------------------------

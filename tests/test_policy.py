@@ -551,3 +551,12 @@ def test_diff_reports_exactly_the_leaves_gained_and_lost(before, after):
     assert _leaves(lost) == _leaves(before) - _leaves(after)
     assert forward.newly_shared == backward.no_longer_shared
     assert forward.no_longer_shared == backward.newly_shared
+
+
+def test_every_legal_basis_code_has_a_human_name():
+    from streams.policy import LEGAL_BASES, LEGAL_BASIS_LABELS, legal_basis_label
+
+    assert set(LEGAL_BASIS_LABELS) == set(LEGAL_BASES)
+    assert legal_basis_label("UK_GDPR_6_1_E_9_2_G_DPA_SCH1_18").startswith("UK GDPR Art. 6(1)(e) public task")
+    assert legal_basis_label("RETIRED_BASIS_CODE") == "RETIRED_BASIS_CODE"  # a log outlives its policies
+    assert legal_basis_label(None) == ""

@@ -155,3 +155,14 @@ def test_masb_consume_ack_sends_a_receipt_per_event(deployment_on_kafka):
     assert event_id in result.stdout
     running.wait_audit(lambda e: e["kind"] == "RECEIPT" and e["event_id"] == event_id
                        and e["agency_id"] == "shropshire-housing")
+
+
+def test_an_escalated_delivery_is_escalated_until_its_receipt_comes():
+    from datetime import datetime, timezone
+
+    from streams.audit.report import deadline_status
+
+    noon = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+    escalated = {**_row("2026-11-24T10:00:00Z"), "escalated_at": "2026-11-24T10:00:05Z"}
+    assert deadline_status(escalated, noon) == "escalated"
+    assert deadline_status({**escalated, "received_at": "2026-11-24T11:00:00Z"}, noon) == "received late"

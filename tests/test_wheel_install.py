@@ -67,3 +67,12 @@ def test_the_demo_runs_from_an_empty_folder(installed, tmp_path):
     assert "demo completed" in result.stdout and "verified intact" in result.stdout
     assert "Traceback" not in result.stderr
     assert (tmp_path / ".masb-demo" / "policy.yaml").exists()
+
+
+def test_the_html_report_finds_its_stylesheet_and_script_in_the_wheel(installed, tmp_path):
+    code = ("from streams.audit.report import Filters, build_report, render_html; "
+            "page = render_html(build_report([], Filters())); "
+            "print('Log not verified' in page, 'MASB exchange report: filter and sort' in page, '@page' in page)")
+    out = subprocess.run([str(installed / "python"), "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["True", "True", "True"], out.stderr[-2000:]
