@@ -89,7 +89,9 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     app = faust.App(
         f"{settings.topic_prefix}masb-router",
         broker=f"kafka://{settings.bootstrap}",
-        store="memory://",           # the dedupe table is rebuilt from its changelog on restart
+        # Tables (the dedupe table) live in RocksDB under the data directory, a cache of their
+        # changelog topics: memory stays bounded, and a restart reads only the changelog's tail.
+        store="rocksdb://",
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions,

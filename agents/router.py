@@ -125,7 +125,8 @@ def install(app: faust.App, runtime) -> None:
     source = app.topic(runtime.topics.case_events, key_serializer="raw", value_serializer="raw")
     # Keys and values are bytes (event id -> content digest): typed, so the changelog holds raw
     # bytes and a restarted worker can recover the table from it.
-    seen = app.Table("seen-events", key_type=bytes, value_type=bytes, partitions=runtime.settings.partitions)
+    seen = app.Table("seen-events", key_type=bytes, value_type=bytes, partitions=runtime.settings.partitions,
+                     options={"driver": "rocksdict"})
     supervisor = runtime.supervisor
     hold = runtime.faults.hold if getattr(runtime, "faults", None) else None
 

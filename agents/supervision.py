@@ -24,9 +24,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
-from streams.errors import EXIT_FAILED
+from streams.errors import EXIT_FAILED, MasbError
 
 log = logging.getLogger("masb.supervisor")
 
@@ -142,26 +143,39 @@ class Supervisor:
             ran_for = time.monotonic() - started
             if ran_for >= self.healthy_after:
                 attempt = 0
-            self._record_failure(state, error, ran_for)
+            delay = backoff(attempt, self.backoff_initial, self.backoff_cap)
+            attempt += 1
+            broker_was_up = self.broker_up()
+            self._record_failure(state, error, ran_for, delay)
             if state.failures_in_a_row >= self.give_up_after:
                 self.give_up(name)
                 return
-            delay = backoff(attempt, self.backoff_initial, self.backoff_cap)
-            attempt += 1
-            log.error("task %s will restart in %.1fs", name, delay)
-            await asyncio.sleep(delay)
+            await self._pause(delay, broker_was_up)
 
-    def _record_failure(self, state: TaskState, exc: BaseException | None, ran_for: float) -> None:
+    async def _pause(self, delay: float, broker_was_up: bool) -> None:
+        """Wait ``delay`` seconds before a restart, or less if the broker, away at the failure, is back."""
+        until = time.monotonic() + delay
+        while (remaining := until - time.monotonic()) > 0:
+            await asyncio.sleep(min(remaining, 0.5))
+            if not broker_was_up and self.broker_up():
+                return
+
+    def _record_failure(self, state: TaskState, exc: BaseException | None, ran_for: float,
+                        restart_in: float | None = None) -> None:
         cause = type(exc).__name__ if exc is not None else "unknown"
         state.last_error = cause
         state.restarts += 1
         TASK_RESTARTS.labels(state.name).inc()
         if ran_for >= self.healthy_after:
             state.failures_in_a_row = 0
-        if self.broker_up():  # failures while the broker is away are the outage's, not the task's
+        broker_up = self.broker_up()
+        if broker_up:  # failures while the broker is away are the outage's, not the task's
             state.failures_in_a_row += 1
-        log.error("task %s ended unexpectedly after %.1fs: %s", state.name, ran_for, cause,
-                  exc_info=exc if isinstance(exc, Exception) else None)
+        # A traceback only for what may be a bug; an outage's failures are one line each.
+        expected = not broker_up or isinstance(exc, (MasbError, KafkaError, asyncio.CancelledError))
+        then = f"; restarting in {restart_in:.1f}s" if restart_in is not None else ""
+        log.error("task %s ended unexpectedly after %.1fs: %s%s", state.name, ran_for, cause, then,
+                  exc_info=exc if isinstance(exc, Exception) and not expected else None)
 
     def give_up(self, name: str) -> None:
         """Stop the worker with a non-zero exit code: its process supervisor will restart it."""

@@ -168,8 +168,12 @@ class Running:
 
 @contextlib.contextmanager
 def running_deployment(bootstrap: str, workdir: Path, topic_prefix: str | None = None,
-                       template: Path = DEMO_DIR / "policy.template.yaml", **env: str):
-    deployment = prepare_deployment(workdir, template)
+                       template: Path = DEMO_DIR / "policy.template.yaml", deployment: Deployment | None = None,
+                       **env: str):
+    """A worker on ``bootstrap`` for a fresh deployment in ``workdir`` (or the ``deployment`` given, to
+    start another worker of the same one)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    deployment = deployment or prepare_deployment(workdir, template)
     prefix = topic_prefix or f"t{uuid.uuid4().hex[:10]}."
     worker = WorkerProcess(worker_env(deployment, bootstrap, prefix, **env), workdir / "worker.log")
     try:
