@@ -88,7 +88,7 @@ _REFUSED_RE = re.compile("[" + "".join(_REFUSED.values()) + "]")
 _REFUSED_CLASSES = [(name, re.compile(f"[{chars}]")) for name, chars in _REFUSED.items()]
 _TEXT_PROBLEMS = {
     "control": "contains a control character (only tab, line feed and carriage return are allowed)",
-    "surrogate": "is not valid Unicode text (it contains a lone surrogate)",
+    "surrogate": "is not valid Unicode text (it contains a surrogate code point, such as half of an emoji)",
     "noncharacter": "contains a Unicode noncharacter",
     "bom": "contains a byte order mark (U+FEFF)",
     "bidi": "contains a bidirectional formatting control (U+202A-U+202E, U+2066-U+2069)",
