@@ -107,7 +107,7 @@ class _Invalid:
 class _RepeatedKeys(dict):
     """An object that had a repeated key: the first value of each key is kept, the repeats listed."""
 
-    repeats: list[tuple[str, int, int]]  # (key, line, column) of each later occurrence
+    repeats: list[tuple[str, int, int, int]]  # (key, line, column, line of the first) of each later occurrence
 
 
 def _line_column(text: str, index: int) -> tuple[int, int]:
@@ -135,7 +135,8 @@ def _parse_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, 
     """json.decoder.JSONObject, keeping the first value of a repeated key and noting where the repeat is."""
     s, end = s_and_end
     pairs: dict[str, Any] = {}
-    repeats: list[tuple[str, int, int]] = []
+    starts: dict[str, int] = {}
+    repeats: list[tuple[str, int, int, int]] = []
     nextchar = s[end:end + 1]
     if nextchar != '"':
         if nextchar in _WS_CHARS:
@@ -159,9 +160,10 @@ def _parse_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, 
         except StopIteration as err:
             raise JSONDecodeError("Expecting value", s, err.value) from None
         if key in pairs:
-            repeats.append((key, *_line_column(s, key_start)))
+            repeats.append((key, *_line_column(s, key_start), _line_column(s, starts[key])[0]))
         else:
             pairs[key] = value
+            starts[key] = key_start
         end = _WS.match(s, end).end()
         nextchar = s[end:end + 1]
         end += 1
@@ -202,8 +204,9 @@ def _problems(value: Any, path: Path_ = (), depth: int = 0) -> Iterator[JsonProb
         if _SURROGATE.search(value):
             yield JsonProblem(path, "text is not valid Unicode (it holds a lone surrogate escape)")
     elif isinstance(value, dict):
-        for key, line, column in getattr(value, "repeats", ()):
-            yield JsonProblem(path + (key,), "repeated key: an object must not name the same key twice", line, column)
+        for key, line, column, first in getattr(value, "repeats", ()):
+            yield JsonProblem(path + (key,), f"repeated key (first at line {first}): an object must not name the "
+                                             "same key twice", line, column)
         for key, item in value.items():
             if _SURROGATE.search(key):
                 yield JsonProblem(path + (key,), "key is not valid Unicode (it holds a lone surrogate escape)")
