@@ -30,7 +30,7 @@ from streams import rules
 from streams.errors import InvalidInput
 from streams.jsonform import FieldError, SchemaWalker, strip_logical_types
 from streams.jsonin import key_label
-from streams.schema_registry import DEFAULT_SCHEMA_ROOT, Registry
+from streams.schema_registry import DEFAULT_SCHEMA_ROOT, Registry, SchemaSourceError
 
 __all__ = [
     "EVENT_TYPES", "MAX_EVENT_BYTES", "MAGIC_BYTE", "FieldError", "EventValidationError", "WireFormatError",
@@ -105,7 +105,11 @@ class Codec:
             raise WireFormatError(f"unknown schema id {schema_id}")
         parsed = self._writers.get(schema_id)
         if parsed is None:
-            parsed = parse_schema(strip_logical_types(self.registry.schema(schema_id)))
+            try:
+                frozen = self.registry.schema(schema_id)
+            except SchemaSourceError:  # an edited frozen file: never read data with it
+                raise WireFormatError(f"schema id {schema_id}: its frozen schema fails the integrity check") from None
+            parsed = parse_schema(strip_logical_types(frozen))
             self._writers[schema_id] = parsed
         return entry.event_type, parsed
 

@@ -219,12 +219,22 @@ class Registry:
     def entry(self, schema_id: int) -> RegistryEntry | None:
         return self._by_id.get(schema_id)
 
-    def schema(self, schema_id: int) -> dict:
-        """The frozen, fully expanded schema JSON of a registered id (KeyError if unknown)."""
+    def schema(self, schema_id: int, *, verify: bool = True) -> dict:
+        """The frozen, fully expanded schema JSON of a registered id (KeyError if unknown).
+
+        With ``verify`` (the default, what the codec uses) a frozen file that no longer matches its
+        schema_sha256 is refused with SchemaSourceError: data is never read with an edited schema.
+        """
         if schema_id not in self._schemas:
             entry = self._by_id[schema_id]
             self._schemas[schema_id] = _read_json(self.root / entry.file)
-        return self._schemas[schema_id]
+        schema = self._schemas[schema_id]
+        if verify:
+            entry = self._by_id[schema_id]
+            if entry.schema_sha256 is not None and schema_digest(schema) != entry.schema_sha256:
+                raise SchemaSourceError(f"{entry.file} (schema id {schema_id}) does not match its schema_sha256 "
+                                        f"in registry.json: a frozen schema was edited")
+        return schema
 
     def versions(self, event_type: str) -> list[RegistryEntry]:
         return sorted((e for e in self.entries if e.event_type == event_type), key=lambda e: e.version)
@@ -250,7 +260,7 @@ class Registry:
             if e.file != f"registry/{e.id}.avsc":
                 problems.append(f"{e.event_type}@{e.id}: file must be registry/{e.id}.avsc (one frozen file per id)")
             try:
-                frozen = self.schema(e.id)
+                frozen = self.schema(e.id, verify=False)
             except (SchemaSourceError, KeyError):
                 problems.append(f"{e.event_type}@{e.id}: frozen file {e.file} is missing or unreadable")
                 continue
@@ -341,12 +351,12 @@ def plan(root: Path = DEFAULT_SCHEMA_ROOT) -> list[SchemaChange]:
         if not versions:
             changes.append(SchemaChange(event_type, "incompatible" if renames else "new", tuple(renames)))
             continue
-        if _canonical_json(registry.schema(versions[-1].id)) == _canonical_json(source):
+        if _canonical_json(registry.schema(versions[-1].id, verify=False)) == _canonical_json(source):
             changes.append(SchemaChange(event_type, "unchanged"))
             continue
         problems = list(renames)
         for entry in versions:  # transitive: the new reader must read every older writer
-            written = registry.schema(entry.id)
+            written = registry.schema(entry.id, verify=False)
             for reason in _incompatibilities(source, written) + meaning_changes(source, written):
                 problems.append(f"{event_type}: cannot read data written with version {entry.version} "
                                 f"(id {entry.id}): {reason}")
@@ -536,7 +546,7 @@ def _row(registry: Registry, entry: RegistryEntry) -> dict[str, Any]:
     now, if its fingerprint still matches (the digest then protects it from here on)."""
     row = {k: v for k, v in entry.__dict__.items() if v is not None}
     if entry.schema_sha256 is None:
-        frozen = registry.schema(entry.id)
+        frozen = registry.schema(entry.id, verify=False)
         if schema_fingerprint(frozen) != entry.fingerprint:
             raise SchemaSourceError(f"{entry.file} does not match its fingerprint; restore it before registering")
         row["schema_sha256"] = schema_digest(frozen)
