@@ -139,3 +139,19 @@ def test_json_files_with_a_repeated_key_are_refused_naming_file_and_line(tmp_pat
     (root / "events" / "case_closed.avsc").write_text(text)
     with pytest.raises(SchemaSourceError, match=r"case_closed\.avsc: .*fields\[2\]\.type: repeated key"):
         load_source_schemas(root)
+
+
+@pytest.mark.parametrize("name, value", [("MASB_CHECKPOINT_INTERVAL", "nan"), ("MASB_CHECKPOINT_INTERVAL", "inf"),
+                                         ("MASB_WEB_PORT", "６０６６"), ("MASB_ROUTER_BATCH", "1_000"),
+                                         ("MASB_SESSION_TIMEOUT", "-6")])
+def test_worker_settings_from_the_environment_must_be_plain_positive_numbers(monkeypatch, name, value):
+    import argparse
+
+    from agents.settings import Settings
+    from streams.errors import InvalidInput
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidInput, match=f"^{name}: must be a positive"):
+        Settings.from_args(argparse.Namespace())
+    monkeypatch.setenv(name, "6")
+    Settings.from_args(argparse.Namespace())
