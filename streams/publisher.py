@@ -39,7 +39,11 @@ def prepare(event: dict[str, Any], policy: Policy, unit_key: PrivateKeyRecord) -
     this accepts, the router routes.
     """
     wire = codec.encode_event(event)
-    header = codec.decode_valid_event(wire)["header"]  # the router's view of what is being sent
+    try:
+        header = codec.decode_valid_event(wire)["header"]  # the router's view of what is being sent
+    except codec.WireFormatError:  # the rules make this impossible; refuse rather than send it anyway
+        raise codec.EventValidationError([codec.FieldError("<event>", "cannot be read back as the router reads it")]) \
+            from None
     unit_id = unit_key.owner
     refusal = rules.publisher_refusal(policy, unit_id, header)
     if refusal is not None:
