@@ -23,12 +23,17 @@ def env_or(value, name: str, default=None):
     return os.environ.get(name) or default
 
 
-def positive_number(value, name: str, kind=float):
-    """A setting that must be a positive ASCII decimal number (``kind`` int or float)."""
+def positive_number(value, name: str, kind=float, *, zero_ok: bool = False, maximum: float | None = None):
+    """A setting that must be a positive ASCII decimal number (``kind`` int or float; 0 if ``zero_ok``)."""
     text = str(value)
-    if isinstance(value, bool) or not _NUMBER.fullmatch(text) or (kind is int and "." in text) \
-            or not math.isfinite(float(text)) or float(text) <= 0:
-        raise InvalidInput(f"{name}: must be a positive {'whole ' if kind is int else ''}number in ASCII digits")
+    ok = not isinstance(value, bool) and _NUMBER.fullmatch(text) is not None and not (kind is int and "." in text)
+    if ok:
+        number = float(text)
+        ok = math.isfinite(number) and (number > 0 or (zero_ok and number == 0)) \
+            and (maximum is None or number <= maximum)
+    if not ok:
+        limits = f"{'0' if zero_ok else 'above 0'}{f' to {maximum:g}' if maximum is not None else ''}"
+        raise InvalidInput(f"{name}: must be a {'whole ' if kind is int else ''}number in ASCII digits, {limits}")
     return kind(text)
 
 
@@ -65,7 +70,7 @@ class Settings:
             topic_prefix=env_or(getattr(args, "topic_prefix", None), "MASB_TOPIC_PREFIX", ""),
             router_batch=positive_number(env_or(None, "MASB_ROUTER_BATCH", 100), "MASB_ROUTER_BATCH", int),
             web_port=positive_number(env_or(getattr(args, "web_port", None), "MASB_WEB_PORT", 6066), "MASB_WEB_PORT",
-                                     int),
+                                     int, zero_ok=True, maximum=65535),  # 0: any free port
             datadir=Path(env_or(getattr(args, "datadir", None), "MASB_DATADIR", ".masb-worker")),
             checkpoint_interval=positive_number(env_or(getattr(args, "checkpoint_interval", None),
                                                        "MASB_CHECKPOINT_INTERVAL", 5.0), "MASB_CHECKPOINT_INTERVAL"),
