@@ -84,7 +84,7 @@ def refuse_logged(world, record: InputRecord, caplog) -> Refusal:
     with caplog.at_level(logging.DEBUG, logger="masb"):
         batch.decide_safely(record)
     refusal = world.router.admit(record)
-    assert [m for m in batch.messages if m[0] == runtime.topics.dead_letter], "not refused"
+    assert [m for m in batch.messages if m.topic == runtime.topics.dead_letter], "not refused"
     assert f"refused {refusal.reason_code}" in caplog.text  # what the worker logs for it
     return refusal
 
