@@ -87,17 +87,6 @@ def load_policy_file(path: str | os.PathLike):
         raise InvalidInput(f"policy file {path} is invalid: {exc}") from None
 
 
-def read_text(source: str) -> str:
-    """A file's text, or standard input for '-'."""
-    if source == "-":
-        return sys.stdin.read()
-    path = existing_file(source, "input file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"input file {path} is not UTF-8 text") from None
-
-
 def read_events(source: str) -> list[dict]:
     """JSON events from a file or '-' (stdin): one object, an array, or one object per line, read
     strictly (streams/jsonin.py: repeated keys, lone surrogates, NaN... are refused)."""
