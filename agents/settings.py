@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.errors import InvalidInput
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+# ASCII decimal only: int() and float() also take "６０６６", "1_000", "nan" and "inf", which would
+# make a setting mean something else than it says (a checkpoint interval of nan never fires).
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 
 def env_or(value, name: str, default=None):
@@ -14,6 +21,20 @@ def env_or(value, name: str, default=None):
     if value not in (None, ""):
         return value
     return os.environ.get(name) or default
+
+
+def positive_number(value, name: str, kind=float, *, zero_ok: bool = False, maximum: float | None = None):
+    """A setting that must be a positive ASCII decimal number (``kind`` int or float; 0 if ``zero_ok``)."""
+    text = str(value)
+    ok = not isinstance(value, bool) and _NUMBER.fullmatch(text) is not None and not (kind is int and "." in text)
+    if ok:
+        number = float(text)
+        ok = math.isfinite(number) and (number > 0 or (zero_ok and number == 0)) \
+            and (maximum is None or number <= maximum)
+    if not ok:
+        limits = f"{'0' if zero_ok else 'above 0'}{f' to {maximum:g}' if maximum is not None else ''}"
+        raise InvalidInput(f"{name}: must be a {'whole ' if kind is int else ''}number in ASCII digits, {limits}")
+    return kind(text)
 
 
 @dataclass
@@ -47,12 +68,13 @@ class Settings:
             policy_path=Path(env_or(getattr(args, "policy", None), "MASB_POLICY", "policy.yaml")),
             keys_dir=Path(env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", "keys")),
             topic_prefix=env_or(getattr(args, "topic_prefix", None), "MASB_TOPIC_PREFIX", ""),
-            router_batch=int(env_or(None, "MASB_ROUTER_BATCH", 100)),
-            web_port=int(env_or(getattr(args, "web_port", None), "MASB_WEB_PORT", 6066)),
+            router_batch=positive_number(env_or(None, "MASB_ROUTER_BATCH", 100), "MASB_ROUTER_BATCH", int),
+            web_port=positive_number(env_or(getattr(args, "web_port", None), "MASB_WEB_PORT", 6066), "MASB_WEB_PORT",
+                                     int, zero_ok=True, maximum=65535),  # 0: any free port
             datadir=Path(env_or(getattr(args, "datadir", None), "MASB_DATADIR", ".masb-worker")),
-            checkpoint_interval=float(env_or(getattr(args, "checkpoint_interval", None),
-                                             "MASB_CHECKPOINT_INTERVAL", 5.0)),
-            session_timeout=float(env_or(None, "MASB_SESSION_TIMEOUT", 60.0)),
+            checkpoint_interval=positive_number(env_or(getattr(args, "checkpoint_interval", None),
+                                                       "MASB_CHECKPOINT_INTERVAL", 5.0), "MASB_CHECKPOINT_INTERVAL"),
+            session_timeout=positive_number(env_or(None, "MASB_SESSION_TIMEOUT", 60.0), "MASB_SESSION_TIMEOUT"),
             log_origin=env_or(None, "MASB_LOG_ORIGIN", "masb.local/exchange-log"),
             log_level=getattr(args, "log_level", None) or "warn",
             health_interval=float(env_or(None, "MASB_HEALTH_INTERVAL", 5.0)),

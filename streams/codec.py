@@ -3,7 +3,15 @@
 Encoding always uses the latest registered schema of the event's type; decoding reads with the
 writer schema named by the id and resolves to the latest reader schema of the same type, so old
 data stays readable. Schemas come only from the frozen registry (see streams.schema_registry).
-Errors name field paths and problems, never values: events carry highly sensitive personal data.
+
+One path for every door and the router (docs/events.md, "Validation rules"):
+
+    encode:        JSON form --jsonform--> datum --rules--> Avro bytes
+    decode_valid:  Avro bytes --fastavro--> datum --rules--> JSON form
+
+The datum is the values on the wire (logical types are not converted by fastavro: timestamps stay
+int milliseconds, dates int days), so the doors and the router apply streams.rules to the very
+same values. Errors name field paths and problems, never values: events carry personal data.
 """
 
 from __future__ import annotations
@@ -18,20 +26,16 @@ from typing import Any
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import parse_schema
 
+from streams import rules
 from streams.errors import InvalidInput
-from streams.jsonform import (
-    FieldError,
-    SchemaWalker,
-    key_label,
-    rule_errors,
-    to_json_form,
-)
-from streams.schema_registry import DEFAULT_SCHEMA_ROOT, Registry
+from streams.jsonform import FieldError, SchemaWalker, strip_logical_types
+from streams.jsonin import key_label
+from streams.schema_registry import DEFAULT_SCHEMA_ROOT, Registry, SchemaSourceError
 
 __all__ = [
     "EVENT_TYPES", "MAX_EVENT_BYTES", "MAGIC_BYTE", "FieldError", "EventValidationError", "WireFormatError",
-    "Codec", "validate_event", "encode_event", "decode_event", "schema_id_of", "schema_ref", "field_paths",
-    "get_path", "default_codec",
+    "Codec", "validate_event", "encode_event", "decode_event", "decode_valid_event", "schema_id_of", "schema_ref",
+    "field_paths", "get_path", "default_codec",
 ]
 
 EVENT_TYPES: tuple[str, ...] = (
@@ -45,10 +49,15 @@ PREFIX_BYTES = _PREFIX.size
 
 
 class EventValidationError(InvalidInput, ValueError):
-    """The JSON form of an event is invalid; ``errors`` lists every problem found."""
+    """The event is invalid; ``errors`` lists every problem found.
 
-    def __init__(self, errors: list[FieldError]):
+    ``event_id`` is the event's header.event_id when it is a canonical UUID (else None): an id, not
+    a value, so refusals may carry it.
+    """
+
+    def __init__(self, errors: list[FieldError], event_id: str | None = None):
         self.errors = list(errors)
+        self.event_id = event_id
         lines = "\n".join(f"{e.path}: {e.problem}" for e in self.errors)
         super().__init__(f"invalid case event ({len(self.errors)} problem(s)):\n{lines}")
 
@@ -60,7 +69,7 @@ class WireFormatError(InvalidInput, ValueError):
 @dataclass(frozen=True)
 class _TypeSchemas:
     schema_id: int
-    parsed: dict  # fastavro-parsed latest schema (writer on encode, reader on decode)
+    parsed: dict  # fastavro-parsed latest schema without logical types (writer on encode, reader on decode)
     walker: SchemaWalker
     paths: frozenset[str]
 
@@ -86,7 +95,7 @@ class Codec:
                 raise KeyError(f"no registered schema for event type {event_type}")
             raw = self.registry.schema(entry.id)
             walker = SchemaWalker(raw)
-            cached = _TypeSchemas(entry.id, parse_schema(raw), walker, walker.field_paths())
+            cached = _TypeSchemas(entry.id, parse_schema(strip_logical_types(raw)), walker, walker.field_paths())
             self._latest[event_type] = cached
             return cached
 
@@ -96,7 +105,11 @@ class Codec:
             raise WireFormatError(f"unknown schema id {schema_id}")
         parsed = self._writers.get(schema_id)
         if parsed is None:
-            parsed = parse_schema(self.registry.schema(schema_id))
+            try:
+                frozen = self.registry.schema(schema_id)
+            except SchemaSourceError:  # an edited frozen file: never read data with it
+                raise WireFormatError(f"schema id {schema_id}: its frozen schema fails the integrity check") from None
+            parsed = parse_schema(strip_logical_types(frozen))
             self._writers[schema_id] = parsed
         return entry.event_type, parsed
 
@@ -119,25 +132,28 @@ class Codec:
             problem = FieldError("header", "required field is missing" if "header" not in event else "expected an object")
         elif "event_type" not in event["header"]:
             problem = FieldError("header.event_type", "required field is missing")
-        elif event["header"]["event_type"] in EVENT_TYPES:
+        elif isinstance(event["header"]["event_type"], str) and event["header"]["event_type"] in EVENT_TYPES:
             return event["header"]["event_type"]
         else:
             problem = FieldError("header.event_type", f"unknown event type; expected one of {', '.join(EVENT_TYPES)}")
         raise EventValidationError([problem])
 
     def encode(self, event: dict) -> bytes:
-        schemas = self._schemas(self._event_type(event))
+        """The wire message of a JSON-form event; EventValidationError lists every problem."""
+        event_type = self._event_type(event)
+        schemas = self._schemas(event_type)
         errors: list[FieldError] = []
         datum = schemas.walker.to_datum(event, errors)
-        errors.extend(rule_errors(event["header"]["event_type"], datum))
+        errors.extend(rules.event_problems(event_type, datum, schemas.walker))
         if errors:
-            raise EventValidationError(errors)
+            raise EventValidationError(errors, _event_id(datum))
         buf = io.BytesIO()
         buf.write(_PREFIX.pack(MAGIC_BYTE, schemas.schema_id))
         schemaless_writer(buf, schemas.parsed, datum)
         data = buf.getvalue()
         if len(data) > MAX_EVENT_BYTES:
-            raise EventValidationError([FieldError("<event>", f"encoded size exceeds MAX_EVENT_BYTES ({MAX_EVENT_BYTES})")])
+            raise EventValidationError([FieldError("<event>", f"encoded size exceeds MAX_EVENT_BYTES ({MAX_EVENT_BYTES})")],
+                                       _event_id(datum))
         return data
 
     def validate(self, event: dict) -> None:
@@ -148,21 +164,23 @@ class Codec:
     def decode(self, data: bytes, *, validate: bool = False) -> dict:
         datum, event_type, reader, schema_id = self._decode_datum(data)
         if validate:
-            self._check_decoded(datum, event_type, reader, schema_id)
-        return self._json_form(datum, schema_id)
+            errors = rules.event_problems(event_type, datum, reader.walker)
+            if errors:
+                paths = ", ".join(sorted({e.path for e in errors}))
+                raise WireFormatError(f"body for schema id {schema_id} fails validation at: {paths}")
+        return self._json_form(datum, reader, schema_id)
 
     def decode_valid(self, data: bytes) -> dict:
-        """Decode, then apply what Avro types cannot (string patterns, cross-field rules).
+        """Decode, then apply the same rules as the doors (streams.rules) to the decoded datum.
 
         A body that is not decodable raises WireFormatError; a decodable body that breaks the
-        rules raises EventValidationError naming each field, as validate_event would, without
-        converting the event back to Avro (the size limit was already applied to the wire bytes).
+        rules raises EventValidationError naming each field, as encode would have.
         """
         datum, event_type, reader, schema_id = self._decode_datum(data)
-        errors = self._decoded_errors(datum, event_type, reader)
+        errors = rules.event_problems(event_type, datum, reader.walker)
         if errors:
-            raise EventValidationError(errors)
-        return self._json_form(datum, schema_id)
+            raise EventValidationError(errors, _event_id(datum))
+        return self._json_form(datum, reader, schema_id)
 
     def _decode_datum(self, data: bytes) -> tuple[Any, str, _TypeSchemas, int]:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -191,32 +209,23 @@ class Codec:
         return datum, event_type, reader, schema_id
 
     @staticmethod
-    def _json_form(datum: Any, schema_id: int) -> dict:
+    def _json_form(datum: Any, reader: _TypeSchemas, schema_id: int) -> dict:
         try:
-            return to_json_form(datum)
-        except Exception:  # noqa: BLE001 - e.g. a timestamp outside the datetime range
+            return reader.walker.to_json_form(datum)
+        except (OverflowError, ValueError, TypeError, AttributeError):
+            # Only a datum that breaks the rules gets here (e.g. a timestamp beyond year 9999).
             raise WireFormatError(f"undecodable Avro body for schema id {schema_id}") from None
-
-    @staticmethod
-    def _decoded_errors(datum: Any, event_type: str, reader: _TypeSchemas) -> list[FieldError]:
-        # Publishers may bypass this codec; re-apply what Avro types cannot (case_ref pattern,
-        # cross-field rules) on ingest. Types are already guaranteed by the Avro decode.
-        errors: list[FieldError] = []
-        reader.walker.check_strings(datum, errors)
-        errors.extend(rule_errors(event_type, datum))
-        return errors
-
-    @classmethod
-    def _check_decoded(cls, datum: Any, event_type: str, reader: _TypeSchemas, schema_id: int) -> None:
-        errors = cls._decoded_errors(datum, event_type, reader)
-        if errors:
-            paths = ", ".join(sorted({e.path for e in errors}))
-            raise WireFormatError(f"body for schema id {schema_id} fails validation at: {paths}")
 
 
 def _header_type(event: Any) -> Any:
     header = event.get("header") if isinstance(event, dict) else None
     return header.get("event_type") if isinstance(header, dict) else None
+
+
+def _event_id(datum: Any) -> str | None:
+    header = datum.get("header") if isinstance(datum, dict) else None
+    candidate = header.get("event_id") if isinstance(header, dict) else None
+    return candidate if rules.is_canonical_uuid(candidate) else None
 
 
 _default: Codec | None = None
@@ -246,15 +255,16 @@ def encode_event(event: dict) -> bytes:
 def decode_event(data: bytes, *, validate: bool = False) -> dict:
     """Wire bytes -> JSON form resolved to the latest schema of the type. Raises WireFormatError only.
 
-    validate=True also re-applies the string patterns and cross-field rules to the decoded datum
-    (cheaper than validate_event afterwards, but failures are then WireFormatErrors).
+    validate=True also applies the rules of streams.rules to the decoded datum (as
+    decode_valid_event does, but failures are then WireFormatErrors naming only the paths).
     """
     return default_codec().decode(data, validate=validate)
 
 
 def decode_valid_event(data: bytes) -> dict:
     """Wire bytes -> a valid event in JSON form: WireFormatError if undecodable, EventValidationError
-    naming each field if it decodes but breaks a rule (the router's check on every publication)."""
+    naming each field if it decodes but breaks a rule of streams.rules, the same rules every door
+    applies (the router's check on every publication)."""
     return default_codec().decode_valid(data)
 
 

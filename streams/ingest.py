@@ -7,8 +7,8 @@ Run by the unit itself, next to its case system (its private signing key never l
     GET  /health   200 when Kafka answers, 503 when it does not
     GET  /metrics  Prometheus counters of this ingest (labels: status codes and event types only)
 
-Status codes (docs/publishing.md): 202 accepted and acknowledged by Kafka; 400 invalid JSON or
-invalid events (each error names a field path and a problem, never a value); 401 bad or missing
+Status codes (docs/publishing.md): 202 accepted and acknowledged by Kafka; 400 invalid or
+ambiguous JSON (streams.jsonin: repeated keys, lone surrogates, NaN, ...) or invalid events (each error names a field path and a problem, never a value); 401 bad or missing
 bearer token (when one is configured); 403 the unit may not publish this type/area; 413 body too
 large; 415 not application/json; 503 Kafka unreachable: the events may or may not have been
 written, and the client must retry with the same event ids (the router delivers an event id once).
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
-from streams import codec
+from streams import codec, jsonin
 from streams.crypto.keys import PrivateKeyRecord
 from streams.errors import InvalidInput
 from streams.kafka import producer as make_producer
@@ -192,6 +191,14 @@ def _error_response(status: int, problems: list[Problem], **extra: Any) -> web.R
     return web.json_response({"errors": [p.as_json() for p in problems], **extra}, status=status, headers=headers)
 
 
+def _json_problem(problem: jsonin.JsonProblem) -> Problem:
+    """A problem of the request body as the JSON reader found it: field path and array index."""
+    path, index = problem.path, None
+    if path and isinstance(path[0], int):
+        index, path = path[0], path[1:]
+    return Problem(jsonin.format_path(path, "<body>" if index is None else "<event>"), problem.describe(), index)
+
+
 def _body_problem(status: int, problem: str) -> web.Response:
     return _error_response(status, [Problem("<body>", problem)])
 
@@ -216,14 +223,9 @@ def build_ingest_app(service: IngestService) -> web.Application:
         except web.HTTPRequestEntityTooLarge:
             return _body_problem(413, f"the body is larger than {service.max_body_bytes} bytes")
         try:
-            body = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            return _body_problem(400, "the body is not UTF-8")
-        except json.JSONDecodeError as exc:
-            # exc.msg is the parser's description only ("Expecting value"), never body text.
-            return _body_problem(400, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
-        except RecursionError:
-            return _body_problem(400, "not valid JSON (nested too deeply)")
+            body = jsonin.loads(raw)  # strict: repeated keys, lone surrogates, NaN... are refused
+        except jsonin.JsonInputError as exc:
+            return _error_response(400, [_json_problem(p) for p in exc.problems])
         indexed = isinstance(body, list)
         events = body if indexed else [body]
         if not isinstance(body, (list, dict)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams import codec
+from streams import codec, rules
 from streams.crypto.keys import PrivateKeyRecord
 from streams.crypto.publication import seal_publication
 from streams.errors import InvalidInput
@@ -19,21 +19,38 @@ from streams.topics import Topics
 
 
 class PublishRefused(InvalidInput, ValueError):
-    """The unit may not publish this event under the policy (checked before anything is sent)."""
+    """The unit may not publish this event under the policy (checked before anything is sent).
+
+    ``reason_code`` is the router's code for the same refusal (UNIT_MISMATCH,
+    UNAUTHORISED_PUBLISHER) or UNKNOWN_UNIT_KEY (docs/routing.md).
+    """
+
+    def __init__(self, reason_code: str, message: str):
+        super().__init__(message)
+        self.reason_code = reason_code
 
 
 def prepare(event: dict[str, Any], policy: Policy, unit_key: PrivateKeyRecord) -> tuple[bytes, bytes]:
-    """(Kafka key, record value) for an event; raises codec.EventValidationError or PublishRefused."""
-    wire = codec.encode_event(event)  # validates first
-    header = event["header"]
+    """(Kafka key, record value) for an event: the one door every publisher goes through.
+
+    Raises codec.EventValidationError (every invalid field) or PublishRefused. The event is
+    checked with the rules of streams.rules, encoded, and the encoded bytes are then read back
+    exactly as the router reads them (codec.decode_valid_event, rules.publisher_refusal): what
+    this accepts, the router routes.
+    """
+    wire = codec.encode_event(event)
+    try:
+        header = codec.decode_valid_event(wire)["header"]  # the router's view of what is being sent
+    except codec.WireFormatError:  # the rules make this impossible; refuse rather than send it anyway
+        raise codec.EventValidationError([codec.FieldError("<event>", "cannot be read back as the router reads it")]) \
+            from None
     unit_id = unit_key.owner
-    if header["unit_id"] != unit_id:
-        raise PublishRefused(f"header.unit_id is not {unit_id}, the unit whose key signs it")
-    if not policy.unit_may_publish(unit_id, header["event_type"], header["area"]):
-        raise PublishRefused(f"unit {unit_id} is not registered to publish {header['event_type']} "
-                             f"for area {header['area']} (policy version {policy.version})")
+    refusal = rules.publisher_refusal(policy, unit_id, header)
+    if refusal is not None:
+        raise PublishRefused(*refusal)
     if policy.unit_verify_key(unit_id, unit_key.key_id) is None:
-        raise PublishRefused(f"signing key {unit_key.key_id} is not a trusted key of {unit_id} in the policy")
+        raise PublishRefused("UNKNOWN_UNIT_KEY",
+                             f"signing key {unit_key.key_id} is not a trusted key of {unit_id} in the policy")
     router_key = policy.router.active_exchange_key
     value = seal_publication(unit_id=unit_id, unit_signing_key=unit_key, router_key_id=router_key.key_id,
                              router_exchange_public=router_key.public_key, wire_event=wire)

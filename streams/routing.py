@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 import fastavro
 
-from streams import codec
+from streams import codec, rules
 from streams.audit.entry import encode_entry, make_entry
 from streams.crypto.envelope import EnvelopeSealer, envelope_sha256
 from streams.crypto.keys import Keyring
@@ -52,8 +51,8 @@ EMPTY = "EMPTY_RECORD"
 OVERSIZED = "OVERSIZED"
 WIRE_FORMAT = "WIRE_FORMAT"
 INVALID_EVENT = "INVALID_EVENT"
-UNIT_MISMATCH = "UNIT_MISMATCH"
-UNAUTHORISED_PUBLISHER = "UNAUTHORISED_PUBLISHER"
+UNIT_MISMATCH = rules.UNIT_MISMATCH
+UNAUTHORISED_PUBLISHER = rules.UNAUTHORISED_PUBLISHER
 KEY_MISMATCH = "KEY_MISMATCH"
 CONFLICTING_DUPLICATE = "CONFLICTING_DUPLICATE"
 RECEIPT_INVALID = "RECEIPT_INVALID"
@@ -161,22 +160,15 @@ class Router:
         except PublicationError as exc:
             return self.refuse(record, exc.reason_code, exc.message)
         try:
-            event = codec.decode_valid_event(opened.wire_event)
+            event = codec.decode_valid_event(opened.wire_event)  # the rules every door applied
         except codec.WireFormatError as exc:
             return self.refuse(record, WIRE_FORMAT, str(exc), unit_id=opened.unit_id)
         except codec.EventValidationError as exc:
-            return self.refuse(record, INVALID_EVENT, str(exc), unit_id=opened.unit_id,
-                               event_id=_safe_event_id(opened.wire_event))
+            return self.refuse(record, INVALID_EVENT, str(exc), unit_id=opened.unit_id, event_id=exc.event_id)
         header = event["header"]
-        if header["unit_id"] != opened.unit_id:
-            return self.refuse(record, UNIT_MISMATCH,
-                               f"signed by unit {opened.unit_id} but header.unit_id names another unit",
-                               unit_id=opened.unit_id, event_id=header["event_id"])
-        if not self.policy.unit_may_publish(opened.unit_id, header["event_type"], header["area"]):
-            return self.refuse(record, UNAUTHORISED_PUBLISHER,
-                               f"unit {opened.unit_id} is not registered to publish {header['event_type']} "
-                               f"for area {header['area']} under policy version {self.policy.version}",
-                               unit_id=opened.unit_id, event_id=header["event_id"])
+        refusal = rules.publisher_refusal(self.policy, opened.unit_id, header)
+        if refusal is not None:
+            return self.refuse(record, *refusal, unit_id=opened.unit_id, event_id=header["event_id"])
         if record.key != header["case_ref"].encode():
             return self.refuse(record, KEY_MISMATCH, "the record key is not the event's header.case_ref",
                                unit_id=opened.unit_id, event_id=header["event_id"])
@@ -317,15 +309,3 @@ def _project(event: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
         if value is not None:
             out[path] = value
     return out
-
-
-def _safe_event_id(wire_event: bytes) -> str | None:
-    """The event id of a decodable but invalid event, if it is well formed (it may not be)."""
-    try:
-        candidate = codec.decode_event(wire_event)["header"]["event_id"]
-    except (codec.WireFormatError, KeyError, TypeError):
-        return None
-    try:
-        return str(uuid.UUID(candidate))
-    except (ValueError, TypeError, AttributeError):
-        return None

@@ -10,10 +10,16 @@ Layout under a schema root (normally ``<repo>/schemas``):
 - ``registry.json``: the list of registered versions (see docs/wire-format.md).
 
 The runtime codec reads only the frozen files; the source files matter only to the gate.
+
+The gate is Apache Avro's BACKWARD_TRANSITIVE check plus MASB's own refusals of changes Avro
+resolves silently but that change what stored bytes mean (docs/wire-format.md, section 4):
+removing an enum symbol (even with an enum default), a logical type change, a lossy numeric
+promotion, a changed field default, and any alias (a rename).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -24,6 +30,7 @@ import avro.schema
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from streams import jsonin
 from streams.errors import CheckFailed, InvalidInput
 from streams.resources import SCHEMA_ROOT
 
@@ -53,7 +60,11 @@ class RegistryEntry:
     event_type: str
     version: int
     file: str
-    fingerprint: str
+    fingerprint: str                   # SHA-256 of the Parsing Canonical Form (drops logicalType, defaults, doc)
+    schema_sha256: str | None = None   # SHA-256 of the whole frozen schema, canonical JSON: any edit shows
+
+
+_ENTRY_KEYS = {"id": int, "event_type": str, "version": int, "file": str, "fingerprint": str, "schema_sha256": str}
 
 
 @dataclass(frozen=True)
@@ -142,10 +153,14 @@ def _expand(node: Any, namespace: str | None, library: dict[str, tuple[dict, str
 
 
 def _read_json(path: Path) -> Any:
+    """A schema or registry file, read strictly: a repeated key ("type" twice) is refused with its line."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        return jsonin.load_file(path)
+    except OSError as exc:
         raise SchemaSourceError(f"{path.name}: cannot read schema JSON ({type(exc).__name__})") from exc
+    except jsonin.JsonInputError as exc:
+        problems = "; ".join(str(p) for p in exc.problems)
+        raise SchemaSourceError(f"{path.name}: not accepted as schema JSON: {problems}") from None
 
 
 def _is_event_schema(schema: Any) -> bool:
@@ -177,6 +192,17 @@ def schema_fingerprint(schema: dict) -> str:
     return fingerprint(to_parsing_canonical_form(schema), "SHA-256")
 
 
+def schema_digest(schema: Any) -> str:
+    """SHA-256 (hex) of the whole schema as canonical JSON (docs/wire-format.md, "Integrity digest").
+
+    Unlike the fingerprint it covers every attribute (logicalType, default, aliases, doc, order):
+    any edit of a frozen file changes it, layout and key order do not.
+    """
+    # RFC 8785 (JCS) for what schemas hold (integers, BMP keys): sorted keys, no whitespace, UTF-8.
+    canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 # ---------------------------------------------------------------- registry
 
 class Registry:
@@ -186,19 +212,29 @@ class Registry:
         self.root = Path(root)
         path = self.root / "registry.json"
         rows = _read_json(path) if path.exists() else []
-        self.entries: list[RegistryEntry] = [RegistryEntry(**row) for row in rows]
+        self.entries: list[RegistryEntry] = [_entry(row, i) for i, row in enumerate(rows if isinstance(rows, list) else [None])]
         self._by_id = {e.id: e for e in self.entries}
         self._schemas: dict[int, dict] = {}
 
     def entry(self, schema_id: int) -> RegistryEntry | None:
         return self._by_id.get(schema_id)
 
-    def schema(self, schema_id: int) -> dict:
-        """The frozen, fully expanded schema JSON of a registered id (KeyError if unknown)."""
+    def schema(self, schema_id: int, *, verify: bool = True) -> dict:
+        """The frozen, fully expanded schema JSON of a registered id (KeyError if unknown).
+
+        With ``verify`` (the default, what the codec uses) a frozen file that no longer matches its
+        schema_sha256 is refused with SchemaSourceError: data is never read with an edited schema.
+        """
         if schema_id not in self._schemas:
             entry = self._by_id[schema_id]
             self._schemas[schema_id] = _read_json(self.root / entry.file)
-        return self._schemas[schema_id]
+        schema = self._schemas[schema_id]
+        if verify:
+            entry = self._by_id[schema_id]
+            if entry.schema_sha256 is not None and schema_digest(schema) != entry.schema_sha256:
+                raise SchemaSourceError(f"{entry.file} (schema id {schema_id}) does not match its schema_sha256 "
+                                        f"in registry.json: a frozen schema was edited")
+        return schema
 
     def versions(self, event_type: str) -> list[RegistryEntry]:
         return sorted((e for e in self.entries if e.event_type == event_type), key=lambda e: e.version)
@@ -211,7 +247,8 @@ class Registry:
         return sorted({e.event_type for e in self.entries})
 
     def integrity_problems(self) -> list[str]:
-        """Ids unique and increasing, versions consecutive, frozen files present and matching their fingerprints."""
+        """Ids unique and increasing, versions consecutive, each frozen file at registry/<id>.avsc, present,
+        matching its fingerprint and its integrity digest (schema_sha256)."""
         problems = []
         ids = [e.id for e in self.entries]
         if ids != sorted(set(ids)):
@@ -220,14 +257,40 @@ class Registry:
             if [e.version for e in self.versions(event_type)] != list(range(1, len(self.versions(event_type)) + 1)):
                 problems.append(f"{event_type}: versions must be 1, 2, 3... without gaps")
         for e in self.entries:
+            if e.file != f"registry/{e.id}.avsc":
+                problems.append(f"{e.event_type}@{e.id}: file must be registry/{e.id}.avsc (one frozen file per id)")
             try:
-                actual = schema_fingerprint(self.schema(e.id))
+                frozen = self.schema(e.id, verify=False)
             except (SchemaSourceError, KeyError):
                 problems.append(f"{e.event_type}@{e.id}: frozen file {e.file} is missing or unreadable")
                 continue
-            if actual != e.fingerprint:
+            if schema_fingerprint(frozen) != e.fingerprint:
                 problems.append(f"{e.event_type}@{e.id}: frozen file {e.file} does not match its fingerprint (edited?)")
+            elif e.schema_sha256 is None:
+                problems.append(f"{e.event_type}@{e.id}: registry.json has no schema_sha256 for {e.file}, so edits of "
+                                f"logical types, defaults or aliases would go unnoticed; review the file, then run "
+                                f"`masb schemas register` to record it")
+            elif schema_digest(frozen) != e.schema_sha256:
+                problems.append(f"{e.event_type}@{e.id}: frozen file {e.file} does not match its schema_sha256 "
+                                f"(edited? a frozen file never changes, not even its logical types or defaults)")
         return problems
+
+
+def _entry(row: Any, index: int) -> RegistryEntry:
+    """One registry.json row, checked: known keys of the right types (schema_sha256 may be absent)."""
+    where = f"registry.json: entry {index + 1}"
+    if not isinstance(row, dict):
+        raise SchemaSourceError(f"{where}: must be an object")
+    unknown = sorted(set(row) - set(_ENTRY_KEYS))
+    if unknown:
+        raise SchemaSourceError(f"{where}: unknown key {jsonin.key_label(unknown[0])}")
+    for key, kind in _ENTRY_KEYS.items():
+        if key not in row:
+            if key != "schema_sha256":
+                raise SchemaSourceError(f"{where}: missing key {key}")
+        elif not isinstance(row[key], kind) or isinstance(row[key], bool):
+            raise SchemaSourceError(f"{where}: {key} must be {'an integer' if kind is int else 'a string'}")
+    return RegistryEntry(**row)
 
 
 # ---------------------------------------------------------------- compatibility gate
@@ -284,19 +347,186 @@ def plan(root: Path = DEFAULT_SCHEMA_ROOT) -> list[SchemaChange]:
     changes = []
     for event_type, source in sorted(load_source_schemas(root).items()):
         versions = registry.versions(event_type)
+        renames = [f"{event_type}: {p}" for p in alias_problems(source)]
         if not versions:
-            changes.append(SchemaChange(event_type, "new"))
+            changes.append(SchemaChange(event_type, "incompatible" if renames else "new", tuple(renames)))
             continue
-        if _canonical_json(registry.schema(versions[-1].id)) == _canonical_json(source):
+        if _canonical_json(registry.schema(versions[-1].id, verify=False)) == _canonical_json(source):
             changes.append(SchemaChange(event_type, "unchanged"))
             continue
-        problems = []
+        problems = list(renames)
         for entry in versions:  # transitive: the new reader must read every older writer
-            for reason in _incompatibilities(source, registry.schema(entry.id)):
+            written = registry.schema(entry.id, verify=False)
+            for reason in _incompatibilities(source, written) + meaning_changes(source, written):
                 problems.append(f"{event_type}: cannot read data written with version {entry.version} "
                                 f"(id {entry.id}): {reason}")
         changes.append(SchemaChange(event_type, "incompatible" if problems else "pending", tuple(problems)))
     return changes
+
+
+# ---------------------------------------------------------------- changes Avro resolves but MASB refuses
+
+_NUMBERS = ("int", "long", "float", "double")
+
+
+def _named_index(schema: Any) -> dict[str, dict]:
+    """Every named type of a frozen (expanded) schema by full name."""
+    out: dict[str, dict] = {}
+
+    def visit(node: Any) -> None:
+        if isinstance(node, list):
+            for branch in node:
+                visit(branch)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            if kind in _NAMED:
+                out.setdefault(node["name"], node)
+                for field in node.get("fields", []):
+                    visit(field["type"])
+            elif kind == "array":
+                visit(node["items"])
+            elif kind == "map":
+                visit(node["values"])
+            elif isinstance(kind, (dict, list)):
+                visit(kind)
+
+    visit(schema)
+    return out
+
+
+def _kind(node: Any) -> str:
+    """'string', 'long', 'record:masb.events.X', 'array', ... of a resolved node."""
+    if isinstance(node, str):
+        return node
+    kind = node["type"]
+    if kind in _NAMED:
+        return f"{kind}:{node['name']}"
+    return kind if isinstance(kind, str) else _kind(kind)
+
+
+def _logical(node: Any) -> tuple:
+    if not isinstance(node, dict):
+        return (None,)
+    return (node.get("logicalType"), node.get("precision"), node.get("scale"))
+
+
+def _branch_for(reader_branches: list, writer_node: Any, resolve) -> Any:
+    """The reader union branch Avro resolution picks for a writer type: same kind, else a promotion."""
+    wkind = _kind(writer_node)
+    for branch in reader_branches:
+        if _kind(resolve(branch)) == wkind:
+            return branch
+    if wkind in _NUMBERS:
+        for branch in reader_branches:
+            rkind = _kind(resolve(branch))
+            if rkind in _NUMBERS and _NUMBERS.index(rkind) > _NUMBERS.index(wkind):
+                return branch
+    return None
+
+
+def meaning_changes(reader: dict, writer: dict) -> list[str]:
+    """Changes that Avro schema resolution accepts but that change what data written with ``writer``
+    means when read with ``reader`` (each as 'field <path>: <why> (<KIND>)'):
+
+    - ENUM_SYMBOL_REMOVED: a symbol of the writer is gone; with an enum default, old data silently
+      reads as the default (docs/wire-format.md promises removed symbols are refused);
+    - LOGICAL_TYPE_CHANGED: e.g. date -> timestamp-millis (int days read as long milliseconds, so
+      Java reads old dates as instants in January 1970), timestamp-millis -> timestamp-micros;
+    - LOSSY_PROMOTION: int/long -> float/double (integers above 2**24 / 2**53 are rounded);
+    - DEFAULT_CHANGED: a field's default differs, so data written before the field existed reads
+      differently than it did.
+    """
+    rnamed, wnamed = _named_index(reader), _named_index(writer)
+    problems: list[str] = []
+    seen: set[tuple[int, int]] = set()
+
+    def rres(node: Any) -> Any:
+        return rnamed.get(node, node) if isinstance(node, str) else node
+
+    def wres(node: Any) -> Any:
+        return wnamed.get(node, node) if isinstance(node, str) else node
+
+    def compare(r: Any, w: Any, path: str) -> None:
+        r, w = rres(r), wres(w)
+        if (id(r), id(w)) in seen:
+            return
+        seen.add((id(r), id(w)))
+        label = path or "<root>"
+        if isinstance(w, list):
+            for branch in w:
+                if wres(branch) != "null":
+                    compare(r, branch, path)
+            return
+        if isinstance(r, list):
+            branch = _branch_for(r, w, rres)
+            if branch is not None:
+                compare(branch, w, path)
+            return
+        rkind, wkind = _kind(r), _kind(w)
+        if _logical(r) != _logical(w):
+            before, after = _logical(w)[0] or "no logical type", _logical(r)[0] or "no logical type"
+            problems.append(f"field {label}: logical type changes from {before} to {after}; stored values would "
+                            f"be read with another meaning (LOGICAL_TYPE_CHANGED)")
+        if wkind in ("int", "long") and rkind in ("float", "double"):
+            problems.append(f"field {label}: {wkind} promoted to {rkind} loses integer precision (LOSSY_PROMOTION)")
+        if isinstance(r, dict) and isinstance(w, dict) and rkind == wkind:
+            kind = r["type"]
+            if kind in ("record", "error"):
+                written = {f["name"]: f for f in w["fields"]}
+                for field in r["fields"]:
+                    old = written.get(field["name"])
+                    if old is None:
+                        continue
+                    here = f"{path}.{field['name']}" if path else field["name"]
+                    if "default" in old and "default" in field and old["default"] != field["default"]:
+                        problems.append(f"field {here}: default changes, so data written without the field would "
+                                        f"read differently (DEFAULT_CHANGED)")
+                    compare(field["type"], old["type"], here)
+            elif kind == "enum":
+                removed = [symbol for symbol in w["symbols"] if symbol not in r["symbols"]]
+                if removed:
+                    fallback = f"; with the enum default they would silently read as {r['default']}" \
+                        if "default" in r else ""
+                    problems.append(f"field {label}: enum symbols {', '.join(removed)} removed: stored data may hold "
+                                    f"them{fallback} (ENUM_SYMBOL_REMOVED)")
+            elif kind == "array":
+                compare(r["items"], w["items"], f"{path}[]")
+            elif kind == "map":
+                compare(r["values"], w["values"], f"{path}{{}}")
+
+    compare(reader, writer, "")
+    return sorted(set(problems))
+
+
+def alias_problems(schema: dict) -> list[str]:
+    """Aliases (renames) in a source schema: MASB refuses them (docs/wire-format.md, section 4)."""
+    problems: list[str] = []
+
+    def visit(node: Any, path: str) -> None:
+        if isinstance(node, list):
+            for branch in node:
+                visit(branch, path)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            if "aliases" in node and kind in _NAMED:
+                problems.append(f"type {node['name']}: aliases are not allowed: MASB does not rename types or fields "
+                                f"(FIELD_RENAMED)")
+            for field in node.get("fields", []) if kind in ("record", "error") else ():
+                here = f"{path}.{field['name']}" if path else field["name"]
+                if "aliases" in field:
+                    problems.append(f"field {here}: aliases are not allowed: a rename changes the field name that "
+                                    f"sharing policies, validation rules and partners' JSON use; add a new field and "
+                                    f"retire the old one instead (FIELD_RENAMED)")
+                visit(field["type"], here)
+            if kind == "array":
+                visit(node["items"], f"{path}[]")
+            elif kind == "map":
+                visit(node["values"], f"{path}{{}}")
+            elif isinstance(kind, (dict, list)):
+                visit(kind, path)
+
+    visit(schema, "")
+    return problems
 
 
 def check_compatibility(root: Path = DEFAULT_SCHEMA_ROOT) -> list[str]:
@@ -311,11 +541,23 @@ def check_compatibility(root: Path = DEFAULT_SCHEMA_ROOT) -> list[str]:
     return problems
 
 
+def _row(registry: Registry, entry: RegistryEntry) -> dict[str, Any]:
+    """An existing registry.json row; a missing schema_sha256 is recorded from the frozen file as it is
+    now, if its fingerprint still matches (the digest then protects it from here on)."""
+    row = {k: v for k, v in entry.__dict__.items() if v is not None}
+    if entry.schema_sha256 is None:
+        frozen = registry.schema(entry.id, verify=False)
+        if schema_fingerprint(frozen) != entry.fingerprint:
+            raise SchemaSourceError(f"{entry.file} does not match its fingerprint; restore it before registering")
+        row["schema_sha256"] = schema_digest(frozen)
+    return row
+
+
 def register_pending(root: Path = DEFAULT_SCHEMA_ROOT) -> list[int]:
     """Freeze every new or compatibly changed source schema as a new version; return the new ids.
 
     All or nothing: if any change is incompatible, nothing is written and IncompatibleSchemaError
-    lists every reason.
+    lists every reason. Entries registered before schema_sha256 existed get it recorded.
     """
     root = Path(root)
     changes = plan(root)
@@ -324,7 +566,8 @@ def register_pending(root: Path = DEFAULT_SCHEMA_ROOT) -> list[int]:
         raise IncompatibleSchemaError(refused)
     registry = Registry(root)
     sources = load_source_schemas(root)
-    rows = [e.__dict__ for e in registry.entries]
+    rows = [_row(registry, e) for e in registry.entries]
+    backfilled = any(e.schema_sha256 is None for e in registry.entries)
     next_id = max((e.id for e in registry.entries), default=0) + 1
     new_ids = []
     (root / "registry").mkdir(exist_ok=True)
@@ -339,10 +582,10 @@ def register_pending(root: Path = DEFAULT_SCHEMA_ROOT) -> list[int]:
         (root / file).write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
         rows.append({"id": next_id, "event_type": change.event_type,
                      "version": latest.version + 1 if latest else 1,
-                     "file": file, "fingerprint": schema_fingerprint(schema)})
+                     "file": file, "fingerprint": schema_fingerprint(schema), "schema_sha256": schema_digest(schema)})
         new_ids.append(next_id)
         next_id += 1
-    if new_ids:
+    if new_ids or backfilled:
         body = "[\n" + ",\n".join("  " + json.dumps(r) for r in rows) + "\n]\n"
         (root / "registry.json").write_text(body, encoding="utf-8")
     return new_ids

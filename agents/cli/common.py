@@ -87,35 +87,20 @@ def load_policy_file(path: str | os.PathLike):
         raise InvalidInput(f"policy file {path} is invalid: {exc}") from None
 
 
-def read_text(source: str) -> str:
-    """A file's text, or standard input for '-'."""
-    if source == "-":
-        return sys.stdin.read()
-    path = existing_file(source, "input file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"input file {path} is not UTF-8 text") from None
-
-
 def read_events(source: str) -> list[dict]:
-    """JSON events from a file or '-' (stdin): one object, an array, or one object per line."""
-    text = read_text(source).strip()
-    if not text:
-        raise UsageError(f"no event in {'standard input' if source == '-' else source}")
+    """JSON events from a file or '-' (stdin): one object, an array, or one object per line, read
+    strictly (streams/jsonin.py: repeated keys, lone surrogates, NaN... are refused)."""
+    from streams.jsonin import JsonInputError, loads_events
+
+    name = "standard input" if source == "-" else source
+    data = sys.stdin.buffer.read() if source == "-" else existing_file(source, "input file").read_bytes()
     try:
-        value = json.loads(text)
-        return value if isinstance(value, list) else [value]
-    except json.JSONDecodeError:
-        events = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        return events
+        events = loads_events(data, source=name)
+    except JsonInputError as exc:
+        raise UsageError(str(exc)) from None
+    if not events:
+        raise UsageError(f"no event in {name}")
+    return events
 
 
 def print_json(value) -> None:

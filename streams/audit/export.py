@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from streams import jsonin
 from streams.errors import CheckFailed
 
 from .checkpoint import MAX_NOTE_BYTES, parse_verifier_key
@@ -144,11 +145,11 @@ def write_export(
 
 def _load_manifest(directory: Path) -> ExportManifest:
     try:
-        doc = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+        doc = jsonin.loads((directory / MANIFEST_FILE).read_bytes())  # strict: no repeated keys
     except FileNotFoundError:
         raise ExportError(f"{MANIFEST_FILE}: missing; the bundle is incomplete") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ExportError(f"{MANIFEST_FILE}: not valid JSON") from None
+    except jsonin.JsonInputError as exc:
+        raise ExportError(f"{MANIFEST_FILE}: not valid JSON: " + "; ".join(str(p) for p in exc.problems)) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ExportError(f"{MANIFEST_FILE}: format is not {FORMAT}")
     if doc.get("version") != VERSION:

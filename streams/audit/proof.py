@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from streams import jsonin
 from streams.errors import CheckFailed
 
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
@@ -226,9 +226,9 @@ def _check_trusted(new: OpenedCheckpoint, trusted: Sequence[TrustedCheckpoint], 
 
 def parse_proof_file(text: str | bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise ProofError("not a JSON proof file") from None
+        doc = jsonin.loads(text)  # strict: a repeated key ("tree_size" twice) would be ambiguous
+    except jsonin.JsonInputError as exc:
+        raise ProofError("not a JSON proof file: " + "; ".join(str(p) for p in exc.problems)) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ProofError(f"not a {FORMAT} file")
     if doc.get("version") != VERSION:

@@ -326,7 +326,7 @@ class EnvelopeOpener:
     def open(self, data: bytes) -> OpenedEnvelope:
         signed = _avro_decode(_SIGNED_SCHEMA, data, "signed envelope")
         if signed["version"] != ENVELOPE_VERSION:
-            raise MalformedEnvelope(f"unsupported signed envelope version {signed['version']}")
+            raise MalformedEnvelope(f"signed envelope version is not {ENVELOPE_VERSION}")
         signer_id = signed["signer_key_id"]
         verifier = self._verifiers.get(signer_id)
         if verifier is None:

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Literal
 import nacl.public
 import nacl.signing
 
+from streams import jsonin
 from streams.errors import InvalidInput
 
 KeyKind = Literal["signing", "exchange"]
@@ -267,9 +268,9 @@ def load_private_key(path: str | os.PathLike[str]) -> PrivateKeyRecord:
     finally:
         os.close(fd)
     try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise KeyFileError(f"{path}: not UTF-8 JSON") from None
+        obj = jsonin.loads(raw)  # strict: a repeated key would make the file mean two things
+    except jsonin.JsonInputError as exc:
+        raise KeyFileError(f"{path}: not strict UTF-8 JSON: " + "; ".join(str(p) for p in exc.problems)) from None
     return _parse_private_record(obj, str(path))
 
 

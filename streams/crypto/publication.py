@@ -22,7 +22,7 @@ from streams.errors import CheckFailed
 from streams.resources import schema_file
 
 from .envelope import lp
-from .keys import PrivateKeyRecord, key_id, printable_key_id
+from .keys import PrivateKeyRecord, key_id
 
 PUBLICATION_VERSION = 1
 PUBLICATION_SIGNATURE_PREFIX = b"MASB-PUBLICATION-v1\x00"
@@ -104,7 +104,7 @@ def _decode(data: bytes) -> dict[str, Any]:
     if stream.tell() != len(data):
         raise PublicationError("MALFORMED", "publication has trailing bytes")
     if record["version"] != PUBLICATION_VERSION:
-        raise PublicationError("MALFORMED", f"unsupported publication version {record['version']}")
+        raise PublicationError("MALFORMED", f"publication version is not {PUBLICATION_VERSION}")
     if len(record["unit_id"].encode("utf-8")) > 0xFFFF:
         raise PublicationError("MALFORMED", "unit_id is too long")
     return record
@@ -130,7 +130,9 @@ def open_publication(
     verify_public = unit_verify_key(unit_id, unit_key_id)
     # The key id check catches a lookup that returned some other key of the unit.
     if verify_public is None or key_id(verify_public) != unit_key_id:
-        raise PublicationError("UNKNOWN_UNIT_KEY", f"unit key {printable_key_id(unit_key_id)} is not authorised for this unit")
+        # Neither the unit id nor the key id is known to the policy: repeat neither (docs/routing.md).
+        raise PublicationError("UNKNOWN_UNIT_KEY", "the publication's unit and signing key are not an authorised "
+                                                   "pair in the policy in force (unknown unit or key, or a revoked key)")
 
     try:
         opened = _unsealer(router_key).decrypt(record["sealed"])

@@ -17,9 +17,11 @@ LONDON = ZoneInfo("Europe/London")
 SCHOOL_DAY_START = time(8, 0)
 
 # PnYnMnWnDTnHnMnS with integer components, at least one component, "T" only when a time part follows.
+# ASCII digits only: \d and int() would accept any Unicode digit ("P８Y").
 _DURATION = re.compile(
-    r"P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
-    r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?"
+    r"P(?:(?P<years>[0-9]+)Y)?(?:(?P<months>[0-9]+)M)?(?:(?P<weeks>[0-9]+)W)?(?:(?P<days>[0-9]+)D)?"
+    r"(?:T(?=[0-9])(?:(?P<hours>[0-9]+)H)?(?:(?P<minutes>[0-9]+)M)?(?:(?P<seconds>[0-9]+)S)?)?",
+    re.ASCII,
 )
 
 

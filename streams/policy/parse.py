@@ -7,10 +7,9 @@ import hashlib
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-import yaml
-
+from streams import yamlin
 from streams.codec import EVENT_TYPES, field_paths
 
 from .durations import check_deadline, parse_duration
@@ -49,17 +48,14 @@ def key_id_for(public_key: bytes) -> str:
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read a YAML policy file; raises PolicyError listing every problem."""
+    """Read a YAML policy file strictly (streams/yamlin.py: no repeated keys, no merge keys, no
+    ambiguous scalars); raises PolicyError listing every problem, each naming file, line and key."""
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise PolicyError([f"{path.name}: not valid YAML{where}"]) from None
-    except yaml.YAMLError:
-        raise PolicyError([f"{path.name}: not valid YAML"]) from None
-    return parse_policy(document)
+        document = yamlin.load_file(path)
+    except yamlin.YamlConfigError as exc:
+        raise PolicyError(exc.problems) from None
+    return _Parser(document.line_of, path.name).parse(document.data)
 
 
 def parse_policy(document: Mapping[str, Any]) -> Policy:
@@ -83,13 +79,40 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+
+
+class Where(str):
+    """Where a problem is, as shown ("units[0] (hau-north): areas"), with its path in the document."""
+
+    path: tuple
+
+    def __new__(cls, text: str, path: tuple = ()) -> "Where":
+        where = super().__new__(cls, text)
+        where.path = tuple(path)
+        return where
+
+    def key(self, name: str, sep: str = ": ") -> "Where":
+        return Where(f"{self}{sep}{name}", self.path + (name,))
+
+    def item(self, index: int) -> "Where":
+        return Where(f"{self}[{index}]", self.path + (index,))
+
+
 class _Parser:
-    def __init__(self) -> None:
+    def __init__(self, line_of: Callable[[tuple], int | None] | None = None, source: str | None = None) -> None:
         self.problems: list[str] = []
         self.party_ids: dict[str, str] = {}  # unit, agency and router ids share one namespace
+        self.line_of = line_of
+        self.source = source
 
-    def problem(self, where: str, message: str) -> None:
-        self.problems.append(f"{where}: {message}")
+    def problem(self, where: str, message: str, *at: Any) -> None:
+        """Record a problem at ``where`` (its key ``at``, if given); with a file, name it and the line."""
+        line = None
+        if self.line_of is not None and isinstance(where, Where):
+            line = self.line_of(where.path + at)
+        prefix = f"{self.source}: line {line}: " if line is not None else (f"{self.source}: " if self.source else "")
+        self.problems.append(f"{prefix}{where}: {message}")
 
     # ---- generic shapes -------------------------------------------------------------------------
     def mapping(self, value: Any, where: str, allowed: tuple[str, ...],
@@ -99,7 +122,7 @@ class _Parser:
             return None
         for key in value:
             if key not in allowed and key not in optional:
-                self.problem(where, f"unknown key {str(key)!r}")
+                self.problem(where, f"unknown key {str(key)!r}", key)
         for key in allowed:
             if key not in value:
                 self.problem(where, f"missing required key {key!r}")
@@ -142,42 +165,47 @@ class _Parser:
 
     def party_id(self, value: Any, where: str) -> str | None:
         if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-            self.problem(where, "id: must be 1-64 lowercase letters, digits or hyphens, not starting or ending with a hyphen")
+            self.problem(where, "id: must be 1-64 lowercase letters, digits or hyphens, not starting or ending with a hyphen",
+                         "id")
             return None
         if value in self.party_ids:
-            self.problem(where, f"duplicate id {value!r} (first used at {self.party_ids[value]})")
+            self.problem(where, f"duplicate id {value!r} (first used at {self.party_ids[value]})", "id")
             return None
         self.party_ids[value] = where
         return value
 
     @staticmethod
-    def located(section: str, index: int, value: Any) -> str:
+    def located(section: str, index: int, value: Any, path: tuple | None = None) -> Where:
+        """'units[0] (hau-north)'; ``path`` is the section's path in the document when not (section,)."""
         ident = value.get("id") if isinstance(value, Mapping) else None
-        return f"{section}[{index}] ({ident})" if isinstance(ident, str) and ident else f"{section}[{index}]"
+        label = f"{section}[{index}] ({ident})" if isinstance(ident, str) and ident else f"{section}[{index}]"
+        return Where(label, (path or (section,)) + (index,))
 
     # ---- keys -----------------------------------------------------------------------------------
     def keys(self, value: Any, where: str, algorithm: str) -> tuple[KeyEntry, ...]:
         entries: list[KeyEntry] = []
         seen: set[str] = set()
         for i, raw in enumerate(self.items(value, where)):
-            here = f"{where}[{i}]"
+            here = where.item(i)
             entry = self.mapping(raw, here, KEY_ENTRY_KEYS)
             if entry is None:
                 continue
             status, key_id, public_b64 = entry.get("status"), entry.get("key_id"), entry.get("public_key")
             ok = True
             if "status" in entry and status not in KEY_STATUSES:
-                self.problem(here, f"status: unknown key status {str(status)!r} (expected active, retired or revoked)")
+                self.problem(here, f"status: unknown key status {str(status)!r} (expected active, retired or revoked)",
+                             "status")
                 ok = False
             public_key = self.public_key(public_b64, here, algorithm) if "public_key" in entry else None
             if "key_id" in entry and not isinstance(key_id, str):
-                self.problem(here, "key_id: must be a string")
+                self.problem(here, "key_id: must be a string (quote a key id that YAML reads as a number)", "key_id")
                 ok = False
             elif isinstance(key_id, str) and public_key is not None and key_id != key_id_for(public_key):
-                self.problem(here, f"key_id {key_id!r} does not match the public key (expected {key_id_for(public_key)!r})")
+                self.problem(here, f"key_id {key_id!r} does not match the public key (expected {key_id_for(public_key)!r})",
+                             "key_id")
                 ok = False
             if isinstance(key_id, str) and key_id in seen:
-                self.problem(here, f"duplicate key_id {key_id!r}")
+                self.problem(here, f"duplicate key_id {key_id!r}", "key_id")
                 ok = False
             if ok and public_key is not None and isinstance(key_id, str) and status in KEY_STATUSES:
                 seen.add(key_id)
@@ -186,16 +214,16 @@ class _Parser:
 
     def public_key(self, value: Any, where: str, algorithm: str) -> bytes | None:
         if not isinstance(value, str):
-            self.problem(where, "public_key: must be a base64 string")
+            self.problem(where, "public_key: must be a base64 string", "public_key")
             return None
         try:
             raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            self.problem(where, "public_key: not valid base64")
+            self.problem(where, "public_key: not valid base64", "public_key")
             return None
         if len(raw) != PUBLIC_KEY_BYTES:
             self.problem(where, f"public_key: decodes to {len(raw)} bytes; an {algorithm} public key is "
-                                f"{PUBLIC_KEY_BYTES} bytes")
+                                f"{PUBLIC_KEY_BYTES} bytes", "public_key")
             return None
         return raw
 
@@ -208,10 +236,11 @@ class _Parser:
 
     # ---- sections -------------------------------------------------------------------------------
     def parse(self, document: Any) -> Policy:
-        top = self.mapping(document, "policy", TOP_KEYS, optional=OPTIONAL_TOP_KEYS)
+        top = self.mapping(document, Where("policy"), TOP_KEYS, optional=OPTIONAL_TOP_KEYS)
         if top is None:
             raise PolicyError(self.problems)
-        version = self.positive_int(top.get("policy_version"), "policy_version") if "policy_version" in top else 0
+        version = self.positive_int(top.get("policy_version"), Where("policy_version", ("policy_version",))) \
+            if "policy_version" in top else 0
         effective_from = self.effective_from(top["effective_from"]) if "effective_from" in top else None
         router = self.router(top["router"]) if "router" in top else None
         units = self.units(top.get("units", []))
@@ -228,30 +257,31 @@ class _Parser:
         from streams.audit.checkpoint import CheckpointError
         from streams.audit.cosignature import parse_cosigner_verifier_key
 
-        section = self.mapping(value, "witnesses", WITNESSES_KEYS)
+        top = Where("witnesses", ("witnesses",))
+        section = self.mapping(value, top, WITNESSES_KEYS)
         if section is None:
             return WitnessSet()
         members: list[WitnessMember] = []
         seen: dict[str, str] = {}  # witness ids, key names and public keys -> where first used
-        for i, raw in enumerate(self.items(section.get("members", []), "witnesses.members")):
-            where = self.located("witnesses.members", i, raw)
+        for i, raw in enumerate(self.items(section.get("members", []), top.key("members", "."))):
+            where = self.located("witnesses.members", i, raw, ("witnesses", "members"))
             member = self.mapping(raw, where, WITNESS_KEYS)
             if member is None:
                 continue
             witness_id, url, key = member.get("id"), member.get("url"), member.get("key")
             ok = True
             if "id" in member and (not isinstance(witness_id, str) or not ID_PATTERN.fullmatch(witness_id)):
-                self.problem(where, "id: must be 1-64 lowercase letters, digits or hyphens")
+                self.problem(where, "id: must be 1-64 lowercase letters, digits or hyphens", "id")
                 ok = False
             if "url" in member and not _is_http_url(url):
-                self.problem(where, "url: must be an http:// or https:// URL without query or fragment")
+                self.problem(where, "url: must be an http:// or https:// URL without query or fragment", "url")
                 ok = False
             verifier = None
             if "key" in member:
                 try:
                     verifier = parse_cosigner_verifier_key(key)
                 except CheckpointError as exc:
-                    self.problem(where, f"key: not a C2SP cosignature/v1 verifier key ({exc})")
+                    self.problem(where, f"key: not a C2SP cosignature/v1 verifier key ({exc})", "key")
                     ok = False
             for label, ident in (("id", witness_id), ("key name", verifier and verifier.name),
                                  ("key", verifier and bytes(verifier.verify_key))):
@@ -265,44 +295,47 @@ class _Parser:
         quorum = section.get("quorum", 0)
         if "quorum" in section and (isinstance(quorum, bool) or not isinstance(quorum, int)
                                     or not 0 <= quorum <= len(members)):
-            self.problem("witnesses", f"quorum: must be an integer from 0 to the number of members ({len(members)})")
+            self.problem(top, f"quorum: must be an integer from 0 to the number of members ({len(members)})", "quorum")
             quorum = 0
         return WitnessSet(quorum, tuple(members))
 
     def effective_from(self, value: Any) -> date | None:
+        where = Where("effective_from", ("effective_from",))
         if isinstance(value, date) and not isinstance(value, datetime):
             return value
-        if isinstance(value, str):
+        if isinstance(value, str) and _DATE.fullmatch(value):
             try:
                 return date.fromisoformat(value)
-            except ValueError:
-                pass
-        self.problem("effective_from", "must be a date like 2026-11-01")
+            except ValueError as exc:  # e.g. "month must be in 1..12"
+                self.problem(where, f"{value!r} is not a calendar date ({exc})")
+                return None
+        self.problem(where, "must be a date like 2026-11-01")
         return None
 
     def router(self, value: Any) -> RouterKeySet | None:
-        router = self.mapping(value, "router", ROUTER_KEYS)
+        where = Where("router", ("router",))
+        router = self.mapping(value, where, ROUTER_KEYS)
         if router is None:
             return None
-        router_id = self.party_id(router.get("id"), "router") if "id" in router else None
-        signing = self.keys(router.get("signing_keys", []), "router.signing_keys", "Ed25519")
-        exchange = self.keys(router.get("exchange_keys", []), "router.exchange_keys", "X25519")
-        self.require_active(signing, "router", "signing key", exactly_one=False)
-        self.require_active(exchange, "router", "exchange key", exactly_one=True)
+        router_id = self.party_id(router.get("id"), where) if "id" in router else None
+        signing = self.keys(router.get("signing_keys", []), where.key("signing_keys", "."), "Ed25519")
+        exchange = self.keys(router.get("exchange_keys", []), where.key("exchange_keys", "."), "X25519")
+        self.require_active(signing, where, "signing key", exactly_one=False)
+        self.require_active(exchange, where, "exchange key", exactly_one=True)
         return RouterKeySet(router_id, signing, exchange) if router_id is not None else None
 
     def units(self, value: Any) -> list[Unit]:
         units = []
-        for i, raw in enumerate(self.items(value, "units")):
+        for i, raw in enumerate(self.items(value, Where("units", ("units",)))):
             where = self.located("units", i, raw)
             unit = self.mapping(raw, where, UNIT_KEYS)
             if unit is None:
                 continue
             unit_id = self.party_id(unit.get("id"), where) if "id" in unit else None
-            areas = self.strings(unit.get("areas", []), f"{where}: areas", allowed=AREAS, noun="area")
-            types = self.strings(unit.get("event_types", []), f"{where}: event_types", allowed=EVENT_TYPES,
+            areas = self.strings(unit.get("areas", []), where.key("areas"), allowed=AREAS, noun="area")
+            types = self.strings(unit.get("event_types", []), where.key("event_types"), allowed=EVENT_TYPES,
                                  noun="event type")
-            keys = self.keys(unit.get("signing_keys", []), f"{where}: signing_keys", "Ed25519")
+            keys = self.keys(unit.get("signing_keys", []), where.key("signing_keys"), "Ed25519")
             self.require_active(keys, where, "signing key", exactly_one=False)
             if unit_id is not None:
                 units.append(Unit(unit_id, areas, types, keys))
@@ -310,18 +343,19 @@ class _Parser:
 
     def agencies(self, value: Any) -> list[Agency]:
         agencies = []
-        for i, raw in enumerate(self.items(value, "agencies")):
+        for i, raw in enumerate(self.items(value, Where("agencies", ("agencies",)))):
             where = self.located("agencies", i, raw)
             agency = self.mapping(raw, where, AGENCY_KEYS)
             if agency is None:
                 continue
             agency_id = self.party_id(agency.get("id"), where) if "id" in agency else None
-            name = self.text(agency.get("name"), f"{where}: name") if "name" in agency else ""
+            name = self.text(agency.get("name"), where.key("name")) if "name" in agency else ""
             kind = agency.get("kind")
             if "kind" in agency and kind not in AGENCY_KINDS:
-                self.problem(where, f"kind: unknown agency kind {str(kind)!r} (expected one of {', '.join(AGENCY_KINDS)})")
-            areas = self.strings(agency.get("areas", []), f"{where}: areas", allowed=AREAS, noun="area")
-            keys = self.keys(agency.get("exchange_keys", []), f"{where}: exchange_keys", "X25519")
+                self.problem(where, f"kind: unknown agency kind {str(kind)!r} (expected one of {', '.join(AGENCY_KINDS)})",
+                             "kind")
+            areas = self.strings(agency.get("areas", []), where.key("areas"), allowed=AREAS, noun="area")
+            keys = self.keys(agency.get("exchange_keys", []), where.key("exchange_keys"), "X25519")
             if len(active_keys(keys)) > 1:
                 self.problem(where, f"{len(active_keys(keys))} active exchange keys; exactly one may receive new data")
             if agency_id is not None:
@@ -332,34 +366,36 @@ class _Parser:
         agreements = []
         seen_ids: dict[str, str] = {}
         received: dict[tuple[str, str], str] = {}  # (agency, event type) -> agreement that already shares it
-        for i, raw in enumerate(self.items(value, "agreements")):
+        for i, raw in enumerate(self.items(value, Where("agreements", ("agreements",)))):
             where = self.located("agreements", i, raw)
             agreement = self.mapping(raw, where, AGREEMENT_KEYS)
             if agreement is None:
                 continue
             agreement_id = agreement.get("id")
             if not isinstance(agreement_id, str) or not ID_PATTERN.fullmatch(agreement_id):
-                self.problem(where, "id: must be 1-64 lowercase letters, digits or hyphens")
+                self.problem(where, "id: must be 1-64 lowercase letters, digits or hyphens", "id")
                 agreement_id = None
             elif agreement_id in seen_ids:
-                self.problem(where, f"duplicate agreement id {agreement_id!r} (first used at {seen_ids[agreement_id]})")
+                self.problem(where, f"duplicate agreement id {agreement_id!r} (first used at {seen_ids[agreement_id]})",
+                             "id")
             else:
                 seen_ids[agreement_id] = where
-            version = self.positive_int(agreement.get("version"), f"{where}: version") if "version" in agreement else 0
+            version = self.positive_int(agreement.get("version"), where.key("version")) if "version" in agreement else 0
             agency_id = agreement.get("agency")
             agency = agencies.get(agency_id) if isinstance(agency_id, str) else None
             if "agency" in agreement and agency is None:
-                self.problem(where, f"agency: unknown agency {str(agency_id)!r}")
+                self.problem(where, f"agency: unknown agency {str(agency_id)!r}", "agency")
             elif agency is not None and not active_keys(agency.exchange_keys):
-                self.problem(where, f"agency {agency.id!r} has no active exchange key, so it cannot receive new data")
-            purpose = self.text(agreement.get("purpose"), f"{where}: purpose") if "purpose" in agreement else ""
+                self.problem(where, f"agency {agency.id!r} has no active exchange key, so it cannot receive new data",
+                             "agency")
+            purpose = self.text(agreement.get("purpose"), where.key("purpose")) if "purpose" in agreement else ""
             basis = agreement.get("legal_basis")
             if "legal_basis" in agreement and basis not in LEGAL_BASES:
                 self.problem(where, f"legal_basis: unknown legal basis {str(basis)!r} "
-                                    f"(expected one of {', '.join(LEGAL_BASES)})")
-            retention = self.duration(agreement.get("retention"), f"{where}: retention", deadline=False) \
+                                    f"(expected one of {', '.join(LEGAL_BASES)})", "legal_basis")
+            retention = self.duration(agreement.get("retention"), where.key("retention"), deadline=False) \
                 if "retention" in agreement else ""
-            deadline = self.duration(agreement.get("deadline"), f"{where}: deadline", deadline=True) \
+            deadline = self.duration(agreement.get("deadline"), where.key("deadline"), deadline=True) \
                 if "deadline" in agreement else ""
             shares = self.shares(agreement.get("shares", {}), where) if "shares" in agreement else {}
             if agency is not None:
@@ -367,7 +403,7 @@ class _Parser:
                     first = received.setdefault((agency.id, event_type), where)
                     if first != where:
                         self.problem(where, f"shares.{event_type}: agency {agency.id!r} already receives {event_type} "
-                                            f"under {first}")
+                                            f"under {first}", "shares", event_type)
             if agreement_id is not None and agency is not None:
                 agreements.append(Agreement(agreement_id, version, agency.id, purpose, str(basis), retention,
                                             deadline, shares))
@@ -386,13 +422,13 @@ class _Parser:
 
     def shares(self, value: Any, where: str) -> dict[str, tuple[str, ...]]:
         if not isinstance(value, Mapping) or not value:
-            self.problem(where, "shares: must be a non-empty mapping of event type to field paths")
+            self.problem(where, "shares: must be a non-empty mapping of event type to field paths", "shares")
             return {}
         shares: dict[str, tuple[str, ...]] = {}
         for event_type, raw_fields in value.items():
-            here = f"{where}: shares.{event_type}"
+            here = where.key("shares").key(str(event_type), ".")
             if event_type not in EVENT_TYPES:
-                self.problem(where, f"shares: unknown event type {str(event_type)!r}")
+                self.problem(where, f"shares: unknown event type {str(event_type)!r}", "shares", event_type)
                 continue
             valid = field_paths(event_type)
             fields = self.strings(raw_fields, here, noun="field")

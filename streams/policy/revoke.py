@@ -6,11 +6,15 @@ The caller checks the result with load_policy before writing it anywhere.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import yaml
 
+from streams import yamlin
 from streams.errors import InvalidInput
+
+_VERSION = re.compile(r"[1-9][0-9]*", re.ASCII)  # str.isdigit() and int() accept any Unicode digit
 
 
 class RevokeError(InvalidInput, ValueError):
@@ -57,11 +61,14 @@ def _status_node(document, owner: str, kid: str):
 def revoke_key_text(text: str, owner: str, key_id: str) -> RevokeEdit | None:
     """The policy text with that key revoked and the version bumped; None if it is already revoked."""
     try:
+        yamlin.load(text, "the policy file")  # strict: with a repeated key, which entry to edit is ambiguous
         document = yaml.compose(text)
+    except yamlin.YamlConfigError as exc:
+        raise RevokeError(f"{exc}; run masb policy check") from None
     except yaml.YAMLError:
         raise RevokeError("the policy file is not valid YAML; run masb policy check") from None
     version_node = _get(document, "policy_version")
-    if not isinstance(version_node, yaml.ScalarNode) or not version_node.value.isdigit():
+    if not isinstance(version_node, yaml.ScalarNode) or not _VERSION.fullmatch(version_node.value):
         raise RevokeError("the policy file has no integer policy_version; run masb policy check")
     list_name, status = _status_node(document, owner, key_id)
     if status.value == "revoked":
