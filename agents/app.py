@@ -91,7 +91,7 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         broker=f"kafka://{settings.bootstrap}",
         # Tables (the dedupe table) live in RocksDB under the data directory, a cache of their
         # changelog topics: memory stays bounded, and a restart reads only the changelog's tail.
-        store="rocksdb://",
+        store=f"{settings.table_store}://",
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions,

@@ -23,6 +23,12 @@ def env_or(value, name: str, default=None):
     return os.environ.get(name) or default
 
 
+def one_of(value: str, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise InvalidInput(f"{name}: must be one of {', '.join(choices)}")
+    return value
+
+
 def positive_number(value, name: str, kind=float, *, zero_ok: bool = False, maximum: float | None = None):
     """A setting that must be a positive ASCII decimal number (``kind`` int or float; 0 if ``zero_ok``)."""
     text = str(value)
@@ -60,6 +66,7 @@ class Settings:
     stall_seconds: float = 60.0          # records waiting this long behind an unmoving offset = stalled
     stop_deadline: float = 10.0          # seconds SIGTERM may take before the worker exits regardless
     fault_injection: bool = False        # POST /debug/... endpoints that break the worker on purpose (tests)
+    table_store: str = "rocksdb"         # where the dedupe table is cached: rocksdb (bounded memory) or memory
 
     @classmethod
     def from_args(cls, args) -> "Settings":
@@ -77,8 +84,9 @@ class Settings:
             session_timeout=positive_number(env_or(None, "MASB_SESSION_TIMEOUT", 60.0), "MASB_SESSION_TIMEOUT"),
             log_origin=env_or(None, "MASB_LOG_ORIGIN", "masb.local/exchange-log"),
             log_level=getattr(args, "log_level", None) or "warn",
-            health_interval=float(env_or(None, "MASB_HEALTH_INTERVAL", 5.0)),
-            stall_seconds=float(env_or(None, "MASB_STALL_SECONDS", 60.0)),
-            stop_deadline=float(env_or(None, "MASB_STOP_DEADLINE", 10.0)),
+            health_interval=positive_number(env_or(None, "MASB_HEALTH_INTERVAL", 5.0), "MASB_HEALTH_INTERVAL"),
+            stall_seconds=positive_number(env_or(None, "MASB_STALL_SECONDS", 60.0), "MASB_STALL_SECONDS"),
+            stop_deadline=positive_number(env_or(None, "MASB_STOP_DEADLINE", 10.0), "MASB_STOP_DEADLINE"),
             fault_injection=env_or(None, "MASB_FAULT_INJECTION", "0") == "1",
+            table_store=one_of(env_or(None, "MASB_TABLE_STORE", "rocksdb"), "MASB_TABLE_STORE", ("rocksdb", "memory")),
         )
