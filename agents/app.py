@@ -16,7 +16,8 @@ from agents.health import Health
 from agents.settings import Settings
 from agents.supervision import Supervisor
 
-from streams.audit.case_keys import CASE_KEYS_DIR, CaseKeyStore
+from streams.audit.case_keys import CASE_KEYS_DIR
+from streams.audit.shared_case_keys import CaseKeySecrets, SharedCaseKeys
 from streams.crypto.keys import Keyring, KeyFileError, load_private_key
 from streams.policy import Policy, load_policy
 from streams.routing import Router, RouterIdentity
@@ -24,8 +25,11 @@ from streams.topics import FOREVER, Topics
 from streams.kafka import TopicSpec
 
 
-def load_identity(policy: Policy, keys_dir) -> RouterIdentity:
-    """The router's private keys: the key files in keys_dir whose key ids the policy names as the router's."""
+def load_identity(policy: Policy, keys_dir, case_keys=None) -> RouterIdentity:
+    """The router's private keys: the key files in keys_dir whose key ids the policy names as the router's.
+
+    ``case_keys``: the store of per-case audit keys the router seals case references with (the
+    shared Kafka store in a worker; none for a router that writes no audit entries)."""
     wanted = {
         "exchange": {k.key_id for k in policy.router.exchange_keys if k.status != "revoked"},
         "signing": {k.key_id for k in policy.router.signing_keys if k.status != "revoked"},
@@ -43,23 +47,49 @@ def load_identity(policy: Policy, keys_dir) -> RouterIdentity:
     return RouterIdentity(
         exchange=Keyring(owner, found["exchange"], kind="exchange"),
         signing=Keyring(owner, found["signing"], kind="signing"),
-        # The audit side's per-case keys (crypto-shredding): the router seals each entry's case
-        # reference with them (docs/audit.md, "Case keys").
-        case_keys=CaseKeyStore(Path(keys_dir) / CASE_KEYS_DIR),
+        case_keys=case_keys,
     )
 
 
-def topic_specs(topics: Topics, policy: Policy, partitions: int) -> list[TopicSpec]:
-    """Every topic the worker reads or writes, with the settings it needs."""
+def app_id(topics: Topics) -> str:
+    """The faust app id: also its consumer group and the prefix of its internal topics."""
+    return f"{topics.prefix}masb-router"
+
+
+# The shared case-key store is compacted; these bound how long a destroyed key's bytes stay on a
+# broker's disk: a segment is closed within an hour, cleaned within a day, and the tombstone itself
+# is kept a day so that every reader sees it (docs/audit.md, "Case keys").
+CASE_KEYS_CONFIG = {"cleanup.policy": "compact", "segment.ms": str(3600_000), "max.compaction.lag.ms": str(86_400_000),
+                    "delete.retention.ms": str(86_400_000), "min.cleanable.dirty.ratio": "0.1"}
+SHRED_REQUESTS_CONFIG = {"retention.ms": str(7 * 86_400_000)}
+
+
+def topic_specs(topics: Topics, policy: Policy, partitions: int, replication: int = 1,
+                min_insync: int = 1) -> list[TopicSpec]:
+    """Every topic the worker reads or writes, faust's internal topics included, with the settings
+    it needs; created up front so that the worker needs no right to create topics."""
+    def spec(name: str, count: int = 1, config: dict | None = None, exact: bool = False) -> TopicSpec:
+        return TopicSpec(name, count, {**(config or {}), "min.insync.replicas": str(min_insync)}, replication, exact)
+
+    faust_app = app_id(topics)
     specs = [
-        TopicSpec(topics.case_events, partitions),
-        TopicSpec(topics.dead_letter, 1, FOREVER),
-        TopicSpec(topics.audit, 1, FOREVER),        # one partition: its order is the tree's order
-        TopicSpec(topics.checkpoints, 1, FOREVER),
-        TopicSpec(topics.receipts, 1),             # partner receipts, recorded in the exchange log
+        spec(topics.case_events, partitions, exact=True),
+        spec(f"{faust_app}-seen-events-changelog", partitions, {"cleanup.policy": "compact"}, exact=True),
+        spec(topics.case_keys, partitions, CASE_KEYS_CONFIG, exact=True),
+        spec(topics.case_key_shreds, partitions, SHRED_REQUESTS_CONFIG, exact=True),
+        spec(f"{faust_app}-__assignor-__leader"),
+        spec(topics.dead_letter, 1, FOREVER),
+        spec(topics.audit, 1, FOREVER),        # one partition: its order is the tree's order
+        spec(topics.checkpoints, 1, FOREVER),
+        spec(topics.receipts, 1),             # partner receipts, recorded in the exchange log
     ]
-    specs += [TopicSpec(topics.partner(a.id), 1) for a in policy.agencies]
+    specs += [spec(topics.partner(a.id)) for a in policy.agencies]
     return specs
+
+
+def worker_topic_specs(runtime_or_settings, topics: Topics, policy: Policy) -> list[TopicSpec]:
+    settings = getattr(runtime_or_settings, "settings", runtime_or_settings)
+    return topic_specs(topics, policy, settings.partitions, settings.replication_factor, settings.min_insync_replicas)
 
 
 def assigned_partitions(app: faust.App) -> set[tuple[str, int]]:
@@ -78,7 +108,11 @@ class Runtime:
         self.topics = Topics(settings.topic_prefix)
         self.policy_mtime = settings.policy_path.stat().st_mtime_ns  # before loading: a later edit is seen
         self.policy = policy or load_policy(settings.policy_path)
-        self.identity = load_identity(self.policy, settings.keys_dir)
+        # The audit side's per-case keys (crypto-shredding), shared by every worker through Kafka: the
+        # router seals each entry's case reference with them (docs/audit.md, "Case keys").
+        self.case_keys = SharedCaseKeys(settings.bootstrap, self.topics.case_keys,
+                                        CaseKeySecrets.load(Path(settings.keys_dir) / CASE_KEYS_DIR))
+        self.identity = load_identity(self.policy, settings.keys_dir, self.case_keys)
         self.router = Router(self.policy, self.identity, self.topics)
         self.supervisor: Supervisor | None = None  # set by build_app
         self.health: Health | None = None
@@ -87,7 +121,7 @@ class Runtime:
 def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     runtime = runtime or Runtime(settings)
     app = faust.App(
-        f"{settings.topic_prefix}masb-router",
+        app_id(Topics(settings.topic_prefix)),
         broker=f"kafka://{settings.bootstrap}",
         # Tables (the dedupe table) live in RocksDB under the data directory, a cache of their
         # changelog topics: memory stays bounded, and a restart reads only the changelog's tail.
@@ -95,7 +129,7 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
@@ -119,9 +153,10 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     runtime.supervisor.run("health-monitor", runtime.health.run)
     runtime.faults = Faults() if settings.fault_injection else None
 
-    from agents import checkpointer, policy_watch, receipts, router, web
+    from agents import checkpointer, policy_watch, receipts, router, shredding, web
 
     router.install(app, runtime)
+    shredding.install(app, runtime)
     receipts.install(app, runtime)
     checkpointer.install(app, runtime)
     policy_watch.install(app, runtime)

@@ -34,6 +34,8 @@ class Deployment:
 
 def prepare_deployment(workdir: Path, template: Path = DEMO_DIR / "policy.template.yaml") -> Deployment:
     """Fresh private keys for every party a policy template names, and the policy rendered with them."""
+    from streams.audit.case_keys import CASE_KEYS_DIR
+    from streams.audit.shared_case_keys import CaseKeySecrets
     from streams.crypto.keys import generate_key, write_private_key
     from streams.policy import load_policy, render_template, template_placeholders
 
@@ -45,19 +47,22 @@ def prepare_deployment(workdir: Path, template: Path = DEMO_DIR / "policy.templa
         record = generate_key(owner, kind)
         write_private_key(keys_dir / f"{owner}.{kind}.{record.key_id}.key", record)
         public[(owner, kind)] = (record.key_id, base64.b64encode(record.public_key).decode())
+    CaseKeySecrets.create(keys_dir / CASE_KEYS_DIR)  # the shared case-key store's secrets
     policy_path = workdir / "policy.yaml"
     policy_path.write_text(render_template(text, public))
     return Deployment(workdir, keys_dir, policy_path, load_policy(policy_path))
 
 
 def worker_env(deployment: Deployment, bootstrap: str, topic_prefix: str, **extra: str) -> dict[str, str]:
-    """Environment for `masb worker` on this deployment: quick checkpoints and group joins."""
-    return dict(
-        os.environ, MASB_BOOTSTRAP=bootstrap, MASB_POLICY=str(deployment.policy_path),
+    """Environment for `masb worker` on this deployment, on a single local broker: quick checkpoints
+    and group joins, one partition and one replica unless ``extra`` says otherwise."""
+    settings = dict(
+        MASB_BOOTSTRAP=bootstrap, MASB_POLICY=str(deployment.policy_path),
         MASB_KEYS_DIR=str(deployment.keys_dir), MASB_TOPIC_PREFIX=topic_prefix,
         MASB_DATADIR=str(deployment.workdir / "worker-data"), MASB_CHECKPOINT_INTERVAL="1",
-        MASB_SESSION_TIMEOUT="6", **extra,
+        MASB_SESSION_TIMEOUT="6", MASB_PARTITIONS="1", MASB_REPLICATION_FACTOR="1", MASB_MIN_INSYNC_REPLICAS="1",
     )
+    return {**os.environ, **settings, **extra}
 
 
 class WorkerProcess:

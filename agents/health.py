@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from aiokafka import TopicPartition
 from prometheus_client import Gauge
 
-from streams.kafka import admin, consumer, start_client, stop_quietly
+from streams.kafka import consumer, start_client, stop_quietly
 
 log = logging.getLogger("masb.health")
 
@@ -111,35 +111,36 @@ class Health:
         self.checkpoint.signed_size, self.checkpoint.signed_at = size, time.monotonic()
 
     # -- probing -----------------------------------------------------------------------------
+    def _offsets_client(self):
+        # A consumer of the worker's group that never joins it: it only asks for the group's
+        # committed offsets (OffsetFetch) and the partitions' end offsets.
+        return consumer(self.bootstrap, group_id=self.group_id, request_timeout_ms=int(PROBE_TIMEOUT * 1000))
+
     async def run(self) -> None:
-        """Probe forever (a supervised task); one admin client and one consumer, closed on exit."""
-        admin_client = admin(self.bootstrap, request_timeout_ms=int(PROBE_TIMEOUT * 1000))
-        offsets = consumer(self.bootstrap, group_id=None, request_timeout_ms=int(PROBE_TIMEOUT * 1000))
+        """Probe forever (a supervised task); one client, closed on exit."""
+        offsets = self._offsets_client()
         started = False
         try:
             last_summary = time.monotonic()
             while True:
                 try:
                     if not started:
-                        await start_client(admin_client, self.bootstrap)
                         await start_client(offsets, self.bootstrap)
                         started = True
-                    await asyncio.wait_for(self._probe(admin_client, offsets), PROBE_TIMEOUT * 2)
+                    await asyncio.wait_for(self._probe(offsets), PROBE_TIMEOUT * 2)
                     self._broker(True, None)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - any failure of the probe means the broker is away
                     self._broker(False, type(exc).__name__)
-                    if not started:  # a client that failed to start is closed: make fresh ones
-                        admin_client = admin(self.bootstrap, request_timeout_ms=int(PROBE_TIMEOUT * 1000))
-                        offsets = consumer(self.bootstrap, group_id=None, request_timeout_ms=int(PROBE_TIMEOUT * 1000))
+                    if not started:  # a client that failed to start is closed: make a fresh one
+                        offsets = self._offsets_client()
                     if time.monotonic() - last_summary >= SUMMARY_EVERY:
                         last_summary = time.monotonic()
                         log.error("Kafka at %s still unreachable (for %.0fs); routing resumes by itself when it "
                                   "is back", self.bootstrap, time.monotonic() - self.broker_since)
                 await asyncio.sleep(self.interval)
         finally:
-            await stop_quietly(admin_client)
             await stop_quietly(offsets)
 
     def _broker(self, ok: bool, error: str | None) -> None:
@@ -153,17 +154,19 @@ class Health:
             self.broker_ok, self.broker_since = ok, now
         self.broker_error = error
 
-    async def _probe(self, admin_client, offsets) -> None:
+    async def _probe(self, offsets) -> None:
         tps = sorted({(t, p) for t, p in self.assigned() if t in self.input_topics})
-        committed = await admin_client.list_consumer_group_offsets(self.group_id)
         kafka_tps = [TopicPartition(t, p) for t, p in tps]
+        if not kafka_tps:
+            await offsets._client.fetch_all_metadata()  # nothing assigned: still ask the cluster something
+        committed = {tp: await offsets.committed(tp) for tp in kafka_tps}
         ends = await offsets.end_offsets(kafka_tps) if kafka_tps else {}
         begins = await offsets.beginning_offsets(kafka_tps) if kafka_tps else {}
         now = time.monotonic()
         for tp in kafka_tps:
             key = (tp.topic, tp.partition)
-            meta = committed.get(tp)
-            position = max(meta.offset if meta is not None and meta.offset >= 0 else 0, begins.get(tp, 0))
+            offset = committed.get(tp)
+            position = max(offset if offset is not None and offset >= 0 else 0, begins.get(tp, 0))
             state = self.partitions.setdefault(key, PartitionState(committed=position))
             if position != state.committed:
                 state.committed, state.progress_at = position, now

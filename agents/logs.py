@@ -9,6 +9,7 @@ periodic summary.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -24,6 +25,10 @@ class RepeatFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(FILTERED_PREFIXES) or record.levelno >= logging.CRITICAL:
             return True
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            # faust reports an agent cancelled for a rebalance as a crash, with a traceback: it is
+            # expected (the agent restarts and its batch is read again), so one line says it.
+            record.exc_info, record.exc_text = None, None
         key = (record.name, record.msg)  # the template: its arguments (hosts, ids) vary between repeats
         now = time.monotonic()
         seen = self._seen.get(key)

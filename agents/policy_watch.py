@@ -16,6 +16,7 @@ import faust
 from agents import metrics
 from agents.sending import AcknowledgedSender, Message
 from streams.kafka import ensure_topics
+from streams.crypto.keys import KeyFileError
 from streams.policy import PolicyError, load_policy
 from streams.routing import Router
 
@@ -71,12 +72,22 @@ async def reload(runtime, sender: AcknowledgedSender, path) -> None:
         return
     if new.digest == runtime.policy.digest:
         return
-    # New agencies need their feed before the first envelope is sent to them.
-    from agents.app import topic_specs
+    from agents.app import load_identity, worker_topic_specs
 
-    await ensure_topics(runtime.settings.bootstrap, topic_specs(runtime.topics, new, runtime.settings.partitions))
+    # A router key rotation reaches this worker with the policy: the new key files must be in its
+    # keys directory already (deployed to every worker host before the policy).
+    try:
+        identity = load_identity(new, runtime.settings.keys_dir, runtime.case_keys)
+    except (KeyFileError, OSError) as exc:
+        metrics.POLICY_RELOAD_FAILURES.inc()
+        log.error("policy version %d refused, keeping version %d: %s", new.version, runtime.policy.version,
+                  getattr(exc, "args", [type(exc).__name__])[0])
+        return
+    # New agencies need their feed before the first envelope is sent to them.
+    await ensure_topics(runtime.settings.bootstrap, worker_topic_specs(runtime, runtime.topics, new))
     previous = runtime.policy
     runtime.policy = new
-    runtime.router = Router(new, runtime.identity, runtime.topics)
+    runtime.identity = identity
+    runtime.router = Router(new, identity, runtime.topics)
     await record_change(runtime, sender, previous)
     log.warning("policy version %d now in force (was %d)", new.version, previous.version)

@@ -13,7 +13,7 @@ import faust
 
 from agents import metrics
 from agents.router import replacement_for
-from agents.sending import AcknowledgedSender, Message, forget
+from agents.sending import AcknowledgedSender, Message, crash_stops_worker, forget
 from streams.routing import INTERNAL_ERROR, InputRecord, Refusal
 
 log = logging.getLogger("masb.receipts")
@@ -62,8 +62,9 @@ def install(app: faust.App, runtime) -> None:
                     if hold is not None:
                         await hold("receipts")
                     await sender.send_all(messages, lambda msg, err: replacement_for(runtime, msg, err))
-                except BaseException:
+                except BaseException as exc:
                     forget(events)  # stopping, or a crash: never committed, so read again
+                    crash_stops_worker(runtime, "receipts", exc)
                     raise
                 for kind in kinds:
                     metrics.AUDIT_ENTRIES.labels(kind).inc()

@@ -25,7 +25,7 @@ import faust
 import faust.streams as faust_streams
 
 from agents import metrics
-from agents.sending import AcknowledgedSender, Message, forget
+from agents.sending import AcknowledgedSender, Message, crash_stops_worker, forget, until_done
 from streams.routing import INTERNAL_ERROR, Admitted, InputRecord, Refusal
 
 log = logging.getLogger("masb.router")
@@ -107,6 +107,17 @@ def replacement_for(runtime, message: Message, error: Exception) -> list[Message
             Message(runtime.topics.audit, None, refusal.audit_entry)]
 
 
+async def send_case_keys(sender: AcknowledgedSender, runtime, records) -> None:
+    """Write case-key records (agents/shredding.py, streams/audit/shared_case_keys.py) and wait for acks."""
+    if records:
+        await sender.send_all([Message(runtime.topics.case_keys, r.key, r.value, partition=r.partition)
+                               for r in records], _case_key_refused)
+
+
+def _case_key_refused(message: Message, error: Exception) -> list[Message]:
+    raise RuntimeError(f"the broker refused a case-key record ({type(error).__name__}): check {message.topic}")
+
+
 @contextlib.contextmanager
 def current_event(event):
     """Faust's notion of "the event being processed" (a context variable), for one table write.
@@ -129,6 +140,12 @@ def install(app: faust.App, runtime) -> None:
                      options={"driver": "rocksdict"})
     supervisor = runtime.supervisor
     hold = runtime.faults.hold if getattr(runtime, "faults", None) else None
+    case_keys = runtime.case_keys
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        # Another worker routes these partitions now; it reads their case keys from Kafka.
+        case_keys.revoke({tp.partition for tp in revoked if tp.topic == runtime.topics.case_events})
 
     @app.agent(source, name="router")
     async def route(stream):
@@ -149,15 +166,23 @@ def install(app: faust.App, runtime) -> None:
             started = time.perf_counter()
             batch = BatchRouter(runtime, seen)
             try:
+                partitions = {event.message.partition for event in events}
+                await until_done("reading case keys", lambda: case_keys.load(partitions))
                 for event in events:
                     message = event.message
                     batch.decide_safely(InputRecord(message.topic, message.partition, message.offset,
                                                     event.key, event.value), event)
                 if hold is not None:
                     await hold("router")
+                # The keys of new cases reach Kafka before any entry sealed with them: a worker
+                # that routes the case later (after a crash or a rebalance) finds the same key.
+                await send_case_keys(sender, runtime, case_keys.new_records())
+                case_keys.confirm_new()
                 await sender.send_all(batch.messages, lambda m, e: replacement_for(runtime, m, e))
-            except BaseException:
+            except BaseException as exc:
+                case_keys.discard_new()
                 forget(events)  # stopping, or a crash: never committed, so routed again
+                crash_stops_worker(runtime, "router", exc)
                 raise
             # Only now, with every delivery acknowledged, remember the events as routed. A table
             # write goes to the changelog partition of the event being processed, which Faust

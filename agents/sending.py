@@ -45,8 +45,17 @@ RETRY_LOG_EVERY = 30.0  # while retrying, one line when it starts and one every 
 class Message:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None
     origin: object = None  # what the caller needs to replace it if the broker refuses it for good
+    partition: int | None = None  # None: the producer's partitioner chooses (by key)
+
+
+def cancelled_from_outside() -> bool:
+    """Whether the running task itself is being cancelled (worker stopping, faust rebalancing), as
+    opposed to a CancelledError coming out of an awaited client future (aiokafka cancels its
+    pending futures when a broker connection closes)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def forget(events: Iterable) -> None:
@@ -61,16 +70,55 @@ def forget(events: Iterable) -> None:
         event.message.acked = True
 
 
+async def until_done(what: str, attempt_once):
+    """Run ``attempt_once()`` until it succeeds: a broker failure is retried with capped backoff and
+    jitter (one log line when it starts and every RETRY_LOG_EVERY seconds), anything else raised."""
+    from streams.errors import BrokerUnavailable
+
+    attempt, started, last_log = 0, time.monotonic(), 0.0
+    while True:
+        try:
+            return await attempt_once()
+        except (BrokerUnavailable, KafkaError, asyncio.TimeoutError, OSError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and cancelled_from_outside():
+                raise
+            now = time.monotonic()
+            if now - last_log >= RETRY_LOG_EVERY:
+                last_log = now
+                log.error("%s failed (%s); retrying with backoff (for %.0fs)", what, type(exc).__name__, now - started)
+            await asyncio.sleep(backoff(attempt, 0.5, 10.0))
+            attempt += 1
+
+
+def crash_stops_worker(runtime, name: str, exc: BaseException) -> None:
+    """An agent's loop failed outside the per-record decisions (a bug): its batch was not committed,
+    and faust would go on past it, so stop the worker (exit 1): after the restart the batch is read
+    again from the committed offsets (docs/operations.md, "Supervision")."""
+    if isinstance(exc, asyncio.CancelledError) and cancelled_from_outside():
+        return  # the worker is stopping or faust is rebalancing: nothing was skipped
+    # faust restarts a crashed agent but not the batch it held, and its take_events buffer of the
+    # dead stream keeps consuming: a restart of the process is the safe way on.
+    runtime.supervisor.give_up(name, f"failed outside a record's decision ({type(exc).__name__})")
+
+
 class AcknowledgedSender:
     def __init__(self, bootstrap: str, *, stop_timeout: float = 5.0, **producer_options) -> None:
         self.bootstrap = bootstrap
         self.stop_timeout = stop_timeout
-        self.producer = producer(bootstrap, **producer_options)
+        self._options = producer_options
+        self.producer = None  # made by start(): an aiokafka client never started still warns when collected
         self.retrying_since: float | None = None
         self.abandon = asyncio.Event()  # set when the worker stops: give up on a batch being retried
 
     async def start(self) -> None:
-        await start_client(self.producer, self.bootstrap)
+        """Start the producer, waiting for the broker if it is away (an agent restarted during an
+        outage must wait for it, not crash)."""
+        async def attempt() -> None:
+            candidate = producer(self.bootstrap, **self._options)  # a client that failed to start is closed
+            await start_client(candidate, self.bootstrap)
+            self.producer = candidate
+
+        await until_done("starting a producer", attempt)
 
     async def send_all(self, messages: list[Message],
                        replace: Callable[[Message, Exception], list[Message]]) -> None:
@@ -88,7 +136,7 @@ class AcknowledgedSender:
             futures: list[asyncio.Future | Exception] = []
             for m in pending:
                 try:
-                    futures.append(await self.producer.send(m.topic, m.value, key=m.key))
+                    futures.append(await self.producer.send(m.topic, m.value, key=m.key, partition=m.partition))
                 except Exception as exc:  # noqa: BLE001 - sorted below: never accepted, or retried
                     futures.append(exc)
             results = await asyncio.gather(*(f for f in futures if not isinstance(f, Exception)),
@@ -102,9 +150,11 @@ class AcknowledgedSender:
                     continue
                 if isinstance(outcome, NEVER_ACCEPTED):
                     log.error("the broker refused a %d-byte record for %s for good (%s); sending a dead letter "
-                              "in its place", len(m.value), m.topic, type(outcome).__name__)
+                              "in its place", len(m.value or b""), m.topic, type(outcome).__name__)
                     again += replace(m, outcome)
-                elif isinstance(outcome, (KafkaError, asyncio.TimeoutError, OSError)):
+                elif isinstance(outcome, (KafkaError, asyncio.TimeoutError, OSError, asyncio.CancelledError)):
+                    # A send future cancelled by aiokafka (its connection closed) is a broker
+                    # failure too: our own cancellation is raised by the gather, not returned.
                     again.append(m)
                     error = outcome
                 else:
@@ -136,6 +186,8 @@ class AcknowledgedSender:
     async def stop(self) -> None:
         """Close the producer; sends the broker has not acknowledged within stop_timeout are abandoned."""
         self.abandon.set()
+        if self.producer is None:
+            return
         closing = asyncio.ensure_future(self.producer.stop())
         done, _ = await asyncio.wait({closing}, timeout=self.stop_timeout)
         if done:

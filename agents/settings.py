@@ -49,7 +49,12 @@ class Settings:
     policy_path: Path
     keys_dir: Path
     topic_prefix: str = ""
-    partitions: int = 1                  # partitions of the case-events topic (and the dedupe table)
+    # Partitions of case-events and of everything co-partitioned with it (the dedupe table, the case
+    # keys): fixed once data flows, and the most workers that can share the routing. A deployment
+    # setting: every worker must use the same (MASB_PARTITIONS).
+    partitions: int = 6
+    replication_factor: int = 3          # replicas of every topic MASB creates (a 3-broker cluster)
+    min_insync_replicas: int = 2         # ... of which this many must have a record before it counts
     router_batch: int = 100              # records routed per batch (one wait for acknowledgements each)
     web_host: str = "127.0.0.1"
     web_port: int = 6066                 # serves /metrics and the HTTP ingest endpoint
@@ -76,6 +81,11 @@ class Settings:
             keys_dir=Path(env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", "keys")),
             topic_prefix=env_or(getattr(args, "topic_prefix", None), "MASB_TOPIC_PREFIX", ""),
             router_batch=positive_number(env_or(None, "MASB_ROUTER_BATCH", 100), "MASB_ROUTER_BATCH", int),
+            partitions=positive_number(env_or(None, "MASB_PARTITIONS", 6), "MASB_PARTITIONS", int, maximum=1000),
+            replication_factor=positive_number(env_or(None, "MASB_REPLICATION_FACTOR", 3), "MASB_REPLICATION_FACTOR",
+                                               int, maximum=32),
+            min_insync_replicas=positive_number(env_or(None, "MASB_MIN_INSYNC_REPLICAS", 2),
+                                                "MASB_MIN_INSYNC_REPLICAS", int, maximum=32),
             web_port=positive_number(env_or(getattr(args, "web_port", None), "MASB_WEB_PORT", 6066), "MASB_WEB_PORT",
                                      int, zero_ok=True, maximum=65535),  # 0: any free port
             datadir=Path(env_or(getattr(args, "datadir", None), "MASB_DATADIR", ".masb-worker")),
@@ -89,4 +99,10 @@ class Settings:
             stop_deadline=positive_number(env_or(None, "MASB_STOP_DEADLINE", 10.0), "MASB_STOP_DEADLINE"),
             fault_injection=env_or(None, "MASB_FAULT_INJECTION", "0") == "1",
             table_store=one_of(env_or(None, "MASB_TABLE_STORE", "rocksdb"), "MASB_TABLE_STORE", ("rocksdb", "memory")),
-        )
+        ).checked()
+
+    def checked(self) -> "Settings":
+        if self.min_insync_replicas > self.replication_factor:
+            raise InvalidInput(f"MASB_MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) is above "
+                               f"MASB_REPLICATION_FACTOR ({self.replication_factor}): no write could ever succeed")
+        return self

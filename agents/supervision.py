@@ -177,10 +177,12 @@ class Supervisor:
         log.error("task %s ended unexpectedly after %.1fs: %s%s", state.name, ran_for, cause, then,
                   exc_info=exc if isinstance(exc, Exception) and not expected else None)
 
-    def give_up(self, name: str) -> None:
+    def give_up(self, name: str, why: str | None = None) -> None:
         """Stop the worker with a non-zero exit code: its process supervisor will restart it."""
-        log.critical("task %s failed %d times in a row; stopping the worker (exit code %d) so that its "
-                     "process supervisor restarts it", name, self.give_up_after, EXIT_FAILED)
+        if self.exit_code is not None:
+            return
+        log.critical("task %s %s; stopping the worker (exit code %d) so that its process supervisor restarts it",
+                     name, why or f"failed {self.give_up_after} times in a row", EXIT_FAILED)
         self.exit_code = EXIT_FAILED
         os.kill(os.getpid(), signal.SIGTERM)
 

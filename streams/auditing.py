@@ -45,7 +45,7 @@ class LogSnapshot:
 async def read_log(bootstrap: str, topics: Topics, progress: Callable[[int], None] | None = None) -> LogSnapshot:
     """Checkpoints first, then entries: every checkpoint read then covers entries that exist."""
     checkpoints, malformed = [], []
-    async for record in read_topic(bootstrap, topics.checkpoints):
+    async for record in read_topic(bootstrap, topics.checkpoints, committed_only=True):
         try:
             checkpoints.append(note_of(record.value or b""))
         except CheckpointRecordError:

@@ -26,7 +26,7 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
 )
 
-from streams.errors import AccessDenied, BrokerUnavailable, MasbError
+from streams.errors import AccessDenied, BrokerUnavailable, InvalidInput, MasbError
 
 log = logging.getLogger(__name__)
 
@@ -87,29 +87,59 @@ class TopicSpec:
     name: str
     partitions: int = 1
     config: dict[str, str] | None = None
+    replication: int = 1
+    # The partition count is part of the deployment (co-partitioned topics and tables): an existing
+    # topic with another count is refused, never used as it is.
+    exact_partitions: bool = False
+
+
+class TopologyMismatch(InvalidInput):
+    """The cluster's topics or brokers disagree with the deployment's settings."""
 
 
 async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
-    """Create the topics that do not exist yet (existing ones are left as they are)."""
+    """Create the topics that do not exist yet; refuse (TopologyMismatch) if an existing topic that
+    must have an exact partition count has another one, or a replication factor exceeds the number
+    of brokers. Existing topics are otherwise left as they are."""
+    specs = list(specs)
     client = admin(bootstrap)
     await start_client(client, bootstrap)
     try:
+        brokers = len((await client.describe_cluster()).get("brokers") or [])
+        wanted = max((s.replication for s in specs), default=1)
+        if brokers and wanted > brokers:
+            raise TopologyMismatch(f"replication factor {wanted} needs {wanted} brokers, but the cluster at {bootstrap} "
+                                   f"has {brokers}", hint="set MASB_REPLICATION_FACTOR (and MASB_MIN_INSYNC_REPLICAS) "
+                                                          "to fit the cluster; 1 for a single broker")
         existing = set(await client.list_topics())
-        missing = [s for s in specs if s.name not in existing]
-        for spec in missing:  # one at a time: a race with another creator is not an error
+        await _check_partitions(client, [s for s in specs if s.exact_partitions and s.name in existing])
+        for spec in (s for s in specs if s.name not in existing):  # one at a time: another creator may race
             try:
-                await client.create_topics([NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config or {})])
+                await client.create_topics([NewTopic(spec.name, spec.partitions, spec.replication,
+                                                     topic_configs=spec.config or {})])
             except TopicAlreadyExistsError:
                 pass
             except Exception as exc:
                 # Some brokers (Tansu) refuse some topic configs; the topic still matters more.
                 if spec.config:
                     log.warning("creating topic %s with config failed (%s); creating without", spec.name, type(exc).__name__)
-                    await client.create_topics([NewTopic(spec.name, spec.partitions, 1)])
+                    await client.create_topics([NewTopic(spec.name, spec.partitions, spec.replication)])
                 else:
                     raise
     finally:
         await client.close()
+
+
+async def _check_partitions(client, specs: list[TopicSpec]) -> None:
+    if not specs:
+        return
+    described = {t["topic"]: len(t.get("partitions") or []) for t in await client.describe_topics([s.name for s in specs])}
+    for spec in specs:
+        actual = described.get(spec.name)
+        if actual and actual != spec.partitions:
+            raise TopologyMismatch(f"topic {spec.name} has {actual} partitions, but this deployment uses "
+                                   f"{spec.partitions}", hint="set MASB_PARTITIONS to the topic's partition count on "
+                                                              "every worker (it cannot change once data flows)")
 
 
 def producer(bootstrap: str, **overrides) -> AIOKafkaProducer:
@@ -136,22 +166,27 @@ async def read_topic(
     from_offsets: dict[int, int] | None = None,
     follow: bool = False,
     idle_timeout: float | None = None,
+    partitions: Iterable[int] | None = None,
+    committed_only: bool = False,
 ) -> AsyncIterator[Record]:
     """Yield a topic's records from the beginning (or ``from_offsets``), partition by partition order.
 
     Without ``follow`` it reads at least to the end offsets seen when it started, then stops at
     the first poll that brings nothing new. With ``follow`` it keeps waiting for new records, until
-    ``idle_timeout`` seconds pass with none (if given).
+    ``idle_timeout`` seconds pass with none (if given). ``partitions`` limits the read to those
+    partitions; ``committed_only`` skips records of aborted transactions (read_committed).
     """
-    reader = consumer(bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_bytes=16 * 1024 * 1024)
+    wanted = set(partitions) if partitions is not None else None
+    reader = consumer(bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_bytes=16 * 1024 * 1024,
+                      isolation_level="read_committed" if committed_only else "read_uncommitted")
     await start_client(reader, bootstrap)
     try:
-        partitions = reader.partitions_for_topic(topic)
-        if partitions is None:
+        available = reader.partitions_for_topic(topic)
+        if available is None:
             # Metadata may not be loaded yet for a topic created a moment ago.
             await reader._client.force_metadata_update()
-            partitions = reader.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            available = reader.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(available) if wanted is None or p in wanted]
         if not tps:
             return
         reader.assign(tps)

@@ -114,9 +114,12 @@ class RouterIdentity:
     signing: Keyring
     case_keys: Any = None  # streams.audit.case_keys.CaseKeyStore: seals case refs in audit entries
 
-    def case_fields(self, case_ref: str, event_id: str) -> dict[str, Any]:
-        """case_key_id, case_tag, sealed_case for an audit entry (none without a case key store)."""
-        return self.case_keys.seal(case_ref, event_id).as_entry_fields() if self.case_keys is not None else {}
+    def case_fields(self, case_ref: str, event_id: str, partition: int = 0) -> dict[str, Any]:
+        """case_key_id, case_tag, sealed_case for an audit entry (none without a case key store).
+        ``partition``: the case-events partition of the case, where the shared store keeps its key."""
+        if self.case_keys is None:
+            return {}
+        return self.case_keys.seal(case_ref, event_id, partition).as_entry_fields()
 
     def sealer(self) -> EnvelopeSealer:
         return EnvelopeSealer(self.signing.current, self.exchange.current)
@@ -195,7 +198,7 @@ class Router:
             )
             entry = make_entry(
                 "DELIVERY", recorded_at=sent_at, event_id=header["event_id"],
-                **self.identity.case_fields(header["case_ref"], header["event_id"]),
+                **self.identity.case_fields(header["case_ref"], header["event_id"], admitted.record.partition),
                 event_type=event_type, unit_id=admitted.unit_id, area=header["area"], agency_id=share.agency_id,
                 agreement_id=share.agreement_id, agreement_version=share.agreement_version,
                 policy_version=policy.version, policy_digest=policy.digest, legal_basis=share.legal_basis,
@@ -212,7 +215,7 @@ class Router:
         header = admitted.header
         return encode_entry(make_entry(
             "DUPLICATE", recorded_at=self.clock(), event_id=header["event_id"],
-            **self.identity.case_fields(header["case_ref"], header["event_id"]),
+            **self.identity.case_fields(header["case_ref"], header["event_id"], admitted.record.partition),
             event_type=header["event_type"], unit_id=admitted.unit_id, area=header["area"],
             policy_version=self.policy.version, source=admitted.record.source,
             reason="already routed: the same event id with identical content; not delivered again",

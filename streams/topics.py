@@ -46,6 +46,17 @@ class Topics:
         return f"{self.prefix}audit.checkpoints"
 
     @property
+    def case_keys(self) -> str:
+        """The shared case-key store: wrapped per-case audit keys, compacted, co-partitioned with
+        case-events (docs/audit.md, "Case keys")."""
+        return f"{self.prefix}audit.case-keys"
+
+    @property
+    def case_key_shreds(self) -> str:
+        """Requests to destroy a case's key, carried out by the worker that owns the case."""
+        return f"{self.prefix}audit.case-key-shreds"
+
+    @property
     def receipts(self) -> str:
         return f"{self.prefix}receipts"
 

@@ -211,7 +211,8 @@ def test_shredding_a_case_keeps_verify_green_and_unlinks_the_case(audited, capsy
     running, events = audited
     keys = str(running.deployment.keys_dir)
     assert len(report(running, capsys, "--case-ref", SHROPSHIRE_CASE)["deliveries"]) == 2
-    code, out = masb(capsys, "audit", "shred", SHROPSHIRE_CASE, "--keys-dir", keys)
+    kafka = ["--bootstrap", running.bootstrap, "--topic-prefix", running.topics.prefix]
+    code, out = masb(capsys, "audit", "shred", SHROPSHIRE_CASE, "--keys-dir", keys, *kafka)
     assert code == 0 and "destroyed" in out and SHROPSHIRE_CASE not in out
     code, out = masb(capsys, *audit_args(running, "verify"))
     assert code == 0 and "audit log intact" in out
@@ -221,7 +222,7 @@ def test_shredding_a_case_keeps_verify_green_and_unlinks_the_case(audited, capsy
     assert {r["case"] for r in after["deliveries"] if r["event_id"] != notice_id} == {"WM-7Q2K9D4XJ3"}
     gone = report(running, capsys, "--case-ref", SHROPSHIRE_CASE)
     assert gone["deliveries"] == [] and "no live case key" in gone["notes"][0]
-    assert main(["audit", "shred", SHROPSHIRE_CASE, "--keys-dir", keys]) == 1  # nothing left to destroy
+    assert main(["audit", "shred", SHROPSHIRE_CASE, "--keys-dir", keys, *kafka]) == 1  # nothing left to destroy
 
 
 # -- restart (last: replaces the module's worker) -------------------------------------------------

@@ -78,7 +78,7 @@ def test_a_cancelled_task_is_restarted_unless_the_worker_stops():
 def test_a_task_that_keeps_failing_with_the_broker_up_stops_the_worker(monkeypatch):
     supervisor = quick_supervisor(give_up_after=3)
     stopped = []
-    monkeypatch.setattr(supervisor, "give_up", lambda name: (stopped.append(name), setattr(supervisor, "exit_code", 1)))
+    monkeypatch.setattr(supervisor, "give_up", lambda name, why=None: (stopped.append(name), setattr(supervisor, "exit_code", 1)))
 
     async def broken() -> None:
         raise ValueError("never works")
@@ -178,3 +178,16 @@ def test_a_record_the_broker_refused_is_dead_lettered_by_reference(router):
     assert letter["payload"] is None and letter["original_key"] is None
     assert letter["payload_sha256"] == hashlib.sha256(b"sealed publication bytes").hexdigest()
     assert "partner.nhs-worcs-acute" in letter["reason"] and "case-events/0/9" in letter["reason"]
+
+
+def test_a_rebalance_cancellation_is_one_line_without_a_traceback():
+    try:
+        raise asyncio.CancelledError()
+    except asyncio.CancelledError:
+        import sys
+
+        crashed = logging.LogRecord("faust.agents.agent", logging.ERROR, __file__, 1, "Crashed reason=%r",
+                                    (asyncio.CancelledError(),), sys.exc_info())
+    assert RepeatFilter().filter(crashed) and crashed.exc_info is None
+    formatted = logging.Formatter().format(crashed)
+    assert "Traceback" not in formatted and formatted.startswith("Crashed reason=CancelledError")

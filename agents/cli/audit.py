@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -84,8 +85,11 @@ def register(sub) -> None:
     p.add_argument("dir")
 
     p = sub.add_parser("shred", help="destroy a case's key (retention ended): its entries become unlinkable")
+    kafka_flags(p)
     p.add_argument("case_ref")
     p.add_argument("--keys-dir", help="router keys dir holding case-keys/ (env MASB_KEYS_DIR)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the worker that routes the case to destroy the key (default 60)")
 
 
 def trust_flags(p) -> None:
@@ -343,16 +347,25 @@ def check_proof_file(path: str, verifiers, origin, trust: Trust) -> int:
 
 
 # -- report, export, shred -----------------------------------------------------------------------
-def _case_store(args, create: bool = False):
-    from streams.audit.case_keys import CASE_KEYS_DIR, CaseKeyStore
+def _case_secrets(args):
+    """The case-key secrets in the keys dir given (--keys-dir or MASB_KEYS_DIR), or None."""
+    from streams.audit.case_keys import CASE_KEYS_DIR
+    from streams.audit.shared_case_keys import CaseKeySecrets
 
     keys_dir = env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", None)
-    if not keys_dir:
+    if not keys_dir or not (Path(keys_dir) / CASE_KEYS_DIR).is_dir():
         return None
-    directory = Path(keys_dir) / CASE_KEYS_DIR
-    if not directory.is_dir() and not create:
+    return CaseKeySecrets.load(Path(keys_dir) / CASE_KEYS_DIR)
+
+
+def _case_store(args):
+    """The shared case-key store as it is now in Kafka (docs/audit.md, "Case keys"), or None."""
+    from streams.audit.shared_case_keys import CaseKeyView
+
+    secrets = _case_secrets(args)
+    if secrets is None:
         return None
-    return CaseKeyStore(directory, create=create)
+    return asyncio.run(CaseKeyView.read(bootstrap(args), topics(args).case_keys, secrets))
 
 
 def report(args, log: Log, verifiers, origin) -> int:
@@ -388,11 +401,39 @@ def export(args, log: Log, verifiers, origin, topics) -> int:
 
 
 def shred(args) -> int:
-    store = _case_store(args)
-    if store is None:
+    """Ask the worker that routes the case to destroy its key, and wait until it has (docs/audit.md)."""
+    from agents.shredding import request_value
+    from streams.audit.shared_case_keys import CaseKeyView
+    from streams.kafka import producer, start_client
+
+    secrets = _case_secrets(args)
+    if secrets is None:
         raise UsageError("no case key store: give the router's keys dir (--keys-dir or MASB_KEYS_DIR)")
-    key_id = store.shred(args.case_ref)
-    if key_id is None:
-        raise AuditCommandError("no live key for that case reference (unknown to this router, or already shredded)")
-    print(f"case key {key_id} destroyed: the log still verifies; its entries can no longer be linked to the case")
-    return 0
+    names = topics(args)
+    view = asyncio.run(CaseKeyView.read(bootstrap(args), names.case_keys, secrets))
+    key = view.find(args.case_ref)
+    if key is None:
+        raise AuditCommandError("no live key for that case reference (never routed, or already shredded)")
+    partition = view.partition_of(args.case_ref)
+
+    async def request() -> None:
+        out = producer(bootstrap(args))
+        await start_client(out, bootstrap(args))
+        try:
+            await out.send_and_wait(names.case_key_shreds, request_value(secrets.lookup(args.case_ref)),
+                                    partition=partition)
+        finally:
+            await out.stop()
+
+    asyncio.run(request())
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        view = asyncio.run(CaseKeyView.read(bootstrap(args), names.case_keys, secrets))
+        if view.find(args.case_ref) is None and key.key_id in view.shredded:
+            print(f"case key {key.key_id} destroyed: the log still verifies; its entries can no longer be linked "
+                  "to the case")
+            return 0
+    raise AuditCommandError(f"no worker destroyed case key {key.key_id} within {args.timeout:.0f}s; the request "
+                            f"stays queued on {names.case_key_shreds} partition {partition} and is carried out "
+                            "when a worker routes that partition")

@@ -21,6 +21,9 @@ def register(sub) -> None:
         q.add_argument("--owner", required=True, help="unit, agency or router id")
         q.add_argument("--kind", choices=["signing", "exchange", "both"], default="both")
         q.add_argument("--out", default="keys", help="directory for the private key files (written 0600)")
+    q = ksub.add_parser("case-secrets", help="the router's case-key secrets (index.key, wrap.key), made once and "
+                                            "copied to every worker host")
+    q.add_argument("--out", default="keys", help="the router's keys directory (they go into its case-keys/)")
     q = ksub.add_parser("export-public", help="the public record of a private key file, to put in the policy")
     q.add_argument("key_file", help="the private key file")
     q = ksub.add_parser("revoke", help="mark a key revoked in the policy (comments and layout kept)")
@@ -35,12 +38,27 @@ def register(sub) -> None:
 def cmd_keys(args) -> int:
     if args.action in ("generate", "rotate"):
         return _generate(args)
+    if args.action == "case-secrets":
+        return _case_secrets(args)
     if args.action == "export-public":
         from streams.crypto.keys import load_private_key, public_record
 
         print(json.dumps(public_record(load_private_key(existing_file(args.key_file, "key file"))), indent=2))
         return 0
     return _revoke_key(args)
+
+
+def _case_secrets(args) -> int:
+    from streams.audit.case_keys import CASE_KEYS_DIR, INDEX_FILE
+    from streams.audit.shared_case_keys import WRAP_FILE, CaseKeySecrets
+
+    directory = Path(args.out) / CASE_KEYS_DIR
+    existed = [name for name in (INDEX_FILE, WRAP_FILE) if (directory / name).exists()]
+    secrets = CaseKeySecrets.create(directory)
+    print_json({"wrote": str(directory), "kept": existed, "wrap_key_id": secrets.wrap_key_id})
+    print(f"masb: copy {directory}/{INDEX_FILE} and {WRAP_FILE} (0600) to every worker host and keep them backed up: "
+          "without them no case can be linked to its audit entries (docs/audit.md, \"Case keys\")", file=sys.stderr)
+    return 0
 
 
 def _generate(args) -> int:

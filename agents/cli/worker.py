@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def cmd_worker(args) -> int:
-    from agents.app import Runtime, build_app, topic_specs
+    from agents.app import Runtime, build_app, worker_topic_specs
     from agents.settings import Settings
     from streams.kafka import ensure_topics
 
@@ -40,8 +40,8 @@ def cmd_worker(args) -> int:
     client_log = logging.getLogger("aiokafka")
     level, client_log.level = client_log.level, logging.CRITICAL
     try:
-        loop.run_until_complete(ensure_topics(settings.bootstrap, topic_specs(runtime.topics, runtime.policy,
-                                                                              settings.partitions)))
+        loop.run_until_complete(ensure_topics(settings.bootstrap,
+                                              worker_topic_specs(settings, runtime.topics, runtime.policy)))
     finally:
         client_log.setLevel(level)
     app = build_app(settings, runtime)

@@ -180,7 +180,9 @@ class CaseKeyStore:
         self._cache[path.name] = (key, path.stat().st_ino)
         return key
 
-    def seal(self, case_ref: str, event_id: str | None) -> CaseFields:
+    def seal(self, case_ref: str, event_id: str | None, partition: int = 0) -> CaseFields:
+        """The entry fields for the case (``partition`` is for the shared store's interface: one
+        directory holds every partition's keys)."""
         return seal_case(self.key_for(case_ref), case_ref, event_id)
 
     # -- auditor side ------------------------------------------------------------------------
