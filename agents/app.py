@@ -18,9 +18,11 @@ from agents.supervision import Supervisor
 
 from streams.audit.case_keys import CASE_KEYS_DIR, CaseKeyStore
 from streams.crypto.keys import Keyring, KeyFileError, load_private_key
+from streams.crypto.pseudonym import PseudonymKeys
+from streams.kafka_security import KafkaSecurity
 from streams.policy import Policy, load_policy
 from streams.routing import Router, RouterIdentity
-from streams.topics import FOREVER, Topics
+from streams.topics import COMPACTED, FOREVER, WORKER_TABLES, Topics
 from streams.kafka import TopicSpec
 
 
@@ -46,6 +48,8 @@ def load_identity(policy: Policy, keys_dir) -> RouterIdentity:
         # The audit side's per-case keys (crypto-shredding): the router seals each entry's case
         # reference with them (docs/audit.md, "Case keys").
         case_keys=CaseKeyStore(Path(keys_dir) / CASE_KEYS_DIR),
+        # Record keys are case pseudonyms (docs/keys.md): the router checks them with every key it holds.
+        pseudonyms=PseudonymKeys.load_dir(keys_dir),
     )
 
 
@@ -59,6 +63,10 @@ def topic_specs(topics: Topics, policy: Policy, partitions: int) -> list[TopicSp
         TopicSpec(topics.receipts, 1),             # partner receipts, recorded in the exchange log
     ]
     specs += [TopicSpec(topics.partner(a.id), 1) for a in policy.agencies]
+    # faust's own topics: made here, not by faust (topic_allow_declare=False), so that on a
+    # locked-down cluster, where they are provisioned up front, the worker needs no CREATE right.
+    specs += [TopicSpec(topics.changelog(t), partitions, COMPACTED) for t in WORKER_TABLES]
+    specs += [TopicSpec(topics.assignor_leader, 1)]
     return specs
 
 
@@ -87,8 +95,10 @@ class Runtime:
 def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     runtime = runtime or Runtime(settings)
     app = faust.App(
-        f"{settings.topic_prefix}masb-router",
+        runtime.topics.worker_app_id,
         broker=f"kafka://{settings.bootstrap}",
+        broker_credentials=KafkaSecurity.from_env().faust_credentials(),  # TLS, SASL (docs/security.md)
+        topic_allow_declare=False,   # topic_specs() creates every topic, or they were provisioned
         # Tables (the dedupe table) live in RocksDB under the data directory, a cache of their
         # changelog topics: memory stays bounded, and a restart reads only the changelog's tail.
         store=f"{settings.table_store}://",

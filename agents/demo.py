@@ -98,6 +98,7 @@ def run_demo(bootstrap: str | None, workdir: Path, keep: bool = False) -> int:
 def _run(bootstrap: str, workdir: Path, started: float, keep: bool) -> int:
     from streams.publisher import Publisher
     from streams.crypto.keys import Keyring
+    from streams.crypto.pseudonym import PseudonymKeys
     from streams.topics import Topics
 
     shutil.rmtree(workdir, ignore_errors=True)
@@ -114,10 +115,12 @@ def _run(bootstrap: str, workdir: Path, started: float, keep: bool) -> int:
         say(f"worker started (metrics at {worker.url('/metrics')})")
         events = scenario(datetime.now(timezone.utc))
 
+        pseudonyms = PseudonymKeys.load_dir(keys_dir)  # the units' copy of the case pseudonym key
+
         async def publish() -> None:
             for unit_id in sorted({e["header"]["unit_id"] for e in events}):
                 unit_key = Keyring.load_dir(keys_dir, unit_id, kind="signing").current
-                async with Publisher(bootstrap, policy, unit_key, topics) as publisher:
+                async with Publisher(bootstrap, policy, unit_key, topics, pseudonyms=pseudonyms) as publisher:
                     for event in (e for e in events if e["header"]["unit_id"] == unit_id):
                         await publisher.publish(event)
                     if unit_id == events[0]["header"]["unit_id"]:

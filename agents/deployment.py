@@ -33,8 +33,10 @@ class Deployment:
 
 
 def prepare_deployment(workdir: Path, template: Path = DEMO_DIR / "policy.template.yaml") -> Deployment:
-    """Fresh private keys for every party a policy template names, and the policy rendered with them."""
+    """Fresh private keys for every party a policy template names, one case pseudonym key (shared
+    by the units and the router), and the policy rendered with them."""
     from streams.crypto.keys import generate_key, write_private_key
+    from streams.crypto.pseudonym import file_name, generate_pseudonym_key, write_pseudonym_key
     from streams.policy import load_policy, render_template, template_placeholders
 
     text = template.read_text()
@@ -45,6 +47,8 @@ def prepare_deployment(workdir: Path, template: Path = DEMO_DIR / "policy.templa
         record = generate_key(owner, kind)
         write_private_key(keys_dir / f"{owner}.{kind}.{record.key_id}.key", record)
         public[(owner, kind)] = (record.key_id, base64.b64encode(record.public_key).decode())
+    pseudonym_key = generate_pseudonym_key()
+    write_pseudonym_key(keys_dir / file_name(pseudonym_key), pseudonym_key)
     policy_path = workdir / "policy.yaml"
     policy_path.write_text(render_template(text, public))
     return Deployment(workdir, keys_dir, policy_path, load_policy(policy_path))

@@ -15,6 +15,7 @@ import faust
 
 from agents import metrics
 from agents.sending import AcknowledgedSender, Message
+from streams.errors import MasbError
 from streams.kafka import ensure_topics
 from streams.policy import PolicyError, load_policy
 from streams.routing import Router
@@ -74,7 +75,15 @@ async def reload(runtime, sender: AcknowledgedSender, path) -> None:
     # New agencies need their feed before the first envelope is sent to them.
     from agents.app import topic_specs
 
-    await ensure_topics(runtime.settings.bootstrap, topic_specs(runtime.topics, new, runtime.settings.partitions))
+    try:
+        await ensure_topics(runtime.settings.bootstrap, topic_specs(runtime.topics, new, runtime.settings.partitions))
+    except MasbError as exc:  # e.g. a new agency's feed, on a cluster where only the admin creates topics
+        metrics.POLICY_RELOAD_FAILURES.inc()
+        log.error("policy version %d not put in force, keeping version %d: %s (tried again every %.0fs; on a "
+                  "locked-down cluster run `masb acl apply` with the new policy)", new.version,
+                  runtime.policy.version, exc, runtime.settings.policy_poll_interval)
+        runtime.policy_mtime = None  # try again at the next poll
+        return
     previous = runtime.policy
     runtime.policy = new
     runtime.router = Router(new, runtime.identity, runtime.topics)

@@ -29,7 +29,7 @@ UNIT = "hau-worcestershire"
 
 def service_for(running, **options) -> IngestService:
     return IngestService(options.pop("bootstrap", running.bootstrap), running.policy, running.unit_key(UNIT),
-                         running.topics, **options)
+                         running.topics, pseudonyms=running.pseudonyms, **options)
 
 
 def call(service: IngestService, method: str, path: str, **kwargs) -> tuple[int, dict, str, dict]:
@@ -181,9 +181,11 @@ def test_bearer_token_when_configured(deployment_on_kafka):
 def test_ingest_refuses_to_start_with_a_key_the_policy_does_not_trust(deployment_on_kafka):
     stranger = generate_key(UNIT, "signing")
     with pytest.raises(IngestConfigError, match="not a trusted key"):
-        IngestService(deployment_on_kafka.bootstrap, deployment_on_kafka.policy, stranger)
+        IngestService(deployment_on_kafka.bootstrap, deployment_on_kafka.policy, stranger,
+                      pseudonyms=deployment_on_kafka.pseudonyms)
     with pytest.raises(IngestConfigError, match="not a unit"):
-        IngestService(deployment_on_kafka.bootstrap, deployment_on_kafka.policy, generate_key("hau-nowhere", "signing"))
+        IngestService(deployment_on_kafka.bootstrap, deployment_on_kafka.policy, generate_key("hau-nowhere", "signing"),
+                      pseudonyms=deployment_on_kafka.pseudonyms)
 
 
 def test_masb_ingest_command_serves_events_and_metrics(deployment_on_kafka, tmp_path):
@@ -193,7 +195,8 @@ def test_masb_ingest_command_serves_events_and_metrics(deployment_on_kafka, tmp_
     log = open(tmp_path / "ingest.log", "wb")  # noqa: SIM115 - closed in finally, after the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "agents", "ingest", "--as", UNIT, "--key", str(key_file), "--policy",
-         str(dep.policy_path), "--port", str(port), "--bootstrap", deployment_on_kafka.bootstrap,
+         str(dep.policy_path), "--keys-dir", str(dep.keys_dir), "--port", str(port),
+         "--bootstrap", deployment_on_kafka.bootstrap,
          "--topic-prefix", deployment_on_kafka.topics.prefix],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
