@@ -71,7 +71,7 @@ class WorkerProcess:
         self.web_port = free_port()
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents", "worker", "--web-port", str(self.web_port), "--log-level", os.environ.get("MASB_WORKER_LOG_LEVEL", "warn")],
+            [sys.executable, "-m", "agents", "worker", "--web-port", str(self.web_port), "--log-level", env.get("MASB_WORKER_LOG_LEVEL", "warn")],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
 

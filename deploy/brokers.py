@@ -372,6 +372,24 @@ class SecuredKafkaBroker(KafkaBroker):
             f"sasl.password.file={secret}", f"ssl.cafile={self.ca.cert_path}", ""]).encode())
         return props
 
+    def certificate_properties(self, common_name: str, directory, key_password: bytes | None = None) -> Path:
+        """A client properties file for mutual TLS with a certificate CN=common_name issued now (for
+        ``mtls_bootstrap``); an encrypted key's password goes in a file of its own."""
+        from deploy.tls import _write_private
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        issued = self.ca.issue(common_name, key_password=key_password)
+        lines = ["security.protocol=SSL", f"ssl.cafile={self.ca.cert_path}", f"ssl.certfile={issued.cert}",
+                 f"ssl.keyfile={issued.key}"]
+        if key_password:
+            secret = directory / f"{common_name}.key-password"
+            _write_private(secret, key_password + b"\n")
+            lines.append(f"ssl.key.password.file={secret}")
+        props = directory / f"{common_name}.tls.properties"
+        _write_private(props, "\n".join([*lines, ""]).encode())
+        return props
+
     def _client_security(self):
         return self.scram_security(self.ADMIN)
 
