@@ -91,14 +91,14 @@ def _resource_of(exc: BaseException) -> str | None:
 
 def _tls_refusal(exc: ssl.SSLError) -> bool:
     """A handshake one side refused (untrusted or missing certificate), not a dropped connection."""
-    reason = (exc.reason or "").lower()
+    reason = (getattr(exc, "reason", None) or "").lower()
     return isinstance(exc, ssl.SSLCertVerificationError) or "alert" in reason or "certificate" in reason
 
 
 def _tls_reason(exc: ssl.SSLError) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"the broker's certificate is not trusted ({exc.verify_message})"
-    reason = (exc.reason or "").lower().replace("_", " ")
+        return f"the broker's certificate is not trusted ({getattr(exc, 'verify_message', None) or exc})"
+    reason = (getattr(exc, "reason", None) or "").lower().replace("_", " ")
     if "certificate" in reason or "alert" in reason:
         return f"the broker refused the client certificate ({reason})"
     return reason or type(exc).__name__
