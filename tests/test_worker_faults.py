@@ -67,7 +67,7 @@ class Publishing(threading.Thread):
         while not self.stop.is_set():
             try:
                 async with Publisher(self.running.bootstrap, self.running.policy, self.running.unit_key(unit),
-                                     self.running.topics) as publisher:
+                                     self.running.topics, pseudonyms=self.running.pseudonyms) as publisher:
                     while not self.stop.is_set():
                         await asyncio.wait_for(publisher.publish(event), 10)
                         self.acknowledged.append(event["header"]["event_id"])
