@@ -162,3 +162,14 @@ def test_acl_plan_command_prints_each_format(capsys):
     assert [AclBinding(**i) for i in json.loads(capsys.readouterr().out)] == PLAN
     assert main(["acl", "plan", "--policy", str(VALID), "--format", "strimzi", "--principal-prefix", "x-"]) == 0
     assert "name: x-router" in capsys.readouterr().out
+
+
+def test_the_plan_covers_every_topic_the_worker_creates():
+    """A topic added to the worker (agents/app.py topic_specs) without its ACLs would fail only on a
+    locked-down cluster: the plan must give the router rights on each one."""
+    from agents.app import topic_specs
+
+    router = grants("User:masb-router")
+    for spec in topic_specs(TOPICS, POLICY, 1):
+        assert ("TOPIC", spec.name, "DESCRIBE") in router, spec.name
+        assert {("TOPIC", spec.name, "READ"), ("TOPIC", spec.name, "WRITE")} & router, spec.name
