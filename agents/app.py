@@ -136,4 +136,10 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     checkpointer.install(app, runtime)
     policy_watch.install(app, runtime)
     web.install(app, runtime)
+    # faust creates no topic here (topic_allow_declare=False): a table's changelog exists only if
+    # topic_specs() (and the ACL plan) know the table.
+    unlisted = sorted(set(app.tables) - set(WORKER_TABLES))
+    if unlisted:
+        raise RuntimeError(f"faust tables {unlisted} are not in streams.topics.WORKER_TABLES: their changelog "
+                           "topics would be neither created nor granted (docs/security.md)")
     return app

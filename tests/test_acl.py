@@ -173,3 +173,23 @@ def test_the_plan_covers_every_topic_the_worker_creates():
     for spec in topic_specs(TOPICS, POLICY, 1):
         assert ("TOPIC", spec.name, "DESCRIBE") in router, spec.name
         assert {("TOPIC", spec.name, "READ"), ("TOPIC", spec.name, "WRITE")} & router, spec.name
+
+
+def test_every_table_of_the_worker_has_its_changelog_provisioned_and_granted(tmp_path):
+    """faust creates no topic (topic_allow_declare=False): each table's changelog must be known."""
+    from agents.app import build_app, topic_specs
+    from agents.deployment import prepare_deployment
+    from agents.settings import Settings
+    from streams.topics import WORKER_TABLES
+
+    deployment = prepare_deployment(tmp_path / "deployment")
+    app = build_app(Settings(bootstrap="127.0.0.1:1", policy_path=deployment.policy_path,
+                             keys_dir=deployment.keys_dir, datadir=tmp_path / "data", topic_prefix="p."))
+    assert app.conf.topic_allow_declare is False
+    assert set(app.tables) == set(WORKER_TABLES)
+    planned = plan(deployment.policy, TOPICS, WHO)
+    created = {s.name for s in topic_specs(TOPICS, deployment.policy, 1)}
+    for table in app.tables.values():
+        name = table.changelog_topic.get_topic_name()
+        assert name in created
+        assert AclBinding("User:masb-router", "TOPIC", name, "LITERAL", "WRITE") in planned
