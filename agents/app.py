@@ -19,9 +19,11 @@ from agents.supervision import Supervisor
 from streams.audit.case_keys import CASE_KEYS_DIR
 from streams.audit.shared_case_keys import CaseKeySecrets, SharedCaseKeys
 from streams.crypto.keys import Keyring, KeyFileError, load_private_key
+from streams.crypto.pseudonym import PseudonymKeys
+from streams.kafka_security import KafkaSecurity
 from streams.policy import Policy, load_policy
 from streams.routing import Router, RouterIdentity
-from streams.topics import FOREVER, Topics
+from streams.topics import COMPACTED, FOREVER, WORKER_TABLES, Topics
 from streams.kafka import TopicSpec
 
 
@@ -48,12 +50,9 @@ def load_identity(policy: Policy, keys_dir, case_keys=None) -> RouterIdentity:
         exchange=Keyring(owner, found["exchange"], kind="exchange"),
         signing=Keyring(owner, found["signing"], kind="signing"),
         case_keys=case_keys,
+        # Record keys are case pseudonyms (docs/keys.md): the router checks them with every key it holds.
+        pseudonyms=PseudonymKeys.load_dir(keys_dir),
     )
-
-
-def app_id(topics: Topics) -> str:
-    """The faust app id: also its consumer group and the prefix of its internal topics."""
-    return f"{topics.prefix}masb-router"
 
 
 # The shared case-key store is compacted; these bound how long a destroyed key's bytes stay on a
@@ -71,19 +70,20 @@ def topic_specs(topics: Topics, policy: Policy, partitions: int, replication: in
     def spec(name: str, count: int = 1, config: dict | None = None, exact: bool = False) -> TopicSpec:
         return TopicSpec(name, count, {**(config or {}), "min.insync.replicas": str(min_insync)}, replication, exact)
 
-    faust_app = app_id(topics)
     specs = [
         spec(topics.case_events, partitions, exact=True),
-        spec(f"{faust_app}-seen-events-changelog", partitions, {"cleanup.policy": "compact"}, exact=True),
         spec(topics.case_keys, partitions, CASE_KEYS_CONFIG, exact=True),
         spec(topics.case_key_shreds, partitions, SHRED_REQUESTS_CONFIG, exact=True),
-        spec(f"{faust_app}-__assignor-__leader"),
         spec(topics.dead_letter, 1, FOREVER),
         spec(topics.audit, 1, FOREVER),        # one partition: its order is the tree's order
         spec(topics.checkpoints, 1, FOREVER),
         spec(topics.receipts, 1),             # partner receipts, recorded in the exchange log
     ]
     specs += [spec(topics.partner(a.id)) for a in policy.agencies]
+    # faust's own topics: made here, not by faust (topic_allow_declare=False), so that on a
+    # locked-down cluster, where they are provisioned up front, the worker needs no CREATE right.
+    specs += [spec(topics.changelog(t), partitions, COMPACTED, exact=True) for t in WORKER_TABLES]
+    specs += [spec(topics.assignor_leader)]
     return specs
 
 
@@ -121,8 +121,10 @@ class Runtime:
 def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     runtime = runtime or Runtime(settings)
     app = faust.App(
-        app_id(Topics(settings.topic_prefix)),
+        runtime.topics.worker_app_id,
         broker=f"kafka://{settings.bootstrap}",
+        broker_credentials=KafkaSecurity.from_env().faust_credentials(),  # TLS, SASL (docs/security.md)
+        topic_allow_declare=False,   # topic_specs() creates every topic, or they were provisioned
         # Tables (the dedupe table) live in RocksDB under the data directory, a cache of their
         # changelog topics: memory stays bounded, and a restart reads only the changelog's tail.
         store=f"{settings.table_store}://",
@@ -161,4 +163,10 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     checkpointer.install(app, runtime)
     policy_watch.install(app, runtime)
     web.install(app, runtime)
+    # faust creates no topic here (topic_allow_declare=False): a table's changelog exists only if
+    # topic_specs() (and the ACL plan) know the table.
+    unlisted = sorted(set(app.tables) - set(WORKER_TABLES))
+    if unlisted:
+        raise RuntimeError(f"faust tables {unlisted} are not in streams.topics.WORKER_TABLES: their changelog "
+                           "topics would be neither created nor granted (docs/security.md)")
     return app

@@ -54,10 +54,8 @@ async def run_checkpointer(runtime, requested: asyncio.Event) -> None:
     """Sign checkpoints while this worker holds the checkpointer lease; stand by otherwise (a
     supervised task). Exactly one worker of a cluster signs: the lease picks it, and its fenced
     publisher stops a former holder that did not notice it lost the lease (agents/lease.py)."""
-    from agents.app import app_id
-
     settings = runtime.settings
-    name = f"{app_id(runtime.topics)}-checkpointer"
+    name = runtime.topics.checkpointer_lease
     lease = Lease(settings.bootstrap, name, runtime.topics.checkpoints,
                   session_timeout_ms=int(settings.session_timeout * 1000))
     keeper = asyncio.ensure_future(lease.run())

@@ -10,6 +10,11 @@
 6. each agency sends a receipt for what it decrypted (recorded in the exchange log)
 7. ask for a signed checkpoint, verify the audit log, and show deliveries against their deadlines
 Exit 0 only if every expected delivery arrived, decrypted, and the audit log verified.
+
+With --secure the same demo runs on Apache Kafka locked down as in production (docs/security.md):
+SASL_SSL with SCRAM-SHA-512, the standard authorizer, certificates and users made on the spot,
+ACLs derived from the policy and applied by the admin; the worker, every unit, every agency and
+the auditor connect as themselves, and one agency's attempt to read another's feed is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from agents.deployment import DEMO_DIR, WorkerProcess, prepare_deployment, worker_env
+from agents.deployment import DEMO_DIR, Deployment, WorkerProcess, prepare_deployment, worker_env
 from deploy.brokers import TansuBroker, wait_until_ready
 
 ROUTER = "masb-router"
@@ -52,7 +57,39 @@ def scenario(now: datetime) -> list[dict]:
     return events
 
 
-async def collect_feeds(bootstrap, topics, policy, keys_dir, expected: dict[str, int], timeout: float):
+class Identities:
+    """Who connects as whom. On the embedded broker (or a Kafka of your own) every client uses the
+    environment's settings (None); with --secure each party has its own SCRAM user."""
+
+    def __init__(self, broker=None, properties: dict[str, Path] | None = None) -> None:
+        self.broker = broker
+        self.properties = properties or {}
+
+    def _user(self, user: str):
+        return self.broker.scram_security(user) if self.broker is not None else None
+
+    def unit(self, unit_id: str):
+        return self._user(f"masb-unit-{unit_id}")
+
+    def agency(self, agency_id: str):
+        return self._user(f"masb-agency-{agency_id}")
+
+    @property
+    def auditor(self):
+        return self._user("masb-auditor")
+
+    @property
+    def operator(self):
+        """The cluster admin: reads the dead-letter topic (nobody else may)."""
+        return self._user(self.broker.ADMIN) if self.broker is not None else None
+
+    def worker_env(self) -> dict[str, str]:
+        """The worker's environment additions: its client properties file (User:masb-router)."""
+        return {"MASB_KAFKA_CONFIG": str(self.properties["masb-router"])} if self.broker is not None else {}
+
+
+async def collect_feeds(bootstrap, topics, policy, keys_dir, expected: dict[str, int], timeout: float,
+                        identities: Identities | None = None):
     """Each agency reads and decrypts its own feed until it has what it expects (or time runs out)."""
     from streams.crypto.keys import Keyring
     from streams.partner import PartnerFeed, opener_for
@@ -64,7 +101,8 @@ async def collect_feeds(bootstrap, topics, policy, keys_dir, expected: dict[str,
         for agency, want in expected.items():
             if len(results[agency]) >= want:
                 continue
-            feed = PartnerFeed(bootstrap, opener_for(agency, Keyring.load_dir(keys_dir, agency), policy), topics)
+            feed = PartnerFeed(bootstrap, opener_for(agency, Keyring.load_dir(keys_dir, agency), policy), topics,
+                               security=identities.agency(agency) if identities else None)
             results[agency] = []
             async for item in feed.items():
                 if item.ok:
@@ -77,8 +115,10 @@ async def collect_feeds(bootstrap, topics, policy, keys_dir, expected: dict[str,
     return results, problems
 
 
-def run_demo(bootstrap: str | None, workdir: Path, keep: bool = False) -> int:
+def run_demo(bootstrap: str | None, workdir: Path, keep: bool = False, secure: bool = False) -> int:
     started = time.monotonic()
+    if secure:
+        return _run_secure(workdir, started, keep)
     broker = None
     try:
         if bootstrap is None:
@@ -89,35 +129,81 @@ def run_demo(bootstrap: str | None, workdir: Path, keep: bool = False) -> int:
         else:
             asyncio.run(wait_until_ready(bootstrap, timeout=20))
             say(f"using Kafka at {bootstrap}")
-        return _run(bootstrap, workdir, started, keep)
+        return _run(bootstrap, _fresh_deployment(workdir), started, keep, Identities())
     finally:
         if broker is not None:
             broker.cleanup()
 
 
-def _run(bootstrap: str, workdir: Path, started: float, keep: bool) -> int:
-    from streams.publisher import Publisher
-    from streams.crypto.keys import Keyring
-    from streams.topics import Topics
-
+def _fresh_deployment(workdir: Path) -> Deployment:
     shutil.rmtree(workdir, ignore_errors=True)
     deployment = prepare_deployment(workdir)
-    keys_dir, policy = deployment.keys_dir, deployment.policy
-    say(f"generated keys in {keys_dir}; policy version {policy.version} "
-        f"with {len(policy.agencies)} agencies and {len(policy.agreements)} agreements")
+    say(f"generated keys in {deployment.keys_dir}; policy version {deployment.policy.version} "
+        f"with {len(deployment.policy.agencies)} agencies and {len(deployment.policy.agreements)} agreements")
+    return deployment
 
-    prefix = f"demo-{uuid.uuid4().hex[:8]}."
+
+def _run_secure(workdir: Path, started: float, keep: bool) -> int:
+    """The demo on a locked-down Apache Kafka: SCRAM users and ACLs for every party of the policy."""
+    from agents.app import topic_specs
+    from deploy.brokers import SecuredKafkaBroker
+    from streams.acl import Principals, plan
+    from streams.acl_admin import apply_plan
+    from streams.topics import Topics
+
+    deployment = _fresh_deployment(workdir)
+    topics, who = Topics(DEMO_PREFIX), Principals()
+    planned = plan(deployment.policy, topics, who)
+    users = sorted({who.user_name(b.principal) for b in planned})
+    broker = SecuredKafkaBroker(users=users, workdir=workdir / "kafka")
+    try:
+        broker.start()
+        say(f"Apache Kafka started at {broker.bootstrap}: SASL_SSL (SCRAM-SHA-512) and mutual TLS at "
+            f"{broker.mtls_bootstrap}, standard authorizer, no access without an ACL; CA and certificates in "
+            f"{broker.tls_dir}")
+        properties = {user: broker.client_properties(user, workdir / "clients") for user in [*users, broker.ADMIN]}
+        say(f"{len(users)} SCRAM users, one per party (User:masb-router, User:masb-unit-<id>, "
+            f"User:masb-agency-<id>, User:masb-auditor); client settings in {workdir / 'clients'}")
+        admin = broker.scram_security(broker.ADMIN)
+        applied = asyncio.run(apply_plan(broker.bootstrap, planned, who, topics=topics, policy=deployment.policy,
+                                         topic_specs=topic_specs(topics, deployment.policy, 1), security=admin))
+        say(f"the admin created the topics and granted {len(applied.diff.missing)} ACLs derived from the policy "
+            f"(`masb acl plan`); recorded in {topics.audit}")
+        identities = Identities(broker, properties)
+        return _run(broker.bootstrap, deployment, started, keep, identities, prefix=DEMO_PREFIX)
+    finally:
+        broker.cleanup()
+
+
+DEMO_PREFIX = "demo."
+
+
+def _run(bootstrap: str, deployment: Deployment, started: float, keep: bool, identities: Identities,
+         prefix: str | None = None) -> int:
+    from streams.publisher import Publisher
+    from streams.crypto.keys import Keyring
+    from streams.crypto.pseudonym import PseudonymKeys
+    from streams.topics import Topics
+
+    keys_dir, policy = deployment.keys_dir, deployment.policy
+    prefix = prefix or f"demo-{uuid.uuid4().hex[:8]}."
     topics = Topics(prefix)
-    worker = WorkerProcess(worker_env(deployment, bootstrap, prefix), workdir / "worker.log")
+    env = worker_env(deployment, bootstrap, prefix, **identities.worker_env())
+    if identities.broker is not None:  # the worker connects as User:masb-router, nothing else
+        env = {k: v for k, v in env.items() if not k.startswith("MASB_KAFKA_") or k == "MASB_KAFKA_CONFIG"}
+    worker = WorkerProcess(env, deployment.workdir / "worker.log")
     try:
         worker.wait_healthy()
         say(f"worker started (metrics at {worker.url('/metrics')})")
         events = scenario(datetime.now(timezone.utc))
 
+        pseudonyms = PseudonymKeys.load_dir(keys_dir)  # the units' copy of the case pseudonym key
+
         async def publish() -> None:
             for unit_id in sorted({e["header"]["unit_id"] for e in events}):
                 unit_key = Keyring.load_dir(keys_dir, unit_id, kind="signing").current
-                async with Publisher(bootstrap, policy, unit_key, topics) as publisher:
+                async with Publisher(bootstrap, policy, unit_key, topics, pseudonyms=pseudonyms,
+                                     security=identities.unit(unit_id)) as publisher:
                     for event in (e for e in events if e["header"]["unit_id"] == unit_id):
                         await publisher.publish(event)
                     if unit_id == events[0]["header"]["unit_id"]:
@@ -130,26 +216,29 @@ def _run(bootstrap: str, workdir: Path, started: float, keep: bool) -> int:
         for event in events:
             for share in policy.routing(event["header"]["event_type"], event["header"]["area"]):
                 expected[share.agency_id] = expected.get(share.agency_id, 0) + 1
-        received, problems = asyncio.run(collect_feeds(bootstrap, topics, policy, keys_dir, expected, timeout=45))
+        received, problems = asyncio.run(collect_feeds(bootstrap, topics, policy, keys_dir, expected, timeout=45,
+                                                       identities=identities))
         _print_summary(events, policy, received)
-        refused = _dead_letters(bootstrap, topics)
+        refused = _dead_letters(bootstrap, topics, identities.operator)
         say(f"dead-letter topic {topics.dead_letter}: {len(refused)} refused record(s), kept with their reasons: "
             + "; ".join(f"{code} ({reason})" for code, reason in refused))
 
         missing = {a: n - len(received[a]) for a, n in expected.items() if len(received[a]) < n}
-        asyncio.run(_send_receipts(bootstrap, topics, policy, keys_dir, received))
-        # policy change + deliveries + one refusal + one receipt per delivery
-        entries_expected = 1 + sum(expected.values()) + 1 + sum(len(v) for v in received.values())
-        verified = _verify_audit(bootstrap, topics, policy, worker, entries_expected)
+        asyncio.run(_send_receipts(bootstrap, topics, policy, keys_dir, received, identities))
+        # [ACL change +] policy change + deliveries + one refusal + one receipt per delivery
+        entries_expected = (identities.broker is not None) + 1 + sum(expected.values()) + 1 + sum(
+            len(v) for v in received.values())
+        verified = _verify_audit(bootstrap, topics, policy, worker, entries_expected, identities.auditor)
+        denied = _show_a_denial(bootstrap, topics, policy, identities) if identities.broker is not None else True
         elapsed = time.monotonic() - started
-        ok = not missing and not problems and verified and len(refused) == 1
+        ok = not missing and not problems and verified and len(refused) == 1 and denied
         for agency, n in missing.items():
             say(f"MISSING: {agency} did not receive {n} expected envelope(s)")
         for problem in problems:
             say(f"PROBLEM: {problem}")
         say(f"demo {'completed' if ok else 'FAILED'} in {elapsed:.1f}s")
         if keep:
-            _keep_running(bootstrap, prefix, deployment, worker)
+            _keep_running(bootstrap, prefix, deployment, worker, identities)
         else:
             say("to keep exploring: `masb demo --keep` leaves the broker and the worker running and prints "
                 "the settings that make every other masb command work against them")
@@ -158,18 +247,23 @@ def _run(bootstrap: str, workdir: Path, started: float, keep: bool) -> int:
         worker.stop()
 
 
-def _keep_running(bootstrap: str, prefix: str, deployment, worker) -> None:
+def _keep_running(bootstrap: str, prefix: str, deployment, worker, identities: Identities) -> None:
     """Leave the broker and the worker running until Ctrl-C, with settings every command can use."""
     settings = {"MASB_BOOTSTRAP": bootstrap, "MASB_TOPIC_PREFIX": prefix,
                 "MASB_POLICY": str(deployment.policy_path.resolve()), "MASB_KEYS_DIR": str(deployment.keys_dir.resolve())}
+    as_agency = ""
+    if identities.broker is not None:  # the auditor's identity by default; an agency's for consume
+        settings["MASB_KAFKA_CONFIG"] = str(identities.properties["masb-auditor"].resolve())
     env_file = deployment.workdir / "env"
     env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in settings.items()))
     agency = deployment.policy.agencies[0].id
+    if identities.broker is not None:
+        as_agency = f"MASB_KAFKA_CONFIG={identities.properties[f'masb-agency-{agency}'].resolve()} "
     key = next(deployment.keys_dir.glob(f"{agency}.exchange.*.key"), None)
     say("")
     say("The broker and the worker keep running until you press Ctrl-C. In another terminal:")
     say(f"  source {env_file}")
-    say(f"  masb consume --agency {agency} --key {key}        # what {agency} received, decrypted")
+    say(f"  {as_agency}masb consume --agency {agency} --key {key}        # what {agency} received, decrypted")
     say("  masb audit verify                                   # replay the exchange log against its checkpoints")
     say("  masb audit report --format html --out report.html   # who received what, when, and why")
     say("  masb policy explain $MASB_POLICY MARAC_REFERRAL worcestershire")
@@ -206,30 +300,51 @@ def _print_summary(events, policy, received) -> None:
     say("")
 
 
-def _dead_letters(bootstrap, topics) -> list[tuple[str, str]]:
+def _dead_letters(bootstrap, topics, security=None) -> list[tuple[str, str]]:
     from streams.kafka import read_topic
     from streams.routing import decode_dead_letter
 
     async def read() -> list[tuple[str, str]]:
-        letters = [decode_dead_letter(r.value) async for r in read_topic(bootstrap, topics.dead_letter)]
+        letters = [decode_dead_letter(r.value) async for r in read_topic(bootstrap, topics.dead_letter,
+                                                                         security=security)]
         return [(letter["reason_code"], letter["reason"]) for letter in letters]
 
     return asyncio.run(read())
 
 
-async def _send_receipts(bootstrap, topics, policy, keys_dir, received) -> None:
+async def _send_receipts(bootstrap, topics, policy, keys_dir, received, identities: Identities) -> None:
     """Every agency tells the exchange log it received what it decrypted (docs/receipts.md)."""
     from streams.crypto.keys import Keyring
     from streams.partner import ReceiptSender
 
     for agency, envelopes in received.items():
         agency_key = Keyring.load_dir(keys_dir, agency).current
-        async with ReceiptSender(bootstrap, policy, agency_key, topics) as receipts:
+        async with ReceiptSender(bootstrap, policy, agency_key, topics, security=identities.agency(agency)) as receipts:
             for envelope in envelopes:
                 await receipts.send(envelope, "RECEIVED")
 
 
-def _verify_audit(bootstrap, topics, policy, worker, entries_expected: int) -> bool:
+def _show_a_denial(bootstrap, topics, policy, identities: Identities) -> bool:
+    """One agency tries to read another's feed: the broker refuses it (what ACLs are for)."""
+    from streams.errors import AccessDenied
+    from streams.kafka import read_topic
+
+    reader, victim = policy.agencies[0].id, policy.agencies[1].id
+
+    async def read() -> None:
+        async for _ in read_topic(bootstrap, topics.partner(victim), security=identities.agency(reader)):
+            pass
+
+    try:
+        asyncio.run(read())
+    except AccessDenied as exc:
+        say(f"{reader} tried to read {victim}'s feed: {exc}")
+        return True
+    say(f"PROBLEM: {reader} could read {victim}'s feed")
+    return False
+
+
+def _verify_audit(bootstrap, topics, policy, worker, entries_expected: int, security=None) -> bool:
     from streams.audit.report import Filters, build_report
     from streams.audit.verify import verify_log
     from streams.auditing import DEFAULT_ORIGIN, checkpoint_verifiers, read_log
@@ -239,7 +354,7 @@ def _verify_audit(bootstrap, topics, policy, worker, entries_expected: int) -> b
     report = None
     while time.monotonic() < deadline:
         worker.request_checkpoint()
-        snapshot = asyncio.run(read_log(bootstrap, topics))
+        snapshot = asyncio.run(read_log(bootstrap, topics, security=security))
         report = verify_log(snapshot.entries, snapshot.checkpoints, verifiers, DEFAULT_ORIGIN)
         if len(snapshot.entries) >= entries_expected and report.ok and report.uncovered_entries == 0:
             say(f"audit log: {report.entries} entries, {report.checkpoints_checked} signed checkpoints, "

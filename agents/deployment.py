@@ -33,10 +33,12 @@ class Deployment:
 
 
 def prepare_deployment(workdir: Path, template: Path = DEMO_DIR / "policy.template.yaml") -> Deployment:
-    """Fresh private keys for every party a policy template names, and the policy rendered with them."""
+    """Fresh private keys for every party a policy template names, one case pseudonym key (shared
+    by the units and the router), the case-key secrets, and the policy rendered with them."""
     from streams.audit.case_keys import CASE_KEYS_DIR
     from streams.audit.shared_case_keys import CaseKeySecrets
     from streams.crypto.keys import generate_key, write_private_key
+    from streams.crypto.pseudonym import file_name, generate_pseudonym_key, write_pseudonym_key
     from streams.policy import load_policy, render_template, template_placeholders
 
     text = template.read_text()
@@ -48,6 +50,8 @@ def prepare_deployment(workdir: Path, template: Path = DEMO_DIR / "policy.templa
         write_private_key(keys_dir / f"{owner}.{kind}.{record.key_id}.key", record)
         public[(owner, kind)] = (record.key_id, base64.b64encode(record.public_key).decode())
     CaseKeySecrets.create(keys_dir / CASE_KEYS_DIR)  # the shared case-key store's secrets
+    pseudonym_key = generate_pseudonym_key()
+    write_pseudonym_key(keys_dir / file_name(pseudonym_key), pseudonym_key)
     policy_path = workdir / "policy.yaml"
     policy_path.write_text(render_template(text, public))
     return Deployment(workdir, keys_dir, policy_path, load_policy(policy_path))
@@ -72,7 +76,7 @@ class WorkerProcess:
         self.web_port = free_port()
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents", "worker", "--web-port", str(self.web_port), "--log-level", os.environ.get("MASB_WORKER_LOG_LEVEL", "warn")],
+            [sys.executable, "-m", "agents", "worker", "--web-port", str(self.web_port), "--log-level", env.get("MASB_WORKER_LOG_LEVEL", "warn")],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
 

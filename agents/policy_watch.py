@@ -15,6 +15,7 @@ import faust
 
 from agents import metrics
 from agents.sending import AcknowledgedSender, Message
+from streams.errors import MasbError
 from streams.kafka import ensure_topics
 from streams.crypto.keys import KeyFileError
 from streams.policy import PolicyError, load_policy
@@ -84,7 +85,15 @@ async def reload(runtime, sender: AcknowledgedSender, path) -> None:
                   getattr(exc, "args", [type(exc).__name__])[0])
         return
     # New agencies need their feed before the first envelope is sent to them.
-    await ensure_topics(runtime.settings.bootstrap, worker_topic_specs(runtime, runtime.topics, new))
+    try:
+        await ensure_topics(runtime.settings.bootstrap, worker_topic_specs(runtime, runtime.topics, new))
+    except MasbError as exc:  # e.g. a new agency's feed, on a cluster where only the admin creates topics
+        metrics.POLICY_RELOAD_FAILURES.inc()
+        log.error("policy version %d not put in force, keeping version %d: %s (tried again every %.0fs; on a "
+                  "locked-down cluster run `masb acl apply` with the new policy)", new.version,
+                  runtime.policy.version, exc, runtime.settings.policy_poll_interval)
+        runtime.policy_mtime = None  # try again at the next poll
+        return
     previous = runtime.policy
     runtime.policy = new
     runtime.identity = identity

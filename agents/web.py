@@ -37,6 +37,23 @@ def install(app: faust.App, runtime) -> None:
             return self.json({"requested": True}, status=202)
 
     if runtime.settings.fault_injection:
+        @app.page("/debug/asyncio")
+        async def asyncio_tasks(self, request):
+            """Every asyncio task of the worker and where it waits (diagnosis of a stuck worker)."""
+            import asyncio
+            import io
+
+            out = io.StringIO()
+            for task in asyncio.all_tasks():
+                out.write(f"--- {task.get_name()}\n")
+                awaited = task.get_coro()
+                while awaited is not None:  # the chain of awaits, outermost first
+                    frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+                    where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else ""
+                    out.write(f"    {getattr(awaited, '__qualname__', type(awaited).__name__)} {where}\n")
+                    awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+            return self.text(out.getvalue())
+
         @app.page("/debug/tasks/{name}/{fault}")
         class InjectFault(faust.web.View):
             async def post(self, request, name: str, fault: str):

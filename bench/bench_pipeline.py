@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.deployment import DEMO_DIR, WorkerProcess, prepare_deployment, worker_env  # noqa: E402
 from deploy.brokers import KafkaBroker, TansuBroker  # noqa: E402
 from streams.crypto.keys import Keyring  # noqa: E402
+from streams.crypto.pseudonym import PseudonymKeys  # noqa: E402
 from streams.kafka import producer  # noqa: E402
 from streams.publisher import prepare  # noqa: E402
 from streams.topics import Topics  # noqa: E402
@@ -32,10 +33,11 @@ from streams.topics import Topics  # noqa: E402
 def make_records(deployment, n: int) -> list[tuple[bytes, bytes]]:
     template = json.loads((DEMO_DIR / "events" / "01_dash_worcestershire.json").read_text())
     unit_key = Keyring.load_dir(deployment.keys_dir, "hau-worcestershire", kind="signing").current
+    pseudonyms = PseudonymKeys.load_dir(deployment.keys_dir)
     records = []
     for _ in range(n):
         template["header"]["event_id"] = str(uuid.uuid4())
-        records.append(prepare(template, deployment.policy, unit_key))
+        records.append(prepare(template, deployment.policy, unit_key, pseudonyms))
     return records
 
 

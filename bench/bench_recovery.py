@@ -25,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.app import app_id  # noqa: E402
 from agents.deployment import WorkerProcess, prepare_deployment, worker_env  # noqa: E402
 from deploy.brokers import KafkaBroker  # noqa: E402
 from streams.kafka import admin, producer  # noqa: E402
@@ -85,7 +84,7 @@ def main() -> None:
         workdir = Path(tempfile.mkdtemp(prefix="recovery-"))
         deployment = prepare_deployment(workdir)
         prefix = f"rec-{uuid.uuid4().hex[:6]}."
-        changelog = f"{app_id(Topics(prefix))}-seen-events-changelog"
+        changelog = Topics(prefix).changelog("seen-events")
         asyncio.run(fill_changelog(broker.bootstrap, changelog, args.remembered))
         rows = [
             ("memory, cold", start_worker(deployment, broker.bootstrap, prefix, "memory", workdir / "mem",

@@ -35,6 +35,7 @@ from streams import codec
 from streams.audit.case_keys import CaseKeyStore
 from streams.audit.entry import decode_entry, encode_entry, make_entry
 from streams.crypto.keys import Keyring, generate_key
+from streams.crypto.pseudonym import PseudonymKeys, generate_pseudonym_key
 from streams.crypto.publication import open_publication
 from streams.policy import deliver_by, parse_policy
 from streams.publisher import prepare
@@ -102,13 +103,14 @@ class Scenario:
         self._case_dir = tempfile.TemporaryDirectory(prefix="masb-bench-case-keys-")
         identity = RouterIdentity(exchange=Keyring(ROUTER_ID, [router_exchange], kind="exchange"),
                                   signing=Keyring(ROUTER_ID, [router_signing], kind="signing"),
-                                  case_keys=CaseKeyStore(self._case_dir.name))
+                                  case_keys=CaseKeyStore(self._case_dir.name),
+                                  pseudonyms=PseudonymKeys([generate_pseudonym_key()]))
         self.identity = identity
         self.router = Router(self.policy, identity, Topics("bench."))
         self.sealer = identity.sealer()
         self.router_keys = {router_exchange.key_id: router_exchange}
         self.event = json.loads(EVENT_FILE.read_text())
-        key, value = prepare(self.event, self.policy, self.unit_key)
+        key, value = prepare(self.event, self.policy, self.unit_key, identity.pseudonyms)
         self.record = InputRecord("bench.case-events", 0, 0, key, value)
         self.wire = codec.encode_event(self.event)
         self.shares = self.policy.routing("MARAC_REFERRAL", AREA)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.deployment import DEMO_DIR, WorkerProcess, prepare_deployment, worker_env  # noqa: E402
 from deploy.brokers import KafkaBroker  # noqa: E402
 from streams.crypto.keys import Keyring  # noqa: E402
+from streams.crypto.pseudonym import PseudonymKeys  # noqa: E402
 from streams.kafka import producer  # noqa: E402
 from streams.publisher import prepare  # noqa: E402
 from streams.topics import Topics  # noqa: E402
@@ -47,9 +48,10 @@ def routed(worker: WorkerProcess) -> int:
 def records(deployment, n: int):
     template = json.loads((DEMO_DIR / "events" / "02_marac_worcestershire.json").read_text())
     unit_key = Keyring.load_dir(deployment.keys_dir, "hau-worcestershire", kind="signing").current
+    pseudonyms = PseudonymKeys.load_dir(deployment.keys_dir)
     for _ in range(n):
         template["header"]["event_id"] = str(uuid.uuid4())
-        yield prepare(template, deployment.policy, unit_key)
+        yield prepare(template, deployment.policy, unit_key, pseudonyms)
 
 
 async def publish(bootstrap: str, topic: str, batch) -> None:

@@ -15,6 +15,7 @@ from streams.audit.checkpoint import verifier_key_string
 from streams.audit.checkpoint_record import CheckpointRecordError, note_of
 from streams.audit.trust import Witnesses
 from streams.kafka import read_topic
+from streams.kafka_security import KafkaSecurity
 from streams.policy import Policy
 from streams.topics import Topics
 
@@ -42,16 +43,18 @@ class LogSnapshot:
     malformed_checkpoint_offsets: list[int]
 
 
-async def read_log(bootstrap: str, topics: Topics, progress: Callable[[int], None] | None = None) -> LogSnapshot:
-    """Checkpoints first, then entries: every checkpoint read then covers entries that exist."""
+async def read_log(bootstrap: str, topics: Topics, progress: Callable[[int], None] | None = None, *,
+                   security: KafkaSecurity | None = None) -> LogSnapshot:
+    """Checkpoints first, then entries: every checkpoint read then covers entries that exist.
+    ``security``: how to connect (None: the environment's settings, docs/security.md)."""
     checkpoints, malformed = [], []
-    async for record in read_topic(bootstrap, topics.checkpoints, committed_only=True):
+    async for record in read_topic(bootstrap, topics.checkpoints, security=security, committed_only=True):
         try:
             checkpoints.append(note_of(record.value or b""))
         except CheckpointRecordError:
             malformed.append(record.offset)
     entries = []
-    async for record in read_topic(bootstrap, topics.audit):
+    async for record in read_topic(bootstrap, topics.audit, security=security):
         entries.append((record.offset, record.value or b""))
         if progress is not None:
             progress(len(entries))

@@ -2,7 +2,7 @@
 
 Run by the unit itself, next to its case system (its private signing key never leaves the unit):
 
-    app = build_ingest_app(IngestService(bootstrap, policy, unit_key, topics))
+    app = build_ingest_app(IngestService(bootstrap, policy, unit_key, topics, pseudonyms=pseudonym_keys))
     POST /events   JSON object or array of objects -> validate, sign, seal, produce, wait for acks
     GET  /health   200 when Kafka answers, 503 when it does not
     GET  /metrics  Prometheus counters of this ingest (labels: status codes and event types only)
@@ -28,8 +28,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from streams import codec, jsonin
 from streams.crypto.keys import PrivateKeyRecord
+from streams.crypto.pseudonym import PseudonymKeys
 from streams.errors import InvalidInput
 from streams.kafka import producer as make_producer
+from streams.kafka_security import KafkaSecurity
 from streams.policy import Policy
 from streams.publisher import PublishRefused, prepare
 from streams.topics import Topics
@@ -75,7 +77,8 @@ class IngestService:
     """Checks and produces events for one unit; owns one Kafka producer, (re)started on demand."""
 
     def __init__(self, bootstrap: str, policy: Policy, unit_key: PrivateKeyRecord, topics: Topics | None = None,
-                 *, send_timeout: float = DEFAULT_SEND_TIMEOUT, token: str | None = None,
+                 *, pseudonyms: PseudonymKeys, security: KafkaSecurity | None = None,
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT, token: str | None = None,
                  max_body_bytes: int = MAX_BODY_BYTES, max_events: int = MAX_EVENTS_PER_REQUEST):
         if unit_key.kind != "signing":
             raise IngestConfigError("the key given is not a signing key")
@@ -86,8 +89,10 @@ class IngestService:
             raise IngestConfigError(f"signing key {unit_key.key_id} is not a trusted key of {unit.id} "
                                     f"in policy version {policy.version} (unknown or revoked)")
         self.bootstrap = bootstrap
+        self.security = security  # None: the environment's settings (docs/security.md)
         self.policy = policy
         self.unit_key = unit_key
+        self.pseudonyms = pseudonyms
         self.unit_id = unit.id
         self.topics = topics or Topics.from_env()
         self.send_timeout = send_timeout
@@ -105,7 +110,7 @@ class IngestService:
         for i, event in enumerate(events):
             index = i if indexed else None
             try:
-                key, value = prepare(event, self.policy, self.unit_key)
+                key, value = prepare(event, self.policy, self.unit_key, self.pseudonyms)
             except codec.EventValidationError as exc:
                 problems += [Problem(e.path, e.problem, index) for e in exc.errors]
                 invalid = True
@@ -125,7 +130,8 @@ class IngestService:
     async def _ready_producer(self) -> AIOKafkaProducer:
         async with self._lock:
             if self._producer is None:
-                candidate = make_producer(self.bootstrap, request_timeout_ms=int(self.send_timeout * 1000))
+                candidate = make_producer(self.bootstrap, security=self.security,
+                                          request_timeout_ms=int(self.send_timeout * 1000))
                 try:
                     await asyncio.wait_for(candidate.start(), self.send_timeout)
                 except Exception:

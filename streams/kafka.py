@@ -9,16 +9,20 @@ reached) and stopped in a ``finally`` by the function that started it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
+    KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
@@ -27,6 +31,7 @@ from aiokafka.errors import (
 )
 
 from streams.errors import AccessDenied, BrokerUnavailable, InvalidInput, MasbError
+from streams.kafka_security import KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +39,117 @@ _DENIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError, Cluster
            TransactionalIdAuthorizationFailed, SaslAuthenticationFailed, AuthenticationFailedError)
 
 
-def broker_error(exc: BaseException, bootstrap: str) -> MasbError:
+def broker_error(exc: BaseException, bootstrap: str, *, security: KafkaSecurity | None = None,
+                 operation: str | None = None, resource: str | None = None) -> MasbError:
     """The MASB error for an aiokafka failure: AccessDenied for authentication and authorization
-    refusals, BrokerUnavailable for everything else (connection, timeouts, broker errors)."""
+    refusals, BrokerUnavailable for everything else (connection, timeouts, broker errors).
+
+    ``operation`` and ``resource`` (e.g. "READ", "topic partner.x") say what was refused, so that
+    the message names the principal, the operation and the resource in one line.
+    """
     if isinstance(exc, MasbError):
         return exc
     name = type(exc).__name__
+    if isinstance(exc, (SaslAuthenticationFailed, AuthenticationFailedError)):
+        who = _principal(security)
+        return AccessDenied(f"Kafka at {bootstrap} refused to authenticate {who}: unknown user or wrong password",
+                            hint="check sasl.username and the password file (docs/security.md, client settings)")
+    if isinstance(exc, ssl.SSLError) and _tls_refusal(exc):
+        return AccessDenied(f"TLS with Kafka at {bootstrap} failed for {_principal(security)}: "
+                            f"{_tls_reason(exc)}",
+                            hint="check ssl.cafile (the CA of the broker's certificate) and the client certificate")
     if isinstance(exc, _DENIED):
-        return AccessDenied(f"Kafka at {bootstrap} refused the operation ({name})",
-                            hint="check the client's credentials and the ACLs granted to its principal")
+        what = resource or _resource_of(exc)
+        action = f"{operation} on {what}" if operation and what else (what and f"access to {what}") or "the operation"
+        return AccessDenied(f"Kafka at {bootstrap} denied {_principal(security)} {action} ({name})",
+                            hint="the principal's ACLs do not allow it; `masb acl diff` compares the cluster's ACLs "
+                                 "with those the policy calls for (docs/security.md)")
     if isinstance(exc, (KafkaError, asyncio.TimeoutError, OSError)):
         return BrokerUnavailable(bootstrap, name)
     raise TypeError(f"not a broker error: {name}")
 
 
-async def start_client(client, bootstrap: str) -> None:
+def _principal(security: KafkaSecurity | None) -> str:
+    try:
+        return (security or KafkaSecurity.from_env()).principal
+    except MasbError:
+        return "this client"
+
+
+def _resource_of(exc: BaseException) -> str | None:
+    """The topic or group an aiokafka authorization error names, if it names one."""
+    for arg in getattr(exc, "args", ()):
+        if isinstance(arg, str) and arg and " " not in arg:
+            kind = "group" if isinstance(exc, GroupAuthorizationFailedError) else "topic"
+            return f"{kind} {arg}"
+        if isinstance(arg, (set, frozenset, list, tuple)) and arg and all(isinstance(a, str) for a in arg):
+            return "topic " + ", ".join(sorted(arg))
+    if isinstance(exc, ClusterAuthorizationFailedError):
+        return "the cluster"
+    return None
+
+
+def _tls_refusal(exc: ssl.SSLError) -> bool:
+    """A handshake one side refused (untrusted or missing certificate), not a dropped connection."""
+    reason = (getattr(exc, "reason", None) or "").lower()
+    return isinstance(exc, ssl.SSLCertVerificationError) or "alert" in reason or "certificate" in reason
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the broker's certificate is not trusted ({getattr(exc, 'verify_message', None) or exc})"
+    reason = (getattr(exc, "reason", None) or "").lower().replace("_", " ")
+    if "certificate" in reason or "alert" in reason:
+        return f"the broker refused the client certificate ({reason})"
+    return reason or type(exc).__name__
+
+
+@contextlib.contextmanager
+def kafka_operation(bootstrap: str, operation: str, resource: str, security: KafkaSecurity | None = None):
+    """Turn aiokafka failures inside the block into MASB errors that name ``operation`` on
+    ``resource`` (e.g. "WRITE", "topic case-events") and the principal."""
+    try:
+        yield
+    except MasbError:
+        raise
+    except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+        raise broker_error(exc, bootstrap, security=security, operation=operation, resource=resource) from None
+
+
+async def start_client(client, bootstrap: str, security: KafkaSecurity | None = None) -> None:
     """Start an aiokafka client; if that fails, close it (no 'Unclosed' warnings) and raise a
-    MASB error naming the broker."""
+    MASB error naming the broker, and the principal if the broker refused its credentials."""
     try:
         await client.start()
     except BaseException as exc:
         await stop_quietly(client)
         if isinstance(exc, (KafkaError, asyncio.TimeoutError, OSError)):
-            raise broker_error(exc, bootstrap) from None
+            cause = await _diagnose(bootstrap, security) if isinstance(exc, KafkaConnectionError) else None
+            raise broker_error(cause or exc, bootstrap, security=security) from None
         raise
+
+
+async def _diagnose(bootstrap: str, security: KafkaSecurity | None) -> BaseException | None:
+    """Why a client could not bootstrap: aiokafka logs a refused login or TLS handshake and then
+    only says it could not connect. One connection of our own to the first address tells which."""
+    try:
+        security = security or KafkaSecurity.from_env()
+    except MasbError:
+        return None
+    if security.protocol == "PLAINTEXT":
+        return None
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        conn = await create_conn(host or "127.0.0.1", int(port), request_timeout_ms=5000,
+                                 **security.aiokafka_options())
+    except (SaslAuthenticationFailed, AuthenticationFailedError, ssl.SSLError) as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - unreachable or anything else: the original error stands
+        # A client certificate the broker refuses shows once the handshake's alert is read: as
+        # the cause of the closed connection.
+        return exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else None
+    conn.close()
+    return None
 
 
 async def stop_quietly(client, timeout: float = 3.0) -> None:
@@ -69,15 +161,22 @@ async def stop_quietly(client, timeout: float = 3.0) -> None:
         pass
 
 
-def admin(bootstrap: str, **overrides) -> AIOKafkaAdminClient:
-    options = {"bootstrap_servers": bootstrap}
+def connection_options(security: KafkaSecurity | None = None) -> dict:
+    """aiokafka keyword arguments for TLS and SASL: ``security``, or the environment's settings
+    (MASB_KAFKA_CONFIG, MASB_KAFKA_*; docs/security.md) when None. KafkaSettingsError (exit 2)
+    if they are incomplete."""
+    return (security or KafkaSecurity.from_env()).aiokafka_options()
+
+
+def admin(bootstrap: str, *, security: KafkaSecurity | None = None, **overrides) -> AIOKafkaAdminClient:
+    options = {"bootstrap_servers": bootstrap, **connection_options(security)}
     options.update(overrides)
     return AIOKafkaAdminClient(**options)
 
 
-def consumer(bootstrap: str, **overrides) -> AIOKafkaConsumer:
+def consumer(bootstrap: str, *, security: KafkaSecurity | None = None, **overrides) -> AIOKafkaConsumer:
     """A consumer without auto-commit: callers decide what has been handled."""
-    options = {"bootstrap_servers": bootstrap, "enable_auto_commit": False}
+    options = {"bootstrap_servers": bootstrap, "enable_auto_commit": False, **connection_options(security)}
     options.update(overrides)
     return AIOKafkaConsumer(**options)
 
@@ -97,35 +196,32 @@ class TopologyMismatch(InvalidInput):
     """The cluster's topics or brokers disagree with the deployment's settings."""
 
 
-async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
+async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], security: KafkaSecurity | None = None) -> None:
     """Create the topics that do not exist yet; refuse (TopologyMismatch) if an existing topic that
     must have an exact partition count has another one, or a replication factor exceeds the number
-    of brokers. Existing topics are otherwise left as they are."""
+    of brokers. Existing topics are otherwise left as they are.
+
+    On a locked-down cluster the worker has no CREATE right: the topics are provisioned up front
+    (`masb acl apply`), and a missing one is AccessDenied naming it (docs/security.md).
+    """
     specs = list(specs)
-    client = admin(bootstrap)
-    await start_client(client, bootstrap)
+    client = admin(bootstrap, security=security)
+    await start_client(client, bootstrap, security)
     try:
-        brokers = len((await client.describe_cluster()).get("brokers") or [])
+        with kafka_operation(bootstrap, "DESCRIBE", "the cluster", security):
+            brokers = len((await client.describe_cluster()).get("brokers") or [])
         wanted = max((s.replication for s in specs), default=1)
         if brokers and wanted > brokers:
             raise TopologyMismatch(f"replication factor {wanted} needs {wanted} brokers, but the cluster at {bootstrap} "
                                    f"has {brokers}", hint="set MASB_REPLICATION_FACTOR (and MASB_MIN_INSYNC_REPLICAS) "
                                                           "to fit the cluster; 1 for a single broker")
-        existing = set(await client.list_topics())
-        await _check_partitions(client, [s for s in specs if s.exact_partitions and s.name in existing])
-        for spec in (s for s in specs if s.name not in existing):  # one at a time: another creator may race
-            try:
-                await client.create_topics([NewTopic(spec.name, spec.partitions, spec.replication,
-                                                     topic_configs=spec.config or {})])
-            except TopicAlreadyExistsError:
-                pass
-            except Exception as exc:
-                # Some brokers (Tansu) refuse some topic configs; the topic still matters more.
-                if spec.config:
-                    log.warning("creating topic %s with config failed (%s); creating without", spec.name, type(exc).__name__)
-                    await client.create_topics([NewTopic(spec.name, spec.partitions, spec.replication)])
-                else:
-                    raise
+        with kafka_operation(bootstrap, "DESCRIBE", "the cluster's topics", security):
+            existing = set(await client.list_topics())
+            await _check_partitions(client, [s for s in specs if s.exact_partitions and s.name in existing])
+        missing = [s for s in specs if s.name not in existing]
+        for spec in missing:  # one at a time: a race with another creator is not an error
+            with kafka_operation(bootstrap, "CREATE", f"topic {spec.name}", security):
+                await _create_topic(client, spec)
     finally:
         await client.close()
 
@@ -142,9 +238,26 @@ async def _check_partitions(client, specs: list[TopicSpec]) -> None:
                                                               "every worker (it cannot change once data flows)")
 
 
-def producer(bootstrap: str, **overrides) -> AIOKafkaProducer:
+async def _create_topic(client, spec: TopicSpec) -> None:
+    try:
+        await client.create_topics([NewTopic(spec.name, spec.partitions, spec.replication,
+                                             topic_configs=spec.config or {})])
+    except TopicAlreadyExistsError:
+        pass
+    except _DENIED:
+        raise
+    except Exception as exc:
+        # Some brokers (Tansu) refuse some topic configs; the topic still matters more.
+        if spec.config:
+            log.warning("creating topic %s with config failed (%s); creating without", spec.name, type(exc).__name__)
+            await client.create_topics([NewTopic(spec.name, spec.partitions, spec.replication)])
+        else:
+            raise
+
+
+def producer(bootstrap: str, *, security: KafkaSecurity | None = None, **overrides) -> AIOKafkaProducer:
     """A producer that waits for all in-sync replicas: a case event must not be lost."""
-    options = {"bootstrap_servers": bootstrap, "acks": "all", "linger_ms": 5}
+    options = {"bootstrap_servers": bootstrap, "acks": "all", "linger_ms": 5, **connection_options(security)}
     options.update(overrides)
     return AIOKafkaProducer(**options)
 
@@ -166,6 +279,7 @@ async def read_topic(
     from_offsets: dict[int, int] | None = None,
     follow: bool = False,
     idle_timeout: float | None = None,
+    security: KafkaSecurity | None = None,
     partitions: Iterable[int] | None = None,
     committed_only: bool = False,
 ) -> AsyncIterator[Record]:
@@ -175,46 +289,59 @@ async def read_topic(
     the first poll that brings nothing new. With ``follow`` it keeps waiting for new records, until
     ``idle_timeout`` seconds pass with none (if given). ``partitions`` limits the read to those
     partitions; ``committed_only`` skips records of aborted transactions (read_committed).
+    AccessDenied if the principal may not read the topic.
     """
-    wanted = set(partitions) if partitions is not None else None
-    reader = consumer(bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_bytes=16 * 1024 * 1024,
+    reader = consumer(bootstrap, security=security, group_id=None, auto_offset_reset="earliest",
+                      fetch_max_bytes=16 * 1024 * 1024,
                       isolation_level="read_committed" if committed_only else "read_uncommitted")
-    await start_client(reader, bootstrap)
+    await start_client(reader, bootstrap, security)
     try:
-        available = reader.partitions_for_topic(topic)
-        if available is None:
-            # Metadata may not be loaded yet for a topic created a moment ago.
-            await reader._client.force_metadata_update()
-            available = reader.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(available) if wanted is None or p in wanted]
-        if not tps:
-            return
-        reader.assign(tps)
-        for tp in tps:
-            if from_offsets and tp.partition in from_offsets:
-                reader.seek(tp, from_offsets[tp.partition])
-            else:
-                await reader.seek_to_beginning(tp)
-        end = await reader.end_offsets(tps)
-        remaining = {tp for tp in tps if await reader.position(tp) < end[tp]}
-        loop = asyncio.get_running_loop()
-        idle_since = loop.time()
-        while True:
-            batch = await reader.getmany(timeout_ms=500 if (follow or remaining) else 200)
-            if not batch:
-                if not follow and not remaining:
-                    # Past the end offsets seen at the start and nothing more came: done. (Some
-                    # brokers, Tansu among them, report an end offset short of multi-record
-                    # batches, so the reported end alone is not trusted.)
-                    return
-                if idle_timeout is not None and loop.time() - idle_since > idle_timeout:
-                    return
-                continue
-            idle_since = loop.time()
-            for tp, messages in batch.items():
-                for m in messages:
-                    yield Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-                if tp in remaining and await reader.position(tp) >= end[tp]:
-                    remaining.discard(tp)
+        with kafka_operation(bootstrap, "READ", f"topic {topic}", security):
+            async for record in _read(reader, topic, from_offsets, follow, idle_timeout, partitions):
+                yield record
     finally:
         await reader.stop()
+
+
+async def _read(reader: AIOKafkaConsumer, topic: str, from_offsets, follow: bool, idle_timeout,
+                wanted: Iterable[int] | None = None) -> AsyncIterator[Record]:
+    wanted = set(wanted) if wanted is not None else None
+    partitions = reader.partitions_for_topic(topic)
+    if partitions is None:
+        # Metadata may not be loaded yet for a topic created a moment ago; a topic this
+        # principal may not describe is listed as unauthorized, not left out silently.
+        await reader._client.add_topic(topic)
+        await reader._client.force_metadata_update()
+        if topic in reader._client.cluster.unauthorized_topics:
+            raise TopicAuthorizationFailedError(topic)
+        partitions = reader.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions) if wanted is None or p in wanted]
+    if not tps:
+        return
+    reader.assign(tps)
+    for tp in tps:
+        if from_offsets and tp.partition in from_offsets:
+            reader.seek(tp, from_offsets[tp.partition])
+        else:
+            await reader.seek_to_beginning(tp)
+    end = await reader.end_offsets(tps)
+    remaining = {tp for tp in tps if await reader.position(tp) < end[tp]}
+    loop = asyncio.get_running_loop()
+    idle_since = loop.time()
+    while True:
+        batch = await reader.getmany(timeout_ms=500 if (follow or remaining) else 200)
+        if not batch:
+            if not follow and not remaining:
+                # Past the end offsets seen at the start and nothing more came: done. (Some
+                # brokers, Tansu among them, report an end offset short of multi-record
+                # batches, so the reported end alone is not trusted.)
+                return
+            if idle_timeout is not None and loop.time() - idle_since > idle_timeout:
+                return
+            continue
+        idle_since = loop.time()
+        for tp, messages in batch.items():
+            for m in messages:
+                yield Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+            if tp in remaining and await reader.position(tp) >= end[tp]:
+                remaining.discard(tp)

@@ -20,7 +20,8 @@ from streams.crypto.envelope import (
     RouterKeys,
 )
 from streams.crypto.keys import Keyring
-from streams.kafka import read_topic
+from streams.kafka import kafka_operation, read_topic
+from streams.kafka_security import KafkaSecurity
 from streams.policy import Policy
 from streams.topics import Topics
 
@@ -47,15 +48,18 @@ class FeedItem:
 
 
 class PartnerFeed:
-    def __init__(self, bootstrap: str, opener: EnvelopeOpener, topics: Topics | None = None):
+    def __init__(self, bootstrap: str, opener: EnvelopeOpener, topics: Topics | None = None, *,
+                 security: KafkaSecurity | None = None):
         self.bootstrap = bootstrap
         self.opener = opener
         self.topics = topics or Topics.from_env()
+        self.security = security  # None: the environment's settings (docs/security.md)
         self._seen: set[str] = set()
 
     async def items(self, *, follow: bool = False, idle_timeout: float | None = None) -> AsyncIterator[FeedItem]:
         topic = self.topics.partner(self.opener.agency_id)
-        async for record in read_topic(self.bootstrap, topic, follow=follow, idle_timeout=idle_timeout):
+        async for record in read_topic(self.bootstrap, topic, follow=follow, idle_timeout=idle_timeout,
+                                       security=self.security):
             try:
                 envelope = self.opener.open(record.value or b"")
             except EnvelopeError as exc:
@@ -75,19 +79,21 @@ class ReceiptSender:
             await receipts.send(envelope, "ACKNOWLEDGED")    # taken into the agency's case work
     """
 
-    def __init__(self, bootstrap: str, policy: Policy, agency_key, topics: Topics | None = None):
+    def __init__(self, bootstrap: str, policy: Policy, agency_key, topics: Topics | None = None, *,
+                 security: KafkaSecurity | None = None):
         from streams.kafka import producer
 
         self.policy = policy
         self.agency_key = agency_key
         self.topics = topics or Topics.from_env()
         self.bootstrap = bootstrap
-        self._producer = producer(bootstrap)
+        self.security = security
+        self._producer = producer(bootstrap, security=security)
 
     async def __aenter__(self) -> "ReceiptSender":
         from streams.kafka import start_client
 
-        await start_client(self._producer, self.bootstrap)
+        await start_client(self._producer, self.bootstrap, self.security)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -100,4 +106,5 @@ class ReceiptSender:
         value = seal_receipt(agency_key=self.agency_key, router_key_id=router_key.key_id,
                              router_exchange_public=router_key.public_key, event_id=envelope.event_id,
                              envelope_sha256=envelope.envelope_sha256, status=status)
-        await self._producer.send_and_wait(self.topics.receipts, value=value, key=envelope.event_id.encode())
+        with kafka_operation(self.bootstrap, "WRITE", f"topic {self.topics.receipts}", self.security):
+            await self._producer.send_and_wait(self.topics.receipts, value=value, key=envelope.event_id.encode())

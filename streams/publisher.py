@@ -1,8 +1,11 @@
 """The harm assessment unit's client: validate a case event, encode it as Avro, sign and seal it to
-the router, and produce it to case-events keyed by its pseudonymous case reference.
+the router, and produce it to case-events keyed by the case's pseudonym (docs/keys.md, "Case
+pseudonym keys"): the broker never sees the case reference.
 
-    async with Publisher(bootstrap, policy, unit_key) as pub:
+    async with Publisher(bootstrap, policy, unit_key, pseudonyms=PseudonymKeys.load_dir(keys)) as pub:
         event_id = await pub.publish(event_dict)
+
+Connection security (TLS, SASL) comes from ``security`` or the environment (docs/security.md).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from typing import Any
 
 from streams import codec, rules
 from streams.crypto.keys import PrivateKeyRecord
+from streams.crypto.pseudonym import PseudonymKeys
 from streams.crypto.publication import seal_publication
 from streams.errors import InvalidInput
-from streams.kafka import producer, start_client
+from streams.kafka import kafka_operation, producer, start_client
+from streams.kafka_security import KafkaSecurity
 from streams.policy import Policy
 from streams.topics import Topics
 
@@ -30,8 +35,10 @@ class PublishRefused(InvalidInput, ValueError):
         self.reason_code = reason_code
 
 
-def prepare(event: dict[str, Any], policy: Policy, unit_key: PrivateKeyRecord) -> tuple[bytes, bytes]:
-    """(Kafka key, record value) for an event: the one door every publisher goes through.
+def prepare(event: dict[str, Any], policy: Policy, unit_key: PrivateKeyRecord,
+            pseudonyms: PseudonymKeys) -> tuple[bytes, bytes]:
+    """(Kafka key, record value) for an event: the one door every publisher goes through. The key
+    is the case's pseudonym under the current pseudonym key (docs/keys.md).
 
     Raises codec.EventValidationError (every invalid field) or PublishRefused. The event is
     checked with the rules of streams.rules, encoded, and the encoded bytes are then read back
@@ -54,19 +61,22 @@ def prepare(event: dict[str, Any], policy: Policy, unit_key: PrivateKeyRecord) -
     router_key = policy.router.active_exchange_key
     value = seal_publication(unit_id=unit_id, unit_signing_key=unit_key, router_key_id=router_key.key_id,
                              router_exchange_public=router_key.public_key, wire_event=wire)
-    return header["case_ref"].encode(), value
+    return pseudonyms.pseudonym(header["case_ref"]), value
 
 
 class Publisher:
-    def __init__(self, bootstrap: str, policy: Policy, unit_key: PrivateKeyRecord, topics: Topics | None = None):
+    def __init__(self, bootstrap: str, policy: Policy, unit_key: PrivateKeyRecord, topics: Topics | None = None,
+                 *, pseudonyms: PseudonymKeys, security: KafkaSecurity | None = None):
         self.policy = policy
         self.unit_key = unit_key
+        self.pseudonyms = pseudonyms
         self.topics = topics or Topics.from_env()
         self.bootstrap = bootstrap
-        self._producer = producer(bootstrap)
+        self.security = security
+        self._producer = producer(bootstrap, security=security)
 
     async def start(self) -> None:
-        await start_client(self._producer, self.bootstrap)
+        await start_client(self._producer, self.bootstrap, self.security)
 
     async def stop(self) -> None:
         await self._producer.stop()
@@ -80,10 +90,11 @@ class Publisher:
 
     async def publish(self, event: dict[str, Any]) -> str:
         """Send one event and wait for the broker's acknowledgement; returns its event id."""
-        key, value = prepare(event, self.policy, self.unit_key)
-        await self._producer.send_and_wait(self.topics.case_events, value=value, key=key)
+        key, value = prepare(event, self.policy, self.unit_key, self.pseudonyms)
+        await self.send_raw(key, value)
         return event["header"]["event_id"]
 
     async def send_raw(self, key: bytes | None, value: bytes | None) -> None:
-        """Produce bytes as they are (for tests of the router's refusals)."""
-        await self._producer.send_and_wait(self.topics.case_events, value=value, key=key)
+        """Produce bytes as they are (prepared ones, or for tests of the router's refusals)."""
+        with kafka_operation(self.bootstrap, "WRITE", f"topic {self.topics.case_events}", self.security):
+            await self._producer.send_and_wait(self.topics.case_events, value=value, key=key)

@@ -26,6 +26,7 @@ from streams import codec, rules
 from streams.audit.entry import encode_entry, make_entry
 from streams.crypto.envelope import EnvelopeSealer, envelope_sha256
 from streams.crypto.keys import Keyring
+from streams.crypto.pseudonym import PseudonymKeys, looks_like_pseudonym
 from streams.crypto.publication import PublicationError, open_publication
 from streams.policy import Policy, deliver_by
 from streams.receipts import ReceiptError, open_receipt
@@ -113,6 +114,7 @@ class RouterIdentity:
     exchange: Keyring
     signing: Keyring
     case_keys: Any = None  # streams.audit.case_keys.CaseKeyStore: seals case refs in audit entries
+    pseudonyms: PseudonymKeys | None = None  # case pseudonym keys: record keys must be pseudonyms under one
 
     def case_fields(self, case_ref: str, event_id: str, partition: int = 0) -> dict[str, Any]:
         """case_key_id, case_tag, sealed_case for an audit entry (none without a case key store).
@@ -172,8 +174,10 @@ class Router:
         refusal = rules.publisher_refusal(self.policy, opened.unit_id, header)
         if refusal is not None:
             return self.refuse(record, *refusal, unit_id=opened.unit_id, event_id=header["event_id"])
-        if record.key != header["case_ref"].encode():
-            return self.refuse(record, KEY_MISMATCH, "the record key is not the event's header.case_ref",
+        pseudonyms = self.identity.pseudonyms
+        if pseudonyms is None or not pseudonyms.matches(record.key, header["case_ref"]):
+            return self.refuse(record, KEY_MISMATCH, "the record key is not the pseudonym of header.case_ref under "
+                               "a pseudonym key the router holds (docs/keys.md)",
                                unit_id=opened.unit_id, event_id=header["event_id"])
         return Admitted(record, opened.unit_id, event, _sha256(opened.wire_event))
 
@@ -207,7 +211,7 @@ class Router:
             )
             deliveries.append(Delivery(
                 agency_id=share.agency_id, topic=self.topics.partner(share.agency_id),
-                key=header["case_ref"].encode(), envelope=envelope, audit_entry=encode_entry(entry),
+                key=admitted.record.key, envelope=envelope, audit_entry=encode_entry(entry),
             ))
         return deliveries
 
@@ -231,7 +235,9 @@ class Router:
                unit_id: str | None = None, event_id: str | None = None, copy: bool = True) -> Refusal:
         """A dead letter and a REFUSAL audit entry for ``record``. The dead letter copies the record's
         key and value (``copy``) unless they are over the dead-letter limits; it always names the
-        record's topic/partition/offset and the SHA-256 of its value."""
+        record's topic/partition/offset and the SHA-256 of its value. A record key is copied only if
+        it has the shape of a case pseudonym: the dead-letter topic is kept forever, and a key in
+        clear (a case reference from a misconfigured publisher) must not be."""
         now = self.clock()
         payload, key = (record.value, record.key) if copy else (None, None)
         if payload is not None and len(payload) > MAX_DEAD_LETTER_PAYLOAD_BYTES:
@@ -240,6 +246,9 @@ class Router:
             payload = None
         if key is not None and len(key) > MAX_DEAD_LETTER_KEY_BYTES:
             reason += f"; record key of {len(key)} bytes not copied"
+            key = None
+        elif key is not None and not looks_like_pseudonym(key):
+            reason += f"; record key of {len(key)} bytes not copied: not a case pseudonym"
             key = None
         letter = {
             "version": 1, "reason_code": reason_code, "reason": reason, "source_topic": record.topic,

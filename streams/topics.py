@@ -16,6 +16,12 @@ _AGENCY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 # for the agreed delivery window only; partners are expected to have consumed within it.
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
 
+# The worker's faust tables (agents/): each has a changelog topic <worker app id>-<table>-changelog
+# that MASB provisions up front, with the ACLs the worker needs (streams/acl.py), so the worker
+# needs no CREATE right. A new table must be listed here.
+WORKER_TABLES = ("seen-events",)
+COMPACTED = {"cleanup.policy": "compact"}
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -59,6 +65,29 @@ class Topics:
     @property
     def receipts(self) -> str:
         return f"{self.prefix}receipts"
+
+    @property
+    def worker_app_id(self) -> str:
+        """The worker's faust application id: its consumer group and the prefix of its own topics."""
+        return f"{self.prefix}masb-router"
+
+    @property
+    def checkpointer_lease(self) -> str:
+        """The consumer group whose one member signs checkpoints, and its producer's transactional id."""
+        return f"{self.worker_app_id}-checkpointer"
+
+    def changelog(self, table: str) -> str:
+        """faust's changelog topic of one of the worker's tables."""
+        return f"{self.worker_app_id}-{table}-changelog"
+
+    @property
+    def assignor_leader(self) -> str:
+        """faust's partition assignor topic (its leader election)."""
+        return f"{self.worker_app_id}-__assignor-__leader"
+
+    def partner_group(self, agency_id: str) -> str:
+        """The consumer group an agency's own systems may use on its feed (same name as the feed)."""
+        return self.partner(agency_id)
 
     def partner(self, agency_id: str) -> str:
         """One feed per agency: only envelopes addressed to it."""

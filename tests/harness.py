@@ -21,6 +21,7 @@ from typing import Any
 from agents.deployment import DEMO_DIR, Deployment, WorkerProcess, prepare_deployment, worker_env
 from streams.audit.entry import decode_entry
 from streams.crypto.keys import Keyring
+from streams.crypto.pseudonym import PseudonymKeys
 from streams.kafka import Record, producer, read_topic
 from streams.partner import FeedItem, PartnerFeed, opener_for
 from streams.publisher import Publisher
@@ -66,10 +67,16 @@ class Running:
     def keyring(self, agency_id: str) -> Keyring:
         return Keyring.load_dir(self.deployment.keys_dir, agency_id)
 
+    @property
+    def pseudonyms(self) -> PseudonymKeys:
+        """The case pseudonym keys the units and the router share (docs/keys.md)."""
+        return PseudonymKeys.load_dir(self.deployment.keys_dir)
+
     def publish(self, *events: dict, unit_id: str | None = None) -> None:
         async def go() -> None:
             unit = unit_id or events[0]["header"]["unit_id"]
-            async with Publisher(self.bootstrap, self.policy, self.unit_key(unit), self.topics) as publisher:
+            async with Publisher(self.bootstrap, self.policy, self.unit_key(unit), self.topics,
+                                 pseudonyms=self.pseudonyms) as publisher:
                 for event in events:
                     await publisher.publish(event)
 
@@ -78,7 +85,7 @@ class Running:
     def send_raw(self, key: bytes | None, value: bytes | None) -> None:
         async def go() -> None:
             async with Publisher(self.bootstrap, self.policy, self.unit_key(self.policy.units[0].id),
-                                 self.topics) as publisher:
+                                 self.topics, pseudonyms=self.pseudonyms) as publisher:
                 await publisher.send_raw(key, value)
 
         run(go())

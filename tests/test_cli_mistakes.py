@@ -56,7 +56,7 @@ CASES = [
      3, ["127.0.0.1:1", "unavailable"]),
     ("publish, no broker", lambda r, d: ["publish", "--bootstrap", NO_BROKER, "--policy", d.policy_path,
                                          "--as", "hau-worcestershire", "--key", key(d, "hau-worcestershire", "signing"),
-                                         r / "event.json"], 3, ["127.0.0.1:1", "unavailable"]),
+                                         "--keys-dir", d.keys_dir, r / "event.json"], 3, ["127.0.0.1:1", "unavailable"]),
     ("audit verify, no broker", lambda r, d: ["audit", "verify", "--bootstrap", NO_BROKER, "--policy", d.policy_path],
      3, ["127.0.0.1:1"]),
     ("audit report, no broker", lambda r, d: ["audit", "report", "--bootstrap", NO_BROKER, "--policy", d.policy_path],

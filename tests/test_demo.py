@@ -40,3 +40,20 @@ def test_demo_against_a_running_broker(tansu, tmp_path):
                              "--workdir", str(tmp_path / "demo")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"using Kafka at {tansu}" in result.stdout and "demo completed" in result.stdout
+
+
+@pytest.mark.kafka
+def test_demo_secure_runs_the_same_demo_on_a_locked_down_apache_kafka(tmp_path):
+    """`masb demo --secure`: SASL_SSL, SCRAM users, ACLs from the policy; every party connects as itself."""
+    result = subprocess.run([sys.executable, "-m", "agents", "demo", "--secure", "--workdir", str(tmp_path / "demo")],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "SASL_SSL (SCRAM-SHA-512)" in out and "no access without an ACL" in out
+    assert "granted 71 ACLs derived from the policy" in out
+    assert "-> nhs-worcs-acute" in out and "verified intact" in out and "10 received on time" in out
+    assert "tried to read idva-west-mercia's feed: Kafka at" in out and "READ on topic demo.partner.idva-west-mercia" in out
+    for user in ("masb-router", "masb-auditor", "masb-agency-idva-west-mercia"):
+        assert (tmp_path / "demo" / "clients" / f"{user}.properties").exists()
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in processes  # the broker and the worker were stopped

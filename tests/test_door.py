@@ -24,6 +24,7 @@ from agents.deployment import prepare_deployment
 from streams import codec, jsonin, rules
 from streams.codec import EventValidationError
 from streams.crypto.keys import Keyring
+from streams.crypto.pseudonym import PseudonymKeys
 from streams.ingest import IngestService, build_ingest_app
 from streams.publisher import PublishRefused, prepare
 from streams.routing import Admitted, InputRecord, Refusal, Router
@@ -43,6 +44,11 @@ def deployment(tmp_path_factory):
 @pytest.fixture(scope="module")
 def unit_key(deployment):
     return Keyring.load_dir(deployment.keys_dir, UNIT, kind="signing").current
+
+
+@pytest.fixture(scope="module")
+def pseudonyms(deployment):
+    return PseudonymKeys.load_dir(deployment.keys_dir)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +119,8 @@ def test_masb_publish_refuses_a_file_that_is_not_utf8(deployment, tmp_path):
 
 # -- HTTP ingest (the aiohttp app, no broker needed for refusals) -------------------------------------
 def post(deployment, unit_key, body: bytes) -> tuple[int, dict]:
-    service = IngestService(UNREACHABLE, deployment.policy, unit_key, Topics("door."), send_timeout=1)
+    service = IngestService(UNREACHABLE, deployment.policy, unit_key, Topics("door."), send_timeout=1,
+                            pseudonyms=PseudonymKeys.load_dir(deployment.keys_dir))
 
     async def go():
         async with TestClient(TestServer(build_ingest_app(service))) as client:
@@ -294,11 +301,11 @@ def test_dash_question_ids_are_q1_to_q24():
     assert problems_of(event) == {"answers[3].question_id": "is not a DASH question id (Q1 to Q24)"}
 
 
-def test_python_client_door_refuses_non_json_values(deployment, unit_key):
+def test_python_client_door_refuses_non_json_values(deployment, unit_key, pseudonyms):
     for value in [("Q1",), b"Q1", 3]:
         event = put(fixture_event("RISK_ASSESSMENT_COMPLETED"), ("answers", 0, "question_id"), value)
         with pytest.raises(EventValidationError):
-            prepare(event, deployment.policy, unit_key)
+            prepare(event, deployment.policy, unit_key, pseudonyms)
 
 
 # -- the router applies the same rules to what a publisher bypassing the door sends ----------------
@@ -420,7 +427,7 @@ def door_inputs(draw) -> dict:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(door_inputs())
-def test_every_event_a_door_accepts_is_routed_by_the_router(deployment, unit_key, router, candidate):
+def test_every_event_a_door_accepts_is_routed_by_the_router(deployment, unit_key, pseudonyms, router, candidate):
     # The JSON doors (masb publish, HTTP ingest) read the text strictly; the Python client takes the dict.
     try:
         via_json = jsonin.loads(json.dumps(candidate))
@@ -428,7 +435,7 @@ def test_every_event_a_door_accepts_is_routed_by_the_router(deployment, unit_key
         via_json = None
     for door_input in filter(None, (candidate, via_json)):
         try:
-            key, value = prepare(door_input, deployment.policy, unit_key)
+            key, value = prepare(door_input, deployment.policy, unit_key, pseudonyms)
         except (EventValidationError, PublishRefused):
             event("refused at the door")
             continue
@@ -440,10 +447,10 @@ def test_every_event_a_door_accepts_is_routed_by_the_router(deployment, unit_key
         assert all(d.envelope for d in deliveries)
 
 
-def test_the_property_is_not_vacuous_boundary_events_are_accepted_and_routed(deployment, unit_key, router):
+def test_the_property_is_not_vacuous_boundary_events_are_accepted_and_routed(deployment, unit_key, pseudonyms, router):
     for stamp in ("1900-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z", "1899-12-31T23:30:00-01:00"):
         door_input = fixture_event("MARAC_REFERRAL", occurred_at=stamp)
         door_input["victim"]["name"] = "Zoë Ōkubo-Testperson\tjr"
-        key, value = prepare(door_input, deployment.policy, unit_key)
+        key, value = prepare(door_input, deployment.policy, unit_key, pseudonyms)
         result = routed(router, key, value)
         assert isinstance(result, Admitted) and router.deliver(result)

@@ -44,7 +44,8 @@ SECRET_NAME = "Rhiannon Quixote-Testperson"
 
 router_sign = generate_key("router-wm", "signing")
 router_x = generate_key("router-wm", "exchange")
-SEALER = EnvelopeSealer(router_sign, router_x)
+# This module tests version 1 (still opened by every partner); version 2: tests/test_envelope_v2.py.
+SEALER = EnvelopeSealer(router_sign, router_x, version=1)
 TRUST = {router_sign.key_id: SEALER.router_keys()}
 agency_keys = {a: generate_key(a, "exchange") for a in ("housing-telford", "health-wvt", "school-0042")}
 
@@ -145,7 +146,7 @@ def test_rotation_old_envelopes_still_open_new_ones_use_new_key():
 
 def test_router_exchange_key_rotation_is_followed_through_trusted_ids():
     new_x = generate_key("router-wm", "exchange")
-    sealer2 = EnvelopeSealer(router_sign, new_x)
+    sealer2 = EnvelopeSealer(router_sign, new_x, version=1)
     data = seal(sealer=sealer2)
     with pytest.raises(UnknownSigner, match=new_x.key_id):
         opener_for("housing-telford").open(data)
@@ -156,7 +157,7 @@ def test_router_exchange_key_rotation_is_followed_through_trusted_ids():
 # --- authenticity and integrity ---------------------------------------------------------------
 
 def test_unknown_router_signer_is_refused():
-    rogue = EnvelopeSealer(generate_key("rogue", "signing"), generate_key("rogue", "exchange"))
+    rogue = EnvelopeSealer(generate_key("rogue", "signing"), generate_key("rogue", "exchange"), version=1)
     with pytest.raises(UnknownSigner):
         opener_for("housing-telford").open(seal(sealer=rogue))
 
@@ -264,7 +265,7 @@ def test_box_is_computed_once_per_recipient_not_per_event(monkeypatch):
     calls = []
     real = nacl.bindings.crypto_box_beforenm
     monkeypatch.setattr(nacl.bindings, "crypto_box_beforenm", lambda pk, sk: calls.append(pk) or real(pk, sk))
-    sealer = EnvelopeSealer(router_sign, router_x)
+    sealer = EnvelopeSealer(router_sign, router_x, version=1)
     for event in range(5):
         for agency in agency_keys:
             seal(agency, sealer=sealer, event_id=f"evt-{event}")
@@ -315,7 +316,7 @@ def _vector_sealer() -> tuple[EnvelopeSealer, Any, Any]:
 
     assert (sign.key_id, xkey.key_id, agency.key_id) == (
         keys["router_signing_key_id"], keys["router_exchange_key_id"], keys["recipient_key_id"])
-    return EnvelopeSealer(sign, xkey, random_bytes=rng), sign, agency
+    return EnvelopeSealer(sign, xkey, random_bytes=rng, version=1), sign, agency
 
 
 def test_known_answer_vector_reproduces_byte_for_byte():

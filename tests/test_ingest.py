@@ -29,7 +29,7 @@ UNIT = "hau-worcestershire"
 
 def service_for(running, **options) -> IngestService:
     return IngestService(options.pop("bootstrap", running.bootstrap), running.policy, running.unit_key(UNIT),
-                         running.topics, **options)
+                         running.topics, pseudonyms=running.pseudonyms, **options)
 
 
 def call(service: IngestService, method: str, path: str, **kwargs) -> tuple[int, dict, str, dict]:
@@ -52,6 +52,11 @@ def post(service, body, **kwargs):
                 headers={"Content-Type": "application/json", **kwargs.pop("headers", {})}, **kwargs)
 
 
+def key_of(running, case_ref: str) -> bytes:
+    """The record key of a case: its pseudonym (docs/keys.md), never the reference itself."""
+    return running.pseudonyms.pseudonym(case_ref)
+
+
 def case_event_keys(running) -> list[bytes]:
     return [r.key for r in running.records(running.topics.case_events)]
 
@@ -61,7 +66,7 @@ def test_valid_event_is_acknowledged_then_routed_to_the_partners(deployment_on_k
     status, _, _, body = post(service_for(deployment_on_kafka), event)
     assert status == 202 and body == {"event_id": event["header"]["event_id"]}
     # 202 means Kafka already holds it: the record is on case-events now, not later.
-    assert b"WM-INGEST202A" in case_event_keys(deployment_on_kafka)
+    assert key_of(deployment_on_kafka, "WM-INGEST202A") in case_event_keys(deployment_on_kafka)
     item = deployment_on_kafka.wait_feed("nhs-worcs-acute", event["header"]["event_id"])
     assert item.envelope.fields["victim.nhs_number"] == event["victim"]["nhs_number"]
 
@@ -87,7 +92,7 @@ def test_invalid_event_is_400_naming_each_field_and_problem_never_values(deploym
     assert all(e["problem"] for e in body["errors"])
     for value in ("9434765918", "31", event["victim"]["name"], event["victim"]["address"]["postcode"]):
         assert value not in text
-    assert b"WM-INGEST400A" not in case_event_keys(deployment_on_kafka)
+    assert key_of(deployment_on_kafka, "WM-INGEST400A") not in case_event_keys(deployment_on_kafka)
 
 
 def test_one_invalid_event_in_an_array_refuses_the_whole_request(deployment_on_kafka):
@@ -98,7 +103,8 @@ def test_one_invalid_event_in_an_array_refuses_the_whole_request(deployment_on_k
     assert status == 400
     assert body["errors"] == [{"path": "header.occurred_at", "problem": "required field is missing", "index": 1}]
     keys = case_event_keys(deployment_on_kafka)
-    assert b"WM-INGEST400B" not in keys and b"WM-INGEST400C" not in keys
+    assert key_of(deployment_on_kafka, "WM-INGEST400B") not in keys
+    assert key_of(deployment_on_kafka, "WM-INGEST400C") not in keys
 
 
 def test_malformed_json_wrong_type_and_shape_are_refused(deployment_on_kafka):
@@ -132,7 +138,7 @@ def test_oversized_body_is_413_with_or_without_a_content_length(deployment_on_ka
     assert status == 413
     status, _, _, _ = post(service_for(deployment_on_kafka, max_events=2), [event, event, event])
     assert status == 413
-    assert b"WM-INGEST413A" not in case_event_keys(deployment_on_kafka)
+    assert key_of(deployment_on_kafka, "WM-INGEST413A") not in case_event_keys(deployment_on_kafka)
 
 
 def test_unit_may_not_publish_for_another_area_or_as_another_unit_403(deployment_on_kafka):
@@ -143,7 +149,8 @@ def test_unit_may_not_publish_for_another_area_or_as_another_unit_403(deployment
     status, _, _, body = post(service, fixture_event("CASE_CLOSED", case_ref="WM-INGEST403B", unit_id="hau-shropshire"))
     assert status == 403 and body["errors"][0]["path"] == "header.unit_id"
     keys = case_event_keys(deployment_on_kafka)
-    assert b"WM-INGEST403A" not in keys and b"WM-INGEST403B" not in keys
+    assert key_of(deployment_on_kafka, "WM-INGEST403A") not in keys
+    assert key_of(deployment_on_kafka, "WM-INGEST403B") not in keys
 
 
 def test_kafka_unreachable_is_503_then_a_retry_delivers_once(deployment_on_kafka):
@@ -174,16 +181,18 @@ def test_bearer_token_when_configured(deployment_on_kafka):
     event = fixture_event("CASE_CLOSED", case_ref="WM-INGEST401A")
     assert post(service, event)[0] == 401
     assert post(service, event, headers={"Authorization": "Bearer wrong"})[0] == 401
-    assert b"WM-INGEST401A" not in case_event_keys(deployment_on_kafka)
+    assert key_of(deployment_on_kafka, "WM-INGEST401A") not in case_event_keys(deployment_on_kafka)
     assert post(service, event, headers={"Authorization": "Bearer s3cret-token"})[0] == 202
 
 
 def test_ingest_refuses_to_start_with_a_key_the_policy_does_not_trust(deployment_on_kafka):
     stranger = generate_key(UNIT, "signing")
     with pytest.raises(IngestConfigError, match="not a trusted key"):
-        IngestService(deployment_on_kafka.bootstrap, deployment_on_kafka.policy, stranger)
+        IngestService(deployment_on_kafka.bootstrap, deployment_on_kafka.policy, stranger,
+                      pseudonyms=deployment_on_kafka.pseudonyms)
     with pytest.raises(IngestConfigError, match="not a unit"):
-        IngestService(deployment_on_kafka.bootstrap, deployment_on_kafka.policy, generate_key("hau-nowhere", "signing"))
+        IngestService(deployment_on_kafka.bootstrap, deployment_on_kafka.policy, generate_key("hau-nowhere", "signing"),
+                      pseudonyms=deployment_on_kafka.pseudonyms)
 
 
 def test_masb_ingest_command_serves_events_and_metrics(deployment_on_kafka, tmp_path):
@@ -193,7 +202,8 @@ def test_masb_ingest_command_serves_events_and_metrics(deployment_on_kafka, tmp_
     log = open(tmp_path / "ingest.log", "wb")  # noqa: SIM115 - closed in finally, after the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "agents", "ingest", "--as", UNIT, "--key", str(key_file), "--policy",
-         str(dep.policy_path), "--port", str(port), "--bootstrap", deployment_on_kafka.bootstrap,
+         str(dep.policy_path), "--keys-dir", str(dep.keys_dir), "--port", str(port),
+         "--bootstrap", deployment_on_kafka.bootstrap,
          "--topic-prefix", deployment_on_kafka.topics.prefix],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

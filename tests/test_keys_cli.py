@@ -46,10 +46,21 @@ def test_generate_one_kind(tmp_path, capsys):
 
 
 def test_generate_needs_an_owner(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["keys", "generate", "--out", str(tmp_path)])
-    assert exc.value.code == 2
+    assert main(["keys", "generate", "--out", str(tmp_path)]) == 2
     assert "--owner" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_generate_a_case_pseudonym_key_prints_its_id_never_the_secret(tmp_path, capsys):
+    from streams.crypto.pseudonym import PseudonymKeys
+
+    assert main(["keys", "generate", "--kind", "pseudonym", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*.secret")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    printed = lines(capsys.readouterr().out)[0]
+    keys = PseudonymKeys.load_dir(tmp_path)
+    assert printed == {"wrote": str(path), "kind": "pseudonym", "key_id": keys.current.key_id}
+    assert json.loads(path.read_text())["secret_key"] not in json.dumps(printed)
 
 
 def test_rotate_adds_a_newer_key_and_says_what_to_do_next(tmp_path, capsys):

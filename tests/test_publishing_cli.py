@@ -13,6 +13,7 @@ import pytest
 from agents.deployment import prepare_deployment
 from streams import codec
 from streams.crypto.keys import Keyring
+from streams.crypto.pseudonym import PseudonymKeys
 from streams.crypto.publication import open_publication
 from streams.kafka import read_topic
 from tests.harness import fixture_event, run
@@ -69,14 +70,16 @@ def test_refused_publisher_exits_non_zero(setup):
     assert produced(setup) == []
 
 
-def test_valid_event_is_produced_sealed_and_keyed_by_case_ref(setup):
+def test_valid_event_is_produced_sealed_and_keyed_by_the_case_pseudonym(setup):
     _, deployment, _, _ = setup
     event = fixture_event("CASE_CLOSED")
     result = masb_publish(setup, event)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"published": event["header"]["event_id"], "event_type": "CASE_CLOSED"}
     records = produced(setup)
-    assert len(records) == 1 and records[0].key == event["header"]["case_ref"].encode()
+    pseudonyms = PseudonymKeys.load_dir(deployment.keys_dir)
+    assert len(records) == 1 and records[0].key == pseudonyms.pseudonym(event["header"]["case_ref"])
+    assert event["header"]["case_ref"].encode() not in records[0].key
     router = Keyring.load_dir(deployment.keys_dir, deployment.policy.router.id, kind="exchange")
     opened = open_publication(records[0].value, router_exchange_keys={k: router.get(k) for k in router.key_ids},
                               unit_verify_key=deployment.policy.unit_verify_key)

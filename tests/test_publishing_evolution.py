@@ -20,6 +20,7 @@ from agents.deployment import WorkerProcess, prepare_deployment, worker_env
 from streams import codec
 from streams.codec import Codec
 from streams.crypto.keys import Keyring
+from streams.crypto.pseudonym import PseudonymKeys
 from streams.crypto.publication import open_publication, seal_publication
 from streams.kafka import ensure_topics, producer
 from streams.schema_registry import (
@@ -80,7 +81,8 @@ def replay(kafka, tmp_path_factory, evolved_root):
             for event, wire in records:
                 value = seal_publication(unit_id=unit_key.owner, unit_signing_key=unit_key, router_key_id=router.key_id,
                                          router_exchange_public=router.public_key, wire_event=wire)
-                await p.send_and_wait(topics.case_events, value=value, key=event["header"]["case_ref"].encode())
+                key = PseudonymKeys.load_dir(deployment.keys_dir).pseudonym(event["header"]["case_ref"])
+                await p.send_and_wait(topics.case_events, value=value, key=key)
         finally:
             await p.stop()
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from agents.deployment import DEMO_DIR
 from streams import codec
 from streams.crypto.keys import Keyring, generate_key
+from streams.crypto.pseudonym import generate_pseudonym_key, looks_like_pseudonym
 from streams.crypto.publication import _SCHEMA as PUBLICATION_SCHEMA
 from streams.crypto.publication import (
     SIGNATURE_BYTES,
@@ -119,7 +120,7 @@ def build_cases(running) -> tuple[list[Case], dict]:
         header = event["header"]
         value = sealed(running, wire if wire is not None else codec.encode_event(event), unit_id, key)
         known = code not in ("UNKNOWN_UNIT_KEY",)
-        cases.append(Case(name, kafka_key or header["case_ref"].encode(), value, code,
+        cases.append(Case(name, kafka_key or running.pseudonyms.pseudonym(header["case_ref"]), value, code,
                           unit_id if known else None, header["event_id"] if known else None))
 
     # Unauthorised publishers.
@@ -139,8 +140,8 @@ def build_cases(running) -> tuple[list[Case], dict]:
 
     # Bad input.
     cases.append(Case("garbage bytes", b"junk", b"\x13\x37 not a publication \xff\xfe", "MALFORMED"))
-    cases.append(Case("empty value", b"WM-EMPTY00001", b"", "EMPTY_RECORD"))
-    cases.append(Case("null value (tombstone)", b"WM-EMPTY00002", None, "EMPTY_RECORD"))
+    cases.append(Case("empty value", running.pseudonyms.pseudonym("WM-EMPTY00001"), b"", "EMPTY_RECORD"))
+    cases.append(Case("null value (tombstone)", running.pseudonyms.pseudonym("WM-EMPTY00002"), None, "EMPTY_RECORD"))
     cases.append(Case("oversized record", None, b"\x02" * (MAX_PUBLICATION_BYTES + 1), "OVERSIZED"))
     good = sealed(running, codec.encode_event(fixture_event("CASE_CLOSED")), "hau-worcestershire", worcs)
     cases.append(Case("truncated publication", b"WM-7Q2K9D4XJ3", good[:-7], "MALFORMED"))
@@ -172,13 +173,18 @@ def build_cases(running) -> tuple[list[Case], dict]:
            "INVALID_EVENT", wire=wire_bypassing_validation(
                no_reason, lambda d: d["header"]["consent"].__setitem__("reason", None)))
     wrong_key = fixture_event("CASE_CLOSED")
-    forged("wrong Kafka key", wrong_key, "hau-worcestershire", worcs, "KEY_MISMATCH", kafka_key=b"WM-SOMEOTHER01")
+    forged("case reference in clear as the Kafka key", wrong_key, "hau-worcestershire", worcs, "KEY_MISMATCH",
+           kafka_key=wrong_key["header"]["case_ref"].encode())
+    forged("pseudonym of another case", fixture_event("CASE_CLOSED"), "hau-worcestershire", worcs, "KEY_MISMATCH",
+           kafka_key=running.pseudonyms.pseudonym("WM-SOMEOTHER01"))
+    forged("pseudonym under a key the router does not hold", fixture_event("CASE_CLOSED"), "hau-worcestershire",
+           worcs, "KEY_MISMATCH", kafka_key=generate_pseudonym_key().pseudonym(wrong_key["header"]["case_ref"]))
 
     # A conflicting duplicate: the original is routed, then the same id with other content is refused.
     original = fixture_event("SAFETY_PLAN_UPDATED")
     conflicting = json.loads(json.dumps(original))
     conflicting["plan_version"] = original["plan_version"] + 1
-    key, value = prepare(original, policy, worcs)
+    key, value = prepare(original, policy, worcs, running.pseudonyms)
     forged("conflicting duplicate", conflicting, "hau-worcestershire", worcs, "CONFLICTING_DUPLICATE")
     return cases, {"original": (key, value, original)}
 
@@ -219,7 +225,8 @@ CASE_NAMES = [
     "publication version 2", "sealed to an unknown router key", "sealed box does not open",
     "sealed payload shorter than a signature", "signature by another key",
     "signed bytes that are not a wire-format event", "valid publication, invalid event (consent reason missing)",
-    "wrong Kafka key", "conflicting duplicate",
+    "case reference in clear as the Kafka key", "pseudonym of another case",
+    "pseudonym under a key the router does not hold", "conflicting duplicate",
 ]
 
 
@@ -227,7 +234,9 @@ CASE_NAMES = [
 def test_refused_record_is_dead_lettered_and_audited_and_not_delivered(running, refused, name):
     cases, letters, _ = refused
     case = next(c for c in cases if c.name == name)
-    mine = [letter for letter in letters if (letter["payload_sha256"], letter["original_key"]) == (case.sha, case.key)]
+    # A key is copied into the dead letter (kept forever) only if it has a pseudonym's shape.
+    kept_key = case.key if looks_like_pseudonym(case.key) else None
+    mine = [letter for letter in letters if (letter["payload_sha256"], letter["original_key"]) == (case.sha, kept_key)]
     assert len(mine) == 1, name
     letter = mine[0]
     assert letter["reason_code"] == case.reason_code, (name, letter["reason"])
@@ -336,3 +345,13 @@ def test_metrics_count_refusals_by_reason_code_with_no_personal_data(running, re
     event = fixture_event("MARAC_REFERRAL")
     for secret in (event["victim"]["name"], event["victim"]["nhs_number"], event["header"]["case_ref"]):
         assert secret not in text
+
+
+def test_no_dead_letter_keeps_a_case_reference_in_clear(running, refused):
+    """The dead-letter topic is kept forever: a publisher's key in clear is not copied into it."""
+    cases, _, original = refused
+    raw = b"".join((r.key or b"") + (r.value or b"") for r in running.records(running.topics.dead_letter))
+    sent_in_clear = {c.key for c in cases if c.key is not None and c.key.startswith(b"WM-")}
+    assert original["header"]["case_ref"].encode() in sent_in_clear  # a publisher did key records in clear
+    for case_ref in sent_in_clear | {b"WM-SOMEOTHER01", b"WM-EMPTY00001"}:
+        assert case_ref not in raw

@@ -32,6 +32,7 @@ from streams.audit.verify import verify_log
 from streams.auditing import DEFAULT_ORIGIN, checkpoint_verifiers, read_log
 from streams.crypto.envelope import EnvelopeError
 from streams.crypto.keys import Keyring
+from streams.crypto.pseudonym import PseudonymKeys
 from streams.partner import opener_for
 from streams.kafka import read_topic
 from streams.publisher import Publisher
@@ -68,7 +69,7 @@ def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp
     prefix = "scale."
     topics = Topics(prefix)
     env = {"MASB_PARTITIONS": str(PARTITIONS), "MASB_REPLICATION_FACTOR": "3", "MASB_MIN_INSYNC_REPLICAS": "2",
-           "MASB_HEALTH_INTERVAL": "1"}
+           "MASB_HEALTH_INTERVAL": "1", "MASB_FAULT_INJECTION": "1"}  # /debug/asyncio, to diagnose a failure
     workers = [WorkerProcess(worker_env(deployment, cluster.bootstrap, prefix,
                                         MASB_DATADIR=str(tmp_path / f"worker{i}-data"), **env), tmp_path / f"worker{i}.log")
                for i in range(WORKERS)]
@@ -90,7 +91,8 @@ def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp
                 pending = list(events)
                 while pending:
                     try:
-                        async with Publisher(cluster.bootstrap, deployment.policy, unit_key, topics) as publisher:
+                        async with Publisher(cluster.bootstrap, deployment.policy, unit_key, topics,
+                                             pseudonyms=PseudonymKeys.load_dir(deployment.keys_dir)) as publisher:
                             while pending:
                                 await asyncio.wait_for(publisher.publish(pending[0]), 20)
                                 acknowledged.append(pending.pop(0)["header"]["event_id"])
@@ -127,7 +129,11 @@ def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp
 
         deadline = time.monotonic() + 240
         while not everything_delivered():
-            assert time.monotonic() < deadline, "not every event reached every entitled agency"
+            if time.monotonic() > deadline:
+                for i, worker in enumerate(survivors):  # where each survivor's tasks wait, for the record
+                    with urllib.request.urlopen(worker.url("/debug/asyncio"), timeout=10) as response:
+                        (tmp_path / f"survivor{i}-asyncio.txt").write_bytes(response.read())
+                raise AssertionError(f"not every event reached every entitled agency; see {tmp_path}")
             time.sleep(3)
 
         # Each partner's feed opens to every event, and to nothing else (a redelivery after the kill
@@ -199,5 +205,6 @@ def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp
 
 
 async def _publish_one(bootstrap, deployment, unit_key, topics, event) -> None:
-    async with Publisher(bootstrap, deployment.policy, unit_key, topics) as publisher:
+    async with Publisher(bootstrap, deployment.policy, unit_key, topics,
+                         pseudonyms=PseudonymKeys.load_dir(deployment.keys_dir)) as publisher:
         await publisher.publish(event)

@@ -160,8 +160,16 @@ def test_an_oversized_record_is_referenced_not_copied(router):
 
 def test_a_record_within_the_limit_is_kept_whole(router):
     value = b"\x02" * MAX_DEAD_LETTER_PAYLOAD_BYTES
-    letter = decode_dead_letter(router.admit(InputRecord("case-events", 0, 1, b"WM-ABC123456", value)).dead_letter)
-    assert letter["payload"] == value and letter["original_key"] == b"WM-ABC123456"
+    key = b"7e991d37fc3c56b7.4a257354b8b06162ba25bbfae45e7f00"  # a case pseudonym (docs/keys.md)
+    letter = decode_dead_letter(router.admit(InputRecord("case-events", 0, 1, key, value)).dead_letter)
+    assert letter["payload"] == value and letter["original_key"] == key
+
+
+def test_a_key_in_clear_is_not_kept_in_the_dead_letter_topic(router):
+    """The dead-letter topic is kept forever: a case reference used as a key must not be copied."""
+    letter = decode_dead_letter(router.admit(InputRecord("case-events", 0, 2, b"WM-ABC123456", b"\x02")).dead_letter)
+    assert letter["original_key"] is None and letter["payload"] == b"\x02"
+    assert "record key of 12 bytes not copied: not a case pseudonym" in letter["reason"]
 
 
 def test_an_oversized_receipt_is_refused_before_it_is_decoded(router):

@@ -67,7 +67,7 @@ class Publishing(threading.Thread):
         while not self.stop.is_set():
             try:
                 async with Publisher(self.running.bootstrap, self.running.policy, self.running.unit_key(unit),
-                                     self.running.topics) as publisher:
+                                     self.running.topics, pseudonyms=self.running.pseudonyms) as publisher:
                     while not self.stop.is_set():
                         await asyncio.wait_for(publisher.publish(event), 10)
                         self.acknowledged.append(event["header"]["event_id"])
@@ -215,7 +215,7 @@ def test_an_oversized_record_is_dead_lettered_by_reference_and_the_partition_mov
             finally:
                 await p.stop()
 
-        asyncio.run(produce(running.topics.case_events, big, b"WM-T2CASE0001"))
+        asyncio.run(produce(running.topics.case_events, big, running.pseudonyms.pseudonym("WM-T2CASE0001")))
         after = fixture_event("CASE_CLOSED", case_ref="WM-T2CASE0001")  # 14b: same key, same partition
         running.publish(after)
         for agency in entitled(running, "CASE_CLOSED", after["header"]["area"]):

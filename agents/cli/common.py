@@ -30,6 +30,26 @@ def policy_flag(p: argparse.ArgumentParser, help_text: str = "sharing policy YAM
     p.add_argument("--policy", help=help_text)
 
 
+def pseudonym_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pseudonym-key", help="the case pseudonym key file (env MASB_PSEUDONYM_KEY; default: the "
+                                           "newest *.secret in --keys-dir / MASB_KEYS_DIR)")
+
+
+def pseudonym_keys(args):
+    """The unit's case pseudonym keys (docs/keys.md): --pseudonym-key, MASB_PSEUDONYM_KEY, or the
+    *.secret files of the keys directory."""
+    from streams.crypto.pseudonym import PseudonymKeys
+
+    path = env_or(getattr(args, "pseudonym_key", None), "MASB_PSEUDONYM_KEY", None)
+    if path:
+        return PseudonymKeys.load_files([existing_file(path, "pseudonym key file")])
+    keys_dir = env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", "keys")
+    if not Path(keys_dir).is_dir():
+        raise UsageError("no case pseudonym key given",
+                         hint="use --pseudonym-key FILE, MASB_PSEUDONYM_KEY, or --keys-dir holding it (docs/keys.md)")
+    return PseudonymKeys.load_dir(keys_dir)
+
+
 def bootstrap(args) -> str:
     return env_or(getattr(args, "bootstrap", None), "MASB_BOOTSTRAP", DEFAULT_BOOTSTRAP)
 

@@ -78,8 +78,11 @@ def cmd_consume(args) -> int:
 
     try:
         asyncio.run(run())
-    finally:
-        print(f"masb: {counts['ok']} events decrypted, {counts['refused']} envelopes refused", file=sys.stderr)
+    except BaseException:
+        if counts["ok"] or counts["refused"]:  # what was done before the failure; the failure says itself
+            print(f"masb: {counts['ok']} events decrypted, {counts['refused']} envelopes refused", file=sys.stderr)
+        raise
+    print(f"masb: {counts['ok']} events decrypted, {counts['refused']} envelopes refused", file=sys.stderr)
     if foreign:
         raise CheckFailed(f"the key given belongs to {', '.join(foreign)}: {args.agency}'s feed cannot be read with it")
     if counts["refused"]:

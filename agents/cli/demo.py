@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agents.cli.common import UsageError
 from agents.settings import env_or
 
 
@@ -11,6 +12,9 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run the scripted end-to-end demo on the embedded broker")
     p.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
     p.add_argument("--workdir", default=".masb-demo", help="where demo keys and policy are written")
+    p.add_argument("--secure", action="store_true",
+                   help="run the demo on Apache Kafka locked down as in production (SASL_SSL, SCRAM users, ACLs "
+                        "derived from the policy; needs Java and Maven, like the tests): docs/security.md")
     p.add_argument("--keep", action="store_true",
                    help="leave the broker and the worker running afterwards (until Ctrl-C) and print the "
                         "settings that make every other masb command work against them")
@@ -20,5 +24,7 @@ def register(sub) -> None:
 def cmd_demo(args) -> int:
     from agents.demo import run_demo
 
-    return run_demo(bootstrap=env_or(args.bootstrap, "MASB_BOOTSTRAP", None), workdir=Path(args.workdir),
-                    keep=args.keep)
+    if args.secure and args.bootstrap:
+        raise UsageError("--secure starts its own locked-down Apache Kafka; it cannot be combined with --bootstrap")
+    return run_demo(bootstrap=None if args.secure else env_or(args.bootstrap, "MASB_BOOTSTRAP", None),
+                    workdir=Path(args.workdir), keep=args.keep, secure=args.secure)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 
-from agents.cli.common import UsageError, bootstrap, existing_file, kafka_flags, load_policy, topics
+from agents.cli.common import (
+    UsageError,
+    bootstrap,
+    existing_file,
+    kafka_flags,
+    load_policy,
+    pseudonym_flag,
+    pseudonym_keys,
+    topics,
+)
 
 
 def register(sub) -> None:
@@ -14,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--as", dest="unit", required=True, help="the harm assessment unit id")
     p.add_argument("--key", required=True, help="the unit's private signing key file (never leaves the unit)")
     p.add_argument("--policy", help="sharing policy YAML (env MASB_POLICY)")
+    pseudonym_flag(p)
+    p.add_argument("--keys-dir", help="directory holding the case pseudonym key if --pseudonym-key is not given")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: the case system's host)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument("--token-file", help="file holding a bearer token that requests must present")
@@ -44,7 +55,7 @@ def cmd_ingest(args) -> int:
         if not token:
             raise UsageError(f"token file {args.token_file} is empty")
     service = IngestService(
-        bootstrap(args), policy, unit_key, topics(args),
+        bootstrap(args), policy, unit_key, topics(args), pseudonyms=pseudonym_keys(args),
         send_timeout=args.send_timeout or DEFAULT_SEND_TIMEOUT, token=token,
         max_body_bytes=args.max_body_bytes or MAX_BODY_BYTES,
     )

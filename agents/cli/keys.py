@@ -18,8 +18,9 @@ def register(sub) -> None:
     for action, text in (("generate", "new key pairs for a party (private files 0600)"),
                          ("rotate", "a new key pair beside the old one, and what to change in the policy")):
         q = ksub.add_parser(action, help=text)
-        q.add_argument("--owner", required=True, help="unit, agency or router id")
-        q.add_argument("--kind", choices=["signing", "exchange", "both"], default="both")
+        q.add_argument("--owner", help="unit, agency or router id (not for --kind pseudonym)")
+        q.add_argument("--kind", choices=["signing", "exchange", "both", "pseudonym"], default="both",
+                       help="pseudonym: the case pseudonym key the units and the router share (docs/keys.md)")
         q.add_argument("--out", default="keys", help="directory for the private key files (written 0600)")
     q = ksub.add_parser("case-secrets", help="the router's case-key secrets (index.key, wrap.key), made once and "
                                             "copied to every worker host")
@@ -68,6 +69,10 @@ def _generate(args) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a directory for the private key files")
     out.mkdir(parents=True, exist_ok=True)
+    if args.kind == "pseudonym":
+        return _generate_pseudonym_key(args, out)
+    if not args.owner:
+        raise UsageError(f"keys {args.action} --kind {args.kind} needs --owner (the unit, agency or router id)")
     kinds = ["signing", "exchange"] if args.kind == "both" else [args.kind]
     for kind in kinds:
         record = generate_key(args.owner, kind)
@@ -77,6 +82,20 @@ def _generate(args) -> int:
     if args.action == "rotate":
         print("masb: add the new public key to the policy as active and mark the old one retired "
               "(docs/keys.md); old data stays readable while the old key file is kept", file=sys.stderr)
+    return 0
+
+
+def _generate_pseudonym_key(args, out: Path) -> int:
+    """A case pseudonym key (0600): a secret, so only its id and file are printed."""
+    from streams.crypto.pseudonym import file_name, generate_pseudonym_key, write_pseudonym_key
+
+    key = generate_pseudonym_key()
+    path = out / file_name(key)
+    write_pseudonym_key(path, key)
+    print_json({"wrote": str(path), "kind": "pseudonym", "key_id": key.key_id})
+    print("masb: give a copy of this file to every unit and to the router (their keys directories); "
+          + ("keep the old file until no record keyed under it is needed (docs/keys.md)" if args.action == "rotate"
+             else "it is a secret: never to agencies or the broker's operator"), file=sys.stderr)
     return 0
 
 

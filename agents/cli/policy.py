@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agents.cli.acl import acl_changes, principal_flag
 from agents.cli.common import existing_file, load_policy_file
 from streams.errors import CheckFailed, InvalidInput
 
@@ -15,9 +16,11 @@ def register(sub) -> None:
     q.add_argument("file")
     q.add_argument("event_type")
     q.add_argument("area")
-    q = psub.add_parser("diff", help="what a new policy newly shares, stops sharing, and its key changes")
+    q = psub.add_parser("diff", help="what a new policy newly shares, stops sharing, its key and Kafka ACL changes")
     q.add_argument("old")
     q.add_argument("new")
+    q.add_argument("--topic-prefix", help="prefix of every topic name, for the ACL changes (env MASB_TOPIC_PREFIX)")
+    principal_flag(q)
     p.set_defaults(func=cmd_policy)
 
 
@@ -44,5 +47,7 @@ def cmd_policy(args) -> int:
                 raise
             raise InvalidInput(str(exc)) from None
     elif args.action == "diff":
-        print(diff(_load(args.old), _load(args.new)).render())
+        old, new = _load(args.old), _load(args.new)
+        print(diff(old, new).render())
+        print(acl_changes(old, new, args), end="")  # the Kafka side of the same change (docs/security.md)
     return 0

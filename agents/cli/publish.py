@@ -5,7 +5,17 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from agents.cli.common import UsageError, bootstrap, kafka_flags, load_policy, print_json, read_events, topics
+from agents.cli.common import (
+    UsageError,
+    bootstrap,
+    kafka_flags,
+    load_policy,
+    print_json,
+    pseudonym_flag,
+    pseudonym_keys,
+    read_events,
+    topics,
+)
 from agents.settings import env_or
 from streams.errors import InvalidInput
 
@@ -15,7 +25,9 @@ def register(sub) -> None:
     kafka_flags(p)
     p.add_argument("--as", dest="unit", required=True, help="publishing harm assessment unit id")
     p.add_argument("--key", help="the unit's private signing key file")
-    p.add_argument("--keys-dir", help="directory holding <unit>*.key files if --key is not given")
+    p.add_argument("--keys-dir", help="directory holding <unit>*.key files if --key is not given, and the case "
+                                      "pseudonym key if --pseudonym-key is not given")
+    pseudonym_flag(p)
     p.add_argument("--policy", help="sharing policy YAML (env MASB_POLICY)")
     p.add_argument("file", help="JSON file (object, array or JSON lines) or - for stdin")
     p.set_defaults(func=cmd_publish)
@@ -44,10 +56,11 @@ def cmd_publish(args) -> int:
         raise UsageError(f"unit {args.unit} is not a unit of policy version {policy.version}")
     unit_key = unit_signing_key(args)
     events = read_events(args.file)
+    pseudonyms = pseudonym_keys(args)
     prepared, failures = [], 0
     for number, event in enumerate(events, 1):
         try:
-            prepared.append((event, prepare(event, policy, unit_key)))
+            prepared.append((event, prepare(event, policy, unit_key, pseudonyms)))
         except EventValidationError as exc:
             failures += 1
             print(f"event {number}: invalid:\n{exc}", file=sys.stderr)
@@ -61,7 +74,7 @@ def cmd_publish(args) -> int:
         raise InvalidInput(f"{failures} of {len(events)} events refused; nothing was published")
 
     async def send() -> None:
-        async with Publisher(bootstrap(args), policy, unit_key, topics(args)) as publisher:
+        async with Publisher(bootstrap(args), policy, unit_key, topics(args), pseudonyms=pseudonyms) as publisher:
             for event, (key, value) in prepared:
                 await publisher.send_raw(key, value)
                 print_json({"published": event["header"]["event_id"], "event_type": event["header"]["event_type"]})

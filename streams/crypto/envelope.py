@@ -5,6 +5,9 @@ JSON encrypted with XChaCha20-Poly1305 under a fresh per-envelope data key (DEK)
 that binds it to event, recipient, recipient key, field path and schema; the DEK is wrapped
 with a cached X25519 ``Box`` (router -> agency); the Avro body is signed with Ed25519 and the
 signature is checked over the exact body bytes before the body is decoded.
+
+Version 2 (written by default) also encrypts the case reference under the DEK, so that nothing
+on the broker names the case; version-1 envelopes (case reference in clear) are still opened.
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ from streams.resources import schema_file
 
 from .keys import Keyring, PrivateKeyRecord, key_id, printable_key_id
 
-ENVELOPE_VERSION = 1
-FIELD_AAD_PREFIX = b"MASB-FIELD-v1"
-SIGNATURE_PREFIX = b"MASB-ENVELOPE-v1\x00"
+ENVELOPE_VERSION = 2          # what the sealer writes
+READABLE_VERSIONS = (1, 2)    # what the opener accepts
+FIELD_AAD_PREFIX = b"MASB-FIELD-v1"        # unchanged in version 2
+CASE_REF_AAD_PREFIX = b"MASB-CASE-REF-v2"
+SIGNATURE_PREFIX = b"MASB-ENVELOPE-v1\x00"  # version 1
+SIGNATURE_PREFIXES = {1: SIGNATURE_PREFIX, 2: b"MASB-ENVELOPE-v2\x00"}
 DEK_BYTES = 32
 FIELD_NONCE_BYTES = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES  # 24
 WRAPPED_KEY_BYTES = nacl.public.Box.NONCE_SIZE + DEK_BYTES + 16  # nonce || DEK ciphertext || tag = 72
@@ -39,14 +45,17 @@ SIGNATURE_BYTES = 64
 _BOX_CACHE_LIMIT = 1024
 
 _SCHEMA_PATH = schema_file("envelope.avsc")
+_SCHEMA_V2_PATH = schema_file("envelope_v2.avsc")
 
 
-def _load_schemas() -> tuple[Any, Any]:
+def _load_schemas() -> tuple[Any, Any, Any]:
     body, signed = json.loads(_SCHEMA_PATH.read_text("utf-8"))
-    return fastavro.parse_schema(body), fastavro.parse_schema(signed)
+    body_v2 = json.loads(_SCHEMA_V2_PATH.read_text("utf-8"))
+    return fastavro.parse_schema(body), fastavro.parse_schema(signed), fastavro.parse_schema(body_v2)
 
 
-_BODY_SCHEMA, _SIGNED_SCHEMA = _load_schemas()
+_BODY_SCHEMA, _SIGNED_SCHEMA, _BODY_V2_SCHEMA = _load_schemas()
+_BODY_SCHEMAS = {1: _BODY_SCHEMA, 2: _BODY_V2_SCHEMA}
 
 RandomBytes = Callable[[int], bytes]
 
@@ -99,6 +108,11 @@ def field_aad(event_id: str, recipient_agency: str, recipient_key_id: str, path:
     return (
         FIELD_AAD_PREFIX + lp(event_id) + lp(recipient_agency) + lp(recipient_key_id) + lp(path) + lp(schema_ref)
     )
+
+
+def case_ref_aad(event_id: str, recipient_agency: str, recipient_key_id: str, schema_ref: str) -> bytes:
+    """The AAD of a version-2 envelope's sealed case reference."""
+    return (CASE_REF_AAD_PREFIX + lp(event_id) + lp(recipient_agency) + lp(recipient_key_id) + lp(schema_ref))
 
 
 def _aad_parts(event_id: str, recipient_agency: str, recipient_key_id: str, schema_ref: str) -> tuple[bytes, bytes]:
@@ -163,7 +177,11 @@ class EnvelopeSealer:
         exchange_key_record: PrivateKeyRecord,
         *,
         random_bytes: RandomBytes = nacl.utils.random,
+        version: int = ENVELOPE_VERSION,
     ):
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"envelope version must be one of {READABLE_VERSIONS}")
+        self.version = version
         self._signer = signing_key_record.signing_key()
         self._exchange = exchange_key_record.exchange_key()
         self.signer_key_id = signing_key_record.key_id
@@ -215,9 +233,17 @@ class EnvelopeSealer:
         _require_aware("deliver_by", deliver_by)
         box = self._box_for(recipient_public_key)
 
-        # Draw order (DEK, wrap nonce, field nonces by sorted path) is fixed for the test vector.
+        # Draw order (DEK, wrap nonce, [v2: case reference nonce], field nonces by sorted path) is
+        # fixed for the test vectors.
         dek = self._random(DEK_BYTES)
         wrapped_key = bytes(box.encrypt(dek, self._random(nacl.public.Box.NONCE_SIZE)))
+        case: dict[str, Any] = {"case_ref": case_ref}
+        if self.version == 2:
+            nonce = self._random(FIELD_NONCE_BYTES)
+            aad = case_ref_aad(event_id, recipient_agency, recipient_key_id, schema_ref)
+            ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(case_ref.encode("utf-8"), aad,
+                                                                                   nonce, dek)
+            case = {"sealed_case_ref": {"nonce": nonce, "ciphertext": ciphertext}}
         aad_head, aad_tail = _aad_parts(event_id, recipient_agency, recipient_key_id, schema_ref)
         encrypted = []
         for path in sorted(fields):
@@ -233,11 +259,11 @@ class EnvelopeSealer:
             encrypted.append({"path": path, "nonce": nonce, "ciphertext": ciphertext})
 
         body = _avro_encode(
-            _BODY_SCHEMA,
+            _BODY_SCHEMAS[self.version],
             {
-                "version": ENVELOPE_VERSION,
+                "version": self.version,
                 "event_id": event_id,
-                "case_ref": case_ref,
+                **case,
                 "event_type": event_type,
                 "schema_ref": schema_ref,
                 "recipient_agency": recipient_agency,
@@ -255,10 +281,10 @@ class EnvelopeSealer:
                 "fields": encrypted,
             },
         )
-        signature = self._signer.sign(SIGNATURE_PREFIX + body).signature
+        signature = self._signer.sign(SIGNATURE_PREFIXES[self.version] + body).signature
         return _avro_encode(
             _SIGNED_SCHEMA,
-            {"version": ENVELOPE_VERSION, "body": body, "signer_key_id": self.signer_key_id, "signature": signature},
+            {"version": self.version, "body": body, "signer_key_id": self.signer_key_id, "signature": signature},
         )
 
 
@@ -325,8 +351,9 @@ class EnvelopeOpener:
 
     def open(self, data: bytes) -> OpenedEnvelope:
         signed = _avro_decode(_SIGNED_SCHEMA, data, "signed envelope")
-        if signed["version"] != ENVELOPE_VERSION:
-            raise MalformedEnvelope(f"signed envelope version is not {ENVELOPE_VERSION}")
+        version = signed["version"]
+        if version not in READABLE_VERSIONS:
+            raise MalformedEnvelope(f"signed envelope version is not one of {', '.join(map(str, READABLE_VERSIONS))}")
         signer_id = signed["signer_key_id"]
         verifier = self._verifiers.get(signer_id)
         if verifier is None:
@@ -335,13 +362,13 @@ class EnvelopeOpener:
             raise MalformedEnvelope("signature must be 64 bytes")
         body_bytes = signed["body"]
         try:
-            verifier.verify(SIGNATURE_PREFIX + body_bytes, signed["signature"])
+            verifier.verify(SIGNATURE_PREFIXES[version] + body_bytes, signed["signature"])
         except nacl.exceptions.BadSignatureError:
             raise BadSignature(f"signature by router key {signer_id} does not verify") from None
 
-        body = _avro_decode(_BODY_SCHEMA, body_bytes, "envelope body")
-        if body["version"] != ENVELOPE_VERSION:
-            raise MalformedEnvelope(f"unsupported envelope body version {body['version']}")
+        body = _avro_decode(_BODY_SCHEMAS[version], body_bytes, "envelope body")
+        if body["version"] != version:
+            raise MalformedEnvelope(f"envelope body version {body['version']} in a version {version} envelope")
         if body["recipient_agency"] != self.agency_id:
             raise WrongRecipient(f"envelope is addressed to agency {body['recipient_agency']}, not {self.agency_id}")
         recipient_key_id = body["recipient_key_id"]
@@ -359,11 +386,12 @@ class EnvelopeOpener:
                 f"data key does not unwrap with key {recipient_key_id} and router key {body['sender_exchange_key_id']}"
             ) from None
 
+        case_ref = body["case_ref"] if version == 1 else self._decrypt_case_ref(body, dek)
         values = self._decrypt_fields(body, dek)
         return OpenedEnvelope(
             version=body["version"],
             event_id=body["event_id"],
-            case_ref=body["case_ref"],
+            case_ref=case_ref,
             event_type=body["event_type"],
             schema_ref=body["schema_ref"],
             recipient_agency=body["recipient_agency"],
@@ -381,6 +409,25 @@ class EnvelopeOpener:
             fields=values,
             envelope_sha256=envelope_sha256(data),
         )
+
+    @staticmethod
+    def _decrypt_case_ref(body: dict[str, Any], dek: bytes) -> str:
+        sealed = body["sealed_case_ref"]
+        if len(sealed["nonce"]) != FIELD_NONCE_BYTES:
+            raise MalformedEnvelope(f"sealed case reference: nonce must be {FIELD_NONCE_BYTES} bytes")
+        try:
+            aad = case_ref_aad(body["event_id"], body["recipient_agency"], body["recipient_key_id"], body["schema_ref"])
+        except ValueError:
+            raise MalformedEnvelope("envelope header string too long for the case reference AAD") from None
+        try:
+            plaintext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                sealed["ciphertext"], aad, sealed["nonce"], dek)
+        except nacl.exceptions.CryptoError:
+            raise FieldDecryptionFailed("the sealed case reference does not decrypt for this envelope") from None
+        try:
+            return plaintext.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedEnvelope("the sealed case reference is not UTF-8") from None
 
     @staticmethod
     def _decrypt_fields(body: dict[str, Any], dek: bytes) -> dict[str, Any]:

@@ -169,7 +169,7 @@ def private_record_json(rec: PrivateKeyRecord) -> dict[str, str]:
     return obj
 
 
-def _write_new_file(path: str | os.PathLike[str], document: dict[str, str], mode: int) -> None:
+def write_new_file(path: str | os.PathLike[str], document: dict[str, str], mode: int) -> None:
     """Create ``path`` with ``mode`` from the start (never briefly readable), refusing to overwrite."""
     data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
     try:
@@ -185,12 +185,12 @@ def _write_new_file(path: str | os.PathLike[str], document: dict[str, str], mode
 
 def write_private_key(path: str | os.PathLike[str], rec: PrivateKeyRecord) -> None:
     """Create ``path`` with mode 0600; refuses to overwrite an existing file."""
-    _write_new_file(path, private_record_json(rec), 0o600)
+    write_new_file(path, private_record_json(rec), 0o600)
 
 
 def write_public_key(path: str | os.PathLike[str], rec: PrivateKeyRecord | PublicKeyRecord) -> None:
     """Write the public export (mode 0644 is fine: nothing secret); refuses to overwrite."""
-    _write_new_file(path, public_record(rec), 0o644)
+    write_new_file(path, public_record(rec), 0o644)
 
 
 def _b64_key(obj: dict[str, Any], name: str, where: str) -> bytes:
@@ -247,8 +247,8 @@ def _parse_private_record(obj: Any, where: str) -> PrivateKeyRecord:
     return PrivateKeyRecord(owner, kind, ALG_BY_KIND[kind], key_id(public), created, private, public)
 
 
-def load_private_key(path: str | os.PathLike[str]) -> PrivateKeyRecord:
-    """Load a private key file; refuses files readable or writable by group/others (like ssh)."""
+def read_private_file(path: str | os.PathLike[str], max_bytes: int = 64 * 1024) -> bytes:
+    """The bytes of a secret file; refuses files readable or writable by group/others (like ssh)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
@@ -264,14 +264,23 @@ def load_private_key(path: str | os.PathLike[str]) -> PrivateKeyRecord:
                 f"must not be accessible by group or others (run: chmod 600 {path})"
             )
         with os.fdopen(fd, "rb", closefd=False) as handle:
-            raw = handle.read(64 * 1024)
+            return handle.read(max_bytes)
     finally:
         os.close(fd)
+
+
+def read_json_file(path: str | os.PathLike[str]) -> Any:
+    """A private key file's JSON document (checked as by :func:`read_private_file`)."""
+    raw = read_private_file(path)
     try:
-        obj = jsonin.loads(raw)  # strict: a repeated key would make the file mean two things
+        return jsonin.loads(raw)  # strict: a repeated key would make the file mean two things
     except jsonin.JsonInputError as exc:
         raise KeyFileError(f"{path}: not strict UTF-8 JSON: " + "; ".join(str(p) for p in exc.problems)) from None
-    return _parse_private_record(obj, str(path))
+
+
+def load_private_key(path: str | os.PathLike[str]) -> PrivateKeyRecord:
+    """Load a private key file; refuses files readable or writable by group/others (like ssh)."""
+    return _parse_private_record(read_json_file(path), str(path))
 
 
 class Keyring:

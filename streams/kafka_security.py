@@ -1,0 +1,325 @@
+"""How MASB's Kafka clients authenticate and encrypt: Kafka's own settings, from the environment
+and/or a Kafka client properties file (docs/security.md, "Client settings").
+
+    security = KafkaSecurity.from_env()      # MASB_KAFKA_CONFIG file, then MASB_KAFKA_* variables
+    AIOKafkaProducer(bootstrap_servers=..., **security.aiokafka_options())
+    faust.App(..., broker_credentials=security.faust_credentials())
+
+Setting names are Kafka's (security.protocol, sasl.mechanism, ssl.endpoint.identification.algorithm)
+or librdkafka's where the Java client has none (sasl.username, sasl.password, ssl.ca.location ...);
+each has an environment variable: MASB_KAFKA_ + the name upper-cased with dots as underscores
+(security.protocol -> MASB_KAFKA_SECURITY_PROTOCOL). A variable wins over the file.
+
+Secrets (sasl.password, ssl.key.password) come from a file, the properties file or the
+environment, never from a command line; they are kept out of repr(), logs and error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.errors import InvalidInput
+
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+DEFAULT_MECHANISM = "SCRAM-SHA-512"
+CONFIG_VARIABLE = "MASB_KAFKA_CONFIG"
+
+# Accepted setting names -> the canonical one. Aliases let a librdkafka or Java client properties
+# file be used as it is.
+ALIASES = {
+    "security.protocol": "security.protocol",
+    "sasl.mechanism": "sasl.mechanism",
+    "sasl.mechanisms": "sasl.mechanism",            # librdkafka
+    "sasl.username": "sasl.username",
+    "sasl.password": "sasl.password",
+    "sasl.password.file": "sasl.password.file",
+    "sasl.jaas.config": "sasl.jaas.config",          # Java: username="..." password="..."
+    "ssl.cafile": "ssl.cafile",
+    "ssl.ca.location": "ssl.cafile",                 # librdkafka
+    "ssl.truststore.location": "ssl.cafile",         # Java, with ssl.truststore.type=PEM
+    "ssl.truststore.type": "ssl.truststore.type",
+    "ssl.certfile": "ssl.certfile",
+    "ssl.certificate.location": "ssl.certfile",      # librdkafka
+    "ssl.keyfile": "ssl.keyfile",
+    "ssl.key.location": "ssl.keyfile",               # librdkafka
+    "ssl.keystore.location": "ssl.keystore.location",  # Java, with ssl.keystore.type=PEM: key + chain
+    "ssl.keystore.type": "ssl.keystore.type",
+    "ssl.key.password": "ssl.key.password",
+    "ssl.key.password.file": "ssl.key.password.file",
+    "ssl.endpoint.identification.algorithm": "ssl.endpoint.identification.algorithm",
+}
+CANONICAL = sorted(set(ALIASES.values()))
+SECRET_SETTINGS = {"sasl.password", "ssl.key.password", "sasl.jaas.config"}
+
+
+def variable(name: str) -> str:
+    """The environment variable of a canonical setting: sasl.password.file -> MASB_KAFKA_SASL_PASSWORD_FILE."""
+    return "MASB_KAFKA_" + name.upper().replace(".", "_")
+
+
+class KafkaSettingsError(InvalidInput):
+    """The Kafka client settings are incomplete or contradictory (exit 2). Names settings and files,
+    never a secret."""
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Resolved connection security of one client identity. Secrets are repr=False."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_key_password: str | None = field(default=None, repr=False)
+    check_hostname: bool = True
+    source: str = "defaults"  # where the settings came from, for messages
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "KafkaSecurity":
+        """Settings from $MASB_KAFKA_CONFIG (a properties file), overridden by MASB_KAFKA_* variables."""
+        environ = os.environ if environ is None else environ
+        settings: dict[str, str] = {}
+        sources = []
+        config = environ.get(CONFIG_VARIABLE)
+        if config:
+            settings.update(read_properties(config))
+            sources.append(f"{CONFIG_VARIABLE}={config}")
+        from_vars = {name: environ[variable(name)] for name in CANONICAL if environ.get(variable(name))}
+        if from_vars:
+            sources.append("MASB_KAFKA_* variables")
+        settings.update(from_vars)
+        return cls.from_settings(settings, source=" and ".join(sources) or "defaults")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, str], source: str = "settings") -> "KafkaSecurity":
+        """Settings given by Kafka name (aliases accepted); files named by *.file are read here."""
+        s: dict[str, str] = {}
+        for name, value in settings.items():
+            canonical = ALIASES.get(name)
+            if canonical is None:
+                raise KafkaSettingsError(f"{source}: unknown Kafka client setting {name!r}",
+                                         hint="supported: " + ", ".join(sorted(ALIASES)))
+            s[canonical] = value.strip() if canonical not in SECRET_SETTINGS else value
+        where = f"{source}: "
+        protocol = s.get("security.protocol", "PLAINTEXT").upper()
+        if protocol not in PROTOCOLS:
+            raise KafkaSettingsError(f"{where}security.protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        sasl = protocol.startswith("SASL_")
+        tls = protocol.endswith("SSL")
+
+        username, password = s.get("sasl.username"), s.get("sasl.password")
+        if "sasl.jaas.config" in s:
+            jaas_user, jaas_password = _parse_jaas(s["sasl.jaas.config"], where)
+            username, password = username or jaas_user, password or jaas_password
+        if s.get("sasl.password.file"):
+            password = _read_secret(s["sasl.password.file"], "sasl.password.file", where)
+        mechanism = s.get("sasl.mechanism", "").upper() or None
+        if sasl:
+            mechanism = mechanism or DEFAULT_MECHANISM
+            if mechanism not in MECHANISMS:
+                raise KafkaSettingsError(f"{where}sasl.mechanism {mechanism!r} is not one of {', '.join(MECHANISMS)}")
+            if not username:
+                raise KafkaSettingsError(f"{where}security.protocol {protocol} needs sasl.username "
+                                         f"({variable('sasl.username')})")
+            if not password:
+                raise KafkaSettingsError(f"{where}security.protocol {protocol} needs a password: "
+                                         f"sasl.password.file ({variable('sasl.password.file')}) or "
+                                         f"{variable('sasl.password')}")
+        elif username or password or mechanism:
+            raise KafkaSettingsError(f"{where}SASL settings are given but security.protocol is {protocol}",
+                                     hint="set security.protocol=SASL_SSL (or SASL_PLAINTEXT)")
+
+        cafile, certfile, keyfile = s.get("ssl.cafile"), s.get("ssl.certfile"), s.get("ssl.keyfile")
+        for kind in ("truststore", "keystore"):
+            if s.get(f"ssl.{kind}.type", "PEM").upper() != "PEM":
+                raise KafkaSettingsError(f"{where}ssl.{kind}.type must be PEM (MASB reads PEM files, not JKS or PKCS12)")
+        if s.get("ssl.keystore.location"):
+            certfile = keyfile = s["ssl.keystore.location"]  # one PEM file: private key and certificate chain
+        key_password = s.get("ssl.key.password")
+        if s.get("ssl.key.password.file"):
+            key_password = _read_secret(s["ssl.key.password.file"], "ssl.key.password.file", where)
+        if bool(certfile) != bool(keyfile):
+            raise KafkaSettingsError(f"{where}ssl.certfile and ssl.keyfile must be given together (mutual TLS)")
+        if not tls and (cafile or certfile):
+            raise KafkaSettingsError(f"{where}TLS files are given but security.protocol is {protocol}",
+                                     hint="set security.protocol=SSL or SASL_SSL")
+        for name, path in (("ssl.cafile", cafile), ("ssl.certfile", certfile), ("ssl.keyfile", keyfile)):
+            if path and not Path(path).is_file():
+                raise KafkaSettingsError(f"{where}{name} {path}: not found or not a file")
+        algorithm = s.get("ssl.endpoint.identification.algorithm", "https").lower()
+        if algorithm not in ("https", ""):
+            raise KafkaSettingsError(f"{where}ssl.endpoint.identification.algorithm must be https or empty")
+        return cls(protocol, mechanism if sasl else None, username if sasl else None, password if sasl else None,
+                   cafile, certfile, keyfile, key_password, algorithm == "https", source)
+
+    # -- what clients need -------------------------------------------------------------------
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.protocol.endswith("SSL")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.uses_tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ssl_cafile)
+        context.check_hostname = self.check_hostname
+        if self.ssl_certfile:
+            try:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password=self.ssl_key_password)
+            except (ssl.SSLError, ValueError, OSError):
+                raise KafkaSettingsError(
+                    f"{self.source}: ssl.certfile {self.ssl_certfile} / ssl.keyfile {self.ssl_keyfile} cannot be "
+                    "loaded: not a PEM certificate and key that belong together, or a wrong ssl.key.password"
+                ) from None
+        return context
+
+    def aiokafka_options(self) -> dict:
+        """Keyword arguments for AIOKafkaProducer, AIOKafkaConsumer and AIOKafkaAdminClient."""
+        options: dict = {"security_protocol": self.protocol}
+        if self.uses_tls:
+            options["ssl_context"] = self.ssl_context()
+        if self.uses_sasl:
+            options.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                           sasl_plain_password=self.sasl_password)
+        return options
+
+    def faust_credentials(self):
+        """faust's broker_credentials for these settings (None for PLAINTEXT)."""
+        from faust.auth import SASLCredentials, SSLCredentials
+
+        if self.uses_sasl:
+            return SASLCredentials(username=self.sasl_username, password=self.sasl_password,
+                                   mechanism=self.sasl_mechanism, ssl_context=self.ssl_context())
+        if self.uses_tls:
+            return SSLCredentials(self.ssl_context())
+        return None
+
+    @property
+    def principal(self) -> str:
+        """Who the broker is told this client is, for messages: User:<name>, the client certificate's
+        subject, or User:ANONYMOUS."""
+        if self.uses_sasl:
+            return f"User:{self.sasl_username}"
+        if self.ssl_certfile:
+            subject = certificate_subject(self.ssl_certfile)
+            return f"the client certificate {subject}" if subject else f"the client certificate {self.ssl_certfile}"
+        return "User:ANONYMOUS"
+
+    def describe(self) -> str:
+        """One line for logs: protocol, mechanism, principal; never a secret."""
+        parts = [self.protocol]
+        if self.uses_sasl:
+            parts.append(self.sasl_mechanism or "")
+        parts.append(self.principal)
+        return " ".join(p for p in parts if p)
+
+
+def certificate_subject(path: str) -> str | None:
+    """The subject of the first certificate in a PEM file, RFC 4514 (e.g. CN=masb-agency-x), or None."""
+    try:
+        from cryptography import x509
+
+        data = Path(path).read_bytes()
+        start = data.index(b"-----BEGIN CERTIFICATE-----")
+        return x509.load_pem_x509_certificate(data[start:]).subject.rfc4514_string()
+    except Exception:  # noqa: BLE001 - only for messages: any failure means "unknown"
+        return None
+
+
+def _read_secret(path: str, name: str, where: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KafkaSettingsError(f"{where}{name} {path}: not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KafkaSettingsError(f"{where}{name} {path}: cannot be read ({type(exc).__name__})") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise KafkaSettingsError(f"{where}{name} {path}: is empty")
+    return secret
+
+
+_JAAS_VALUE = r'{}\s*=\s*"((?:[^"\\]|\\.)*)"'
+
+
+def _parse_jaas(text: str, where: str) -> tuple[str | None, str | None]:
+    """username and password of a Java sasl.jaas.config (Scram/PlainLoginModule required ...;)."""
+    values = []
+    for key in ("username", "password"):
+        match = re.search(_JAAS_VALUE.format(key), text)
+        values.append(re.sub(r"\\(.)", r"\1", match.group(1)) if match else None)
+    if not all(values):
+        raise KafkaSettingsError(f"{where}sasl.jaas.config must give username=\"...\" and password=\"...\"")
+    return values[0], values[1]
+
+
+# -- Java properties files -------------------------------------------------------------------
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            n = text[i + 1]
+            if n == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", text[i + 2:i + 6]):
+                out.append(chr(int(text[i + 2:i + 6], 16)))
+                i += 6
+                continue
+            out.append(_ESCAPES.get(n, n))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """A Java .properties document (key=value, key: value or key value; # and ! comments; a
+    trailing backslash continues a line; backslash escapes)."""
+    result: dict[str, str] = {}
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].lstrip()
+        i += 1
+        if not line or line[0] in "#!":
+            continue
+        while _continues(line) and i < len(lines):
+            line = line[:-1] + lines[i].lstrip()
+            i += 1
+        if _continues(line):
+            line = line[:-1]
+        match = re.match(r"((?:[^\\=:\s]|\\.)*)\s*[=:\s]\s*(.*)$", line, re.S)
+        key, value = (match.group(1), match.group(2)) if match else (line, "")
+        result[_unescape(key)] = _unescape(value)
+    return result
+
+
+def _continues(line: str) -> bool:
+    trailing = len(line) - len(line.rstrip("\\"))
+    return trailing % 2 == 1
+
+
+def read_properties(path: str | os.PathLike) -> dict[str, str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KafkaSettingsError(f"{CONFIG_VARIABLE} {path}: not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KafkaSettingsError(f"{CONFIG_VARIABLE} {path}: cannot be read ({type(exc).__name__})") from None
+    return parse_properties(text)
