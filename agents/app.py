@@ -2,6 +2,8 @@
 
     case-events --router--> partner.<agency> (+ audit.exchange, case-events.dlq)
     audit.exchange --checkpointer--> audit.checkpoints
+    audit.exchange --deadlines--> audit.exchange (escalations), unit.<unit> (notices), deadlines.state
+    case-events.dlq.redrive --redrive--> case-events / receipts (+ audit.exchange)
     policy file --policy watcher--> router (next event uses the new version)
 """
 
@@ -17,10 +19,11 @@ from agents.settings import Settings
 from agents.supervision import Supervisor
 
 from streams.audit.case_keys import CASE_KEYS_DIR, CaseKeyStore
+from streams.clock import clock_from_setting
 from streams.crypto.keys import Keyring, KeyFileError, load_private_key
 from streams.policy import Policy, load_policy
 from streams.routing import Router, RouterIdentity
-from streams.topics import FOREVER, Topics
+from streams.topics import COMPACTED, FOREVER, Topics
 from streams.kafka import TopicSpec
 
 
@@ -59,7 +62,14 @@ def topic_specs(topics: Topics, policy: Policy, partitions: int) -> list[TopicSp
         TopicSpec(topics.receipts, 1),             # partner receipts, recorded in the exchange log
     ]
     specs += [TopicSpec(topics.partner(a.id), 1) for a in policy.agencies]
+    specs += deadline_topic_specs(topics, policy)
     return specs
+
+
+def deadline_topic_specs(topics: Topics, policy: Policy) -> list[TopicSpec]:
+    """The deadline agent's state, the units' notice feeds and redrive requests (docs/deadlines.md)."""
+    return [TopicSpec(topics.deadline_state, 1, COMPACTED), TopicSpec(topics.redrive_requests, 1)] + [
+        TopicSpec(topics.unit(u.id), 1) for u in policy.units]
 
 
 def assigned_partitions(app: faust.App) -> set[tuple[str, int]]:
@@ -79,7 +89,8 @@ class Runtime:
         self.policy_mtime = settings.policy_path.stat().st_mtime_ns  # before loading: a later edit is seen
         self.policy = policy or load_policy(settings.policy_path)
         self.identity = load_identity(self.policy, settings.keys_dir)
-        self.router = Router(self.policy, self.identity, self.topics)
+        self.clock = clock_from_setting(settings.clock)  # the system clock unless a test moves one
+        self.router = Router(self.policy, self.identity, self.topics, clock=self.clock)
         self.supervisor: Supervisor | None = None  # set by build_app
         self.health: Health | None = None
 
@@ -119,10 +130,12 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     runtime.supervisor.run("health-monitor", runtime.health.run)
     runtime.faults = Faults() if settings.fault_injection else None
 
-    from agents import checkpointer, policy_watch, receipts, router, web
+    from agents import checkpointer, deadlines, policy_watch, receipts, redrive, router, web
 
     router.install(app, runtime)
     receipts.install(app, runtime)
+    deadlines.install(app, runtime)
+    redrive.install(app, runtime)
     checkpointer.install(app, runtime)
     policy_watch.install(app, runtime)
     web.install(app, runtime)

@@ -77,6 +77,6 @@ async def reload(runtime, sender: AcknowledgedSender, path) -> None:
     await ensure_topics(runtime.settings.bootstrap, topic_specs(runtime.topics, new, runtime.settings.partitions))
     previous = runtime.policy
     runtime.policy = new
-    runtime.router = Router(new, runtime.identity, runtime.topics)
+    runtime.router = Router(new, runtime.identity, runtime.topics, clock=runtime.clock)
     await record_change(runtime, sender, previous)
     log.warning("policy version %d now in force (was %d)", new.version, previous.version)

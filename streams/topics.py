@@ -15,6 +15,8 @@ _AGENCY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 # Audit and dead-letter topics keep records forever: they are evidence. Case topics keep them
 # for the agreed delivery window only; partners are expected to have consumed within it.
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+# A state topic keeps the latest record per key (tombstones remove it): a snapshot, not a history.
+COMPACTED = {"cleanup.policy": "compact"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,22 @@ class Topics:
     @property
     def receipts(self) -> str:
         return f"{self.prefix}receipts"
+
+    @property
+    def deadline_state(self) -> str:
+        """The deadline agent's state (compacted): one record per open delivery (docs/deadlines.md)."""
+        return f"{self.prefix}deadlines.state"
+
+    @property
+    def redrive_requests(self) -> str:
+        """Operators' requests to send dead letters back through the router (docs/deadlines.md)."""
+        return f"{self.prefix}case-events.dlq.redrive"
+
+    def unit(self, unit_id: str) -> str:
+        """One notice feed per originating unit: what happened to the events it published."""
+        if not _AGENCY_ID.match(unit_id):
+            raise ValueError("unit id must be 2-63 lowercase letters, digits or '-'")
+        return f"{self.prefix}unit.{unit_id}"
 
     def partner(self, agency_id: str) -> str:
         """One feed per agency: only envelopes addressed to it."""
