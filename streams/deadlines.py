@@ -355,12 +355,12 @@ class DeadlineBook:
                 if t.escalations and t.closed_at is None:
                     actions.append(Action(ESCALATION_CLOSED, t, t.level, now))
                 continue
-            if t.ended_at is None and t.expires_at is not None and now >= t.expires_at:
+            escalations = [Action(ESCALATION, t, level, now) for level, threshold in ((1, t.deliver_by), (2, t.second_at))
+                           if threshold is not None and now >= threshold and level not in t.escalations]
+            if escalations:  # every threshold that passed is escalated first; expiry comes after them
+                actions += escalations
+            elif t.ended_at is None and t.expires_at is not None and now >= t.expires_at:
                 actions.append(Action(NON_DELIVERY, t, t.level, now))
-                continue
-            for level, threshold in ((1, t.deliver_by), (2, t.second_at)):
-                if threshold is not None and now >= threshold and level not in t.escalations:
-                    actions.append(Action(ESCALATION, t, level, now))
         return actions
 
     def due_drops(self, now: datetime, expiry: timedelta) -> list[str]:

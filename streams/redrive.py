@@ -104,11 +104,13 @@ def plan_redrive(letter: dict[str, Any], dead_letter_source: str, request_source
                  now: datetime) -> Redrive:
     """The redrive of a dead letter that `why_not_redrivable` accepted."""
     refused_at = letter["received_at"].isoformat().replace("+00:00", "Z")
+    # `source` names the refused input record, as the REFUSAL entry did: the report links the two.
+    refused = f"{letter['source_topic']}/{letter['source_partition']}/{letter['source_offset']}"
     entry = make_entry(
         "REDRIVE", recorded_at=now, event_id=letter["event_id"], unit_id=letter["unit_id"],
         policy_version=policy.version, policy_digest=policy.digest, reason_code=letter["reason_code"],
         reason=(f"dead letter {dead_letter_source} (refused {letter['reason_code']} at {refused_at}) sent back to "
                 f"{letter['source_topic']}"),
-        source=dead_letter_source, action_id=redrive_action_id(dead_letter_source, request_source),
+        source=refused, action_id=redrive_action_id(dead_letter_source, request_source),
     )
     return Redrive(letter["source_topic"], letter["original_key"], letter["payload"], entry)

@@ -115,7 +115,8 @@ def test_refused_for_an_unknown_schema_id_then_redriven_after_registration_reach
     for agency in AGENCIES:
         running.wait_feed(agency, event_id)
     [entry] = [e for e in running.audit_entries() if e["kind"] == "REDRIVE"]
-    assert entry["reason_code"] == "WIRE_FORMAT" and entry["source"] == f"{running.topics.dead_letter}/0/1"
+    assert entry["reason_code"] == "WIRE_FORMAT" and entry["source"] == refusal["source"]
+    assert f"dead letter {running.topics.dead_letter}/0/1 " in entry["reason"]
 
     # Redriven again, and published again by the unit: still once per agency.
     assert masb(running, "dlq", "redrive", "--reason", "WIRE_FORMAT").returncode == 1  # already requested
