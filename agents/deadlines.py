@@ -105,6 +105,8 @@ class DeadlineAgent:
         self.sealer = NoticeSealer(runtime.identity.signing.current, runtime.identity.exchange.current)
         self.book: DeadlineBook | None = None
         self.barrier = 0  # act only once the book reflects the audit log up to here
+        self.ownership = _Ownership(self.tp)
+        self._unkeyed_units: set[str] = set()  # warned about once each
 
     # -- notices -----------------------------------------------------------------------------------
     def notice(self, request: NoticeRequest) -> Message | None:
@@ -114,8 +116,10 @@ class DeadlineAgent:
         key = unit.active_exchange_key if unit is not None else None
         if key is None:
             NOTICES_UNSENT.inc()
-            log.warning("no notice to unit %s: it has no active exchange key in policy version %d",
-                        t.unit_id, self.runtime.policy.version)
+            if t.unit_id not in self._unkeyed_units:
+                self._unkeyed_units.add(t.unit_id)
+                log.warning("no notices to unit %s: it has no active exchange key in policy version %d "
+                            "(docs/keys.md)", t.unit_id, self.runtime.policy.version)
             return None
         value = self.sealer.seal(unit_id=unit.id, unit_key_id=key.key_id, unit_public_key=key.public_key,
                                  content=request.content(), created_at=self.runtime.clock())
@@ -128,7 +132,7 @@ class DeadlineAgent:
             settings.bootstrap, group_id=f"{self.topics.prefix}masb-deadlines", auto_offset_reset="earliest",
             session_timeout_ms=int(settings.session_timeout * 1000),
             heartbeat_interval_ms=int(min(3.0, settings.session_timeout / 3) * 1000), max_poll_records=BATCH)
-        ownership = _Ownership(self.tp)
+        ownership = self.ownership
         sender = AcknowledgedSender(settings.bootstrap)
         await start_client(consumer, settings.bootstrap)
         try:
@@ -146,7 +150,7 @@ class DeadlineAgent:
                 records = batch.get(self.tp, [])
                 if records:
                     await self.fold(consumer, sender, records)
-                if time.monotonic() >= next_tick:
+                if time.monotonic() >= next_tick and not ownership.changed:
                     next_tick = time.monotonic() + settings.deadline_interval
                     await self.tick(consumer, sender)
         finally:
@@ -170,7 +174,7 @@ class DeadlineAgent:
 
     def leave(self) -> None:
         if self.book is not None:
-            log.warning("deadline tracking handed over to another worker")
+            log.warning("deadline tracking released (this worker stops, or another one takes over)")
         self.book = None
         for gauge in (OVERDUE, OPEN_ESCALATIONS):
             gauge.clear()
@@ -207,6 +211,8 @@ class DeadlineAgent:
     async def tick(self, consumer, sender: AcknowledgedSender) -> None:
         """Act on what is due, if the book reflects the log up to the barrier; refresh the gauges."""
         now = self.runtime.clock()
+        if self.ownership.changed:  # a rebalance happened meanwhile: the loop takes over again first
+            return
         try:
             position = await consumer.position(self.tp)
         except IllegalStateError:  # revoked meanwhile: the loop hands over before the next batch
