@@ -91,6 +91,6 @@ class Settings:
             stop_deadline=positive_number(env_or(None, "MASB_STOP_DEADLINE", 10.0), "MASB_STOP_DEADLINE"),
             fault_injection=env_or(None, "MASB_FAULT_INJECTION", "0") == "1",
             table_store=one_of(env_or(None, "MASB_TABLE_STORE", "rocksdb"), "MASB_TABLE_STORE", ("rocksdb", "memory")),
-            deadline_interval=float(env_or(None, "MASB_DEADLINE_INTERVAL", 5.0)),
+            deadline_interval=positive_number(env_or(None, "MASB_DEADLINE_INTERVAL", 5.0), "MASB_DEADLINE_INTERVAL"),
             clock=env_or(None, "MASB_CLOCK", ""),
         )

@@ -17,6 +17,7 @@ never later.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Callable, Mapping
@@ -25,6 +26,11 @@ DEFAULT_EXPIRY = "P5D"
 DEADLINES_KEYS = ("expiry", "school_calendar")
 CALENDAR_KEYS = ("terms", "closed")
 TERM_KEYS = ("start", "end")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)  # YYYY-MM-DD only (fromisoformat takes more)
+BASE = ("deadlines", "school_calendar")
+
+# problem(where shown, path in the document, message): the policy parser names the file and line.
+Problem = Callable[[str, tuple, str], None]
 
 
 @dataclass(frozen=True)
@@ -74,80 +80,81 @@ class DeadlineSettings:
 def _as_date(value: Any) -> date | None:
     if isinstance(value, date) and not isinstance(value, datetime):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and _DATE.fullmatch(value):
         try:
             return date.fromisoformat(value)
-        except ValueError:
+        except ValueError:  # e.g. month 13
             return None
     return None
 
 
-def parse_school_calendar(value: Any, problem: Callable[[str, str], None]) -> SchoolCalendar | None:
-    """Validate `deadlines.school_calendar`; every problem goes to problem(where, what)."""
+def parse_school_calendar(value: Any, problem: Problem) -> SchoolCalendar | None:
+    """Validate `deadlines.school_calendar`; every problem goes to problem(where, path, what)."""
     where = "deadlines.school_calendar"
     if not isinstance(value, Mapping):
-        problem(where, f"must be a mapping, not {type(value).__name__}")
+        problem(where, BASE, f"must be a mapping, not {type(value).__name__}")
         return None
     for key in value:
         if key not in CALENDAR_KEYS:
-            problem(where, f"unknown key {str(key)!r}")
+            problem(where, BASE + (key,), f"unknown key {str(key)!r}")
     if "terms" not in value:
-        problem(where, "missing required key 'terms'")
+        problem(where, BASE, "missing required key 'terms'")
         return None
     raw_terms = value["terms"]
     if not isinstance(raw_terms, list) or not raw_terms:
-        problem(where, "terms: must be a non-empty list of {start, end} dates")
+        problem(where, BASE + ("terms",), "terms: must be a non-empty list of {start, end} dates")
         return None
     terms: list[tuple[int, Term]] = []
     ok = True
     for i, raw in enumerate(raw_terms):
-        here = f"{where}.terms[{i}]"
+        here, path = f"{where}.terms[{i}]", BASE + ("terms", i)
         if not isinstance(raw, Mapping):
-            problem(here, f"must be a mapping, not {type(raw).__name__}")
+            problem(here, path, f"must be a mapping, not {type(raw).__name__}")
             ok = False
             continue
         unknown = [k for k in raw if k not in TERM_KEYS]
         for key in unknown:
-            problem(here, f"unknown key {str(key)!r}")
+            problem(here, path + (key,), f"unknown key {str(key)!r}")
         bounds = {}
         for key in TERM_KEYS:
             if key not in raw:
-                problem(here, f"missing required key {key!r}")
+                problem(here, path, f"missing required key {key!r}")
             elif (parsed := _as_date(raw[key])) is None:
-                problem(here, f"{key}: must be a date like 2026-09-02")
+                problem(here, path + (key,), f"{key}: must be a date like 2026-09-02")
             else:
                 bounds[key] = parsed
         if len(bounds) != 2 or unknown:
             ok = False
             continue
         if bounds["end"] < bounds["start"]:
-            problem(here, f"end {bounds['end'].isoformat()} is before start {bounds['start'].isoformat()}")
+            problem(here, path + ("end",), f"end {bounds['end'].isoformat()} is before start "
+                                           f"{bounds['start'].isoformat()}")
             ok = False
             continue
         terms.append((i, Term(bounds["start"], bounds["end"])))
     terms.sort(key=lambda item: item[1].start)
     for (i, earlier), (j, later) in zip(terms, terms[1:]):
         if later.start <= earlier.end:
-            problem(f"{where}.terms[{j}]", f"overlaps terms[{i}] ({earlier.start.isoformat()} to "
-                                           f"{earlier.end.isoformat()})")
+            problem(f"{where}.terms[{j}]", BASE + ("terms", j), f"overlaps terms[{i}] ({earlier.start.isoformat()} "
+                                                                f"to {earlier.end.isoformat()})")
             ok = False
     closed: set[date] = set()
     raw_closed = value.get("closed", [])
     if not isinstance(raw_closed, list):
-        problem(where, "closed: must be a list of dates")
+        problem(where, BASE + ("closed",), "closed: must be a list of dates")
         ok = False
         raw_closed = []
     for i, raw in enumerate(raw_closed):
         day = _as_date(raw)
+        here, path = f"{where}.closed[{i}]", BASE + ("closed", i)
         if day is None:
-            problem(f"{where}.closed[{i}]", "must be a date like 2026-11-30")
+            problem(here, path, "must be a date like 2026-11-30")
             ok = False
         elif day in closed:
-            problem(f"{where}.closed[{i}]", f"{day.isoformat()} listed twice")
+            problem(here, path, f"{day.isoformat()} listed twice")
             ok = False
         elif not any(t.start <= day <= t.end for _, t in terms):
-            problem(f"{where}.closed[{i}]", f"{day.isoformat()} is not inside a term (days between terms are "
-                                            "holidays already)")
+            problem(here, path, f"{day.isoformat()} is not inside a term (days between terms are holidays already)")
             ok = False
         else:
             closed.add(day)

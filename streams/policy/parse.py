@@ -261,20 +261,15 @@ class _Parser:
 
     def deadlines(self, value: Any) -> DeadlineSettings:
         """The optional `deadlines` section: expiry of deliveries and the school calendar."""
-        section = self.mapping(value, "deadlines", (), optional=DEADLINES_KEYS)
+        top = Where("deadlines", ("deadlines",))
+        section = self.mapping(value, top, (), optional=DEADLINES_KEYS)
         if section is None:
             return DeadlineSettings()
         expiry = DEFAULT_EXPIRY
         if "expiry" in section:
-            raw = section["expiry"]
-            try:
-                if not isinstance(raw, str):
-                    raise ValueError("must be an ISO 8601 duration string like P5D")
-                check_fixed_duration(raw)
-                expiry = raw
-            except ValueError as exc:
-                self.problem("deadlines", f"expiry: {raw!r}: {exc}" if isinstance(raw, str) else f"expiry: {exc}")
-        calendar = (parse_school_calendar(section["school_calendar"], self.problem)
+            expiry = self.fixed_duration(section["expiry"], top, "expiry", "P5D") or DEFAULT_EXPIRY
+        calendar = (parse_school_calendar(section["school_calendar"],
+                                          lambda shown, path, message: self.problem(Where(shown, path), message))
                     if "school_calendar" in section else None)
         return DeadlineSettings(expiry, calendar)
 
@@ -363,10 +358,10 @@ class _Parser:
                                  noun="event type")
             keys = self.keys(unit.get("signing_keys", []), where.key("signing_keys"), "Ed25519")
             self.require_active(keys, where, "signing key", exactly_one=False)
-            exchange = self.keys(unit.get("exchange_keys", []), f"{where}: exchange_keys", "X25519")
+            exchange = self.keys(unit.get("exchange_keys", []), where.key("exchange_keys"), "X25519")
             if len(active_keys(exchange)) > 1:
                 self.problem(where, f"{len(active_keys(exchange))} active exchange keys; exactly one may receive "
-                                    "notices")
+                                    "notices", "exchange_keys")
             if unit_id is not None:
                 units.append(Unit(unit_id, areas, types, keys, exchange))
         return units
@@ -430,16 +425,11 @@ class _Parser:
             shares = self.shares(agreement.get("shares", {}), where) if "shares" in agreement else {}
             required = agreement.get("required_receipt", RECEIVED)
             if required not in RECEIPT_LEVELS:
-                self.problem(where, f"required_receipt: must be RECEIVED or ACKNOWLEDGED, not {str(required)!r}")
+                self.problem(where, f"required_receipt: must be RECEIVED or ACKNOWLEDGED, not {str(required)!r}",
+                             "required_receipt")
             again = agreement.get("escalate_again_after")
             if again is not None:
-                try:
-                    if not isinstance(again, str):
-                        raise ValueError("must be an ISO 8601 duration string like PT18H")
-                    check_fixed_duration(again)
-                except ValueError as exc:
-                    self.problem(where, f"escalate_again_after: {again!r}: {exc}" if isinstance(again, str)
-                                 else f"escalate_again_after: {exc}")
+                again = self.fixed_duration(again, where, "escalate_again_after", "PT18H")
             if agency is not None:
                 for event_type in shares:
                     first = received.setdefault((agency.id, event_type), where)
@@ -450,6 +440,17 @@ class _Parser:
                 agreements.append(Agreement(agreement_id, version, agency.id, purpose, str(basis), retention,
                                             deadline, shares, str(required), again))
         return agreements
+
+    def fixed_duration(self, value: Any, where: str, key: str, example: str) -> str | None:
+        """A duration that can be added to an instant (no years or months), or None after a problem."""
+        try:
+            if not isinstance(value, str):
+                raise ValueError(f"must be an ISO 8601 duration string like {example}")
+            check_fixed_duration(value)
+            return value
+        except ValueError as exc:
+            self.problem(where, f"{key}: {value!r}: {exc}" if isinstance(value, str) else f"{key}: {exc}", key)
+            return None
 
     def duration(self, value: Any, where: str, *, deadline: bool) -> str:
         if not isinstance(value, str):
