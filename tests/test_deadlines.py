@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.audit.entry import AuditEntryError, decode_entry, encode_entry, make_entry
-from streams.audit.report import Filters, build_report
+from streams.audit.report import Filters, build_report, render_html
 from streams.clock import ClockError, FileClock, clock_from_setting
 from streams.deadlines import DeadlineBook, Tracking, human_duration
 from streams.policy import parse_policy
@@ -301,6 +301,8 @@ def test_the_report_shows_escalations_closures_non_deliveries_and_redrives():
     assert report.refusals[0]["redriven_at"] == "2026-11-29T01:30:00Z"
     summary = report.summary()
     assert summary["escalations_by_level"] == {"1": 0, "2": 1} and summary["refusals_redriven"] == 1
+    page = render_html(report)
+    assert "escalated 2026-11-28 01:30" in page and "escalation level 2" in page and "escalation closed" in page
     # Without the receipt the delivery is "escalated", not merely overdue.
     report = build_report([(i, encode_entry(e)) for i, e in enumerate(log.entries[:3])], Filters(),
                           as_of=T0 + timedelta(hours=40))
