@@ -323,3 +323,52 @@ def test_status_shows_the_life_of_an_event_to_its_unit_only(deployment, tmp_path
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert {(n["kind"], n["agency_id"]) for n in lines if n["event_id"] == event_id} >= {
         ("DELIVERED", HOUSING), ("ACKNOWLEDGED", "idva-west-mercia")}
+
+
+def test_two_workers_escalate_once_and_the_survivor_takes_over(deployment):
+    """Several workers: one owns deadline tracking; when it dies, another goes on, nothing twice."""
+    running, clock = deployment
+    env = worker_env(running.deployment, running.bootstrap, running.topics.prefix,
+                     MASB_CLOCK=f"file:{clock.path}", MASB_DEADLINE_INTERVAL="0.3")
+    env["MASB_DATADIR"] = str(running.deployment.workdir / "worker-b-data")
+    first = running.worker
+    second = WorkerProcess(env, running.deployment.workdir / "worker-b.log")
+    workers = [first, second]
+    try:
+        second.wait_healthy()
+        start = clock.now
+        event = fixture_event("MARAC_REFERRAL", unit_id=UNIT, area="shropshire", case_ref="WM-DEADLINE07")
+        event_id = event["header"]["event_id"]
+        running.publish(event)
+        wait_notice(running, event_id, "DELIVERED", HOUSING)
+        for agency in ("gp-fed-shropshire", "idva-west-mercia"):
+            receipt(running, agency, event_id)
+
+        def owner():
+            for worker in workers:
+                running.worker = worker
+                if metric(running, "masb_deliveries_overdue", agency=HOUSING) is not None:
+                    return worker
+            return None
+
+        clock.set(start + timedelta(hours=6, seconds=1))
+        running.wait_audit(lambda e: e["kind"] == "ESCALATION" and e["event_id"] == event_id)
+        owning = running.wait_for(owner, 30, "the worker that owns deadline tracking")
+        settle(running, 10)
+        assert len(entries(running, "ESCALATION", event_id)) == 1  # two workers, one escalation
+
+        os.killpg(owning.proc.pid, signal.SIGKILL)
+        owning.proc.wait()
+        survivor = second if owning is workers[0] else workers[0]
+        workers = [survivor]
+        running.worker = survivor
+        clock.set(start + timedelta(hours=24, seconds=1))
+        running.wait_audit(lambda e: e["kind"] == "ESCALATION" and e["event_id"] == event_id and e["level"] == 2,
+                           timeout=90)
+        settle(running, 10)
+        assert sorted(e["level"] for e in entries(running, "ESCALATION", event_id)) == [1, 2]
+        assert owner() is survivor
+    finally:
+        for worker in (first, second):  # the fixture stops running.worker
+            if worker is not running.worker:
+                worker.stop()
