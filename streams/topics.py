@@ -16,7 +16,10 @@ _AGENCY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 # for the agreed delivery window only; partners are expected to have consumed within it.
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
 # A state topic keeps the latest record per key (tombstones remove it): a snapshot, not a history.
-COMPACTED = {"cleanup.policy": "compact"}
+# Segments roll hourly and are cleaned once a tenth is superseded, so a new owner reading the topic
+# reads roughly the live records, not months of history waiting in an open segment.
+COMPACTED = {"cleanup.policy": "compact", "segment.ms": "3600000", "min.cleanable.dirty.ratio": "0.1",
+             "delete.retention.ms": "86400000"}
 
 
 @dataclass(frozen=True)
