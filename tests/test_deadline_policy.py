@@ -140,3 +140,18 @@ def test_without_a_calendar_friday_evening_is_due_monday_morning():
     [share] = [s for s in parse_policy(doc()).routing("CHILD_NOTIFICATION", "worcestershire")
                if s.agency_id == "oak-school"]
     assert deliver_by(share, london(2026, 11, 27, 19, 30)) == london(2026, 11, 30, 8, 0)
+
+
+def test_a_units_exchange_key_is_revoked_like_any_other(tmp_path):
+    from streams.policy import load_policy
+    from streams.policy.revoke import revoke_key_text
+
+    d = doc()
+    d["units"][0]["exchange_keys"] = [UNIT_X25519]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    edit = revoke_key_text(path.read_text(), "hau-north", "0272088efe0ccd55")
+    assert (edit.key_list, edit.previous_status, edit.new_version) == ("exchange_keys", "active", 5)
+    path.write_text(edit.text)
+    unit = load_policy(path).unit("hau-north")
+    assert unit.exchange_keys[0].status == "revoked" and unit.active_exchange_key is None  # no more notices
