@@ -2,6 +2,8 @@
 
     case-events --router--> partner.<agency> (+ audit.exchange, case-events.dlq)
     audit.exchange --checkpointer--> audit.checkpoints
+    audit.exchange --deadlines--> audit.exchange (escalations), unit.<unit> (notices), deadlines.state
+    case-events.dlq.redrive --redrive--> case-events / receipts (+ audit.exchange)
     policy file --policy watcher--> router (next event uses the new version)
 """
 
@@ -18,6 +20,7 @@ from agents.supervision import Supervisor
 
 from streams.audit.case_keys import CASE_KEYS_DIR
 from streams.audit.shared_case_keys import CaseKeySecrets, SharedCaseKeys
+from streams.clock import clock_from_setting
 from streams.crypto.keys import Keyring, KeyFileError, load_private_key
 from streams.crypto.pseudonym import PseudonymKeys
 from streams.kafka_security import KafkaSecurity
@@ -84,6 +87,9 @@ def topic_specs(topics: Topics, policy: Policy, partitions: int, replication: in
     # locked-down cluster, where they are provisioned up front, the worker needs no CREATE right.
     specs += [spec(topics.changelog(t), partitions, COMPACTED, exact=True) for t in WORKER_TABLES]
     specs += [spec(topics.assignor_leader)]
+    # The deadline agent's state, the units' notice feeds and redrive requests (docs/deadlines.md).
+    specs += [spec(topics.deadline_state, 1, COMPACTED), spec(topics.redrive_requests)]
+    specs += [spec(topics.unit(u.id)) for u in policy.units]
     return specs
 
 
@@ -113,7 +119,8 @@ class Runtime:
         self.case_keys = SharedCaseKeys(settings.bootstrap, self.topics.case_keys,
                                         CaseKeySecrets.load(Path(settings.keys_dir) / CASE_KEYS_DIR))
         self.identity = load_identity(self.policy, settings.keys_dir, self.case_keys)
-        self.router = Router(self.policy, self.identity, self.topics)
+        self.clock = clock_from_setting(settings.clock)  # the system clock unless a test moves one
+        self.router = Router(self.policy, self.identity, self.topics, clock=self.clock)
         self.supervisor: Supervisor | None = None  # set by build_app
         self.health: Health | None = None
 
@@ -155,11 +162,13 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     runtime.supervisor.run("health-monitor", runtime.health.run)
     runtime.faults = Faults() if settings.fault_injection else None
 
-    from agents import checkpointer, policy_watch, receipts, router, shredding, web
+    from agents import checkpointer, deadlines, policy_watch, receipts, redrive, router, shredding, web
 
     router.install(app, runtime)
     shredding.install(app, runtime)
     receipts.install(app, runtime)
+    deadlines.install(app, runtime)
+    redrive.install(app, runtime)
     checkpointer.install(app, runtime)
     policy_watch.install(app, runtime)
     web.install(app, runtime)

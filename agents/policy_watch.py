@@ -97,6 +97,6 @@ async def reload(runtime, sender: AcknowledgedSender, path) -> None:
     previous = runtime.policy
     runtime.policy = new
     runtime.identity = identity
-    runtime.router = Router(new, identity, runtime.topics)
+    runtime.router = Router(new, identity, runtime.topics, clock=runtime.clock)
     await record_change(runtime, sender, previous)
     log.warning("policy version %d now in force (was %d)", new.version, previous.version)

@@ -72,6 +72,8 @@ class Settings:
     stop_deadline: float = 10.0          # seconds SIGTERM may take before the worker exits regardless
     fault_injection: bool = False        # POST /debug/... endpoints that break the worker on purpose (tests)
     table_store: str = "rocksdb"         # where the dedupe table is cached: rocksdb (bounded memory) or memory
+    deadline_interval: float = 5.0       # seconds between the deadline agent's looks at the clock
+    clock: str = ""                      # MASB_CLOCK: "" = system clock; file:PATH for tests only (streams/clock.py)
 
     @classmethod
     def from_args(cls, args) -> "Settings":
@@ -99,6 +101,8 @@ class Settings:
             stop_deadline=positive_number(env_or(None, "MASB_STOP_DEADLINE", 10.0), "MASB_STOP_DEADLINE"),
             fault_injection=env_or(None, "MASB_FAULT_INJECTION", "0") == "1",
             table_store=one_of(env_or(None, "MASB_TABLE_STORE", "rocksdb"), "MASB_TABLE_STORE", ("rocksdb", "memory")),
+            deadline_interval=positive_number(env_or(None, "MASB_DEADLINE_INTERVAL", 5.0), "MASB_DEADLINE_INTERVAL"),
+            clock=env_or(None, "MASB_CLOCK", ""),
         ).checked()
 
     def checked(self) -> "Settings":

@@ -6,16 +6,19 @@
 
 Who gets what (P = topic prefix, W = the worker's faust app id P+"masb-router"):
 
-    User:<pp>unit-<id>      WRITE, DESCRIBE  topic P+case-events
+    User:<pp>unit-<id>      WRITE, DESCRIBE  topic P+case-events;  READ, DESCRIBE topic P+unit.<id> (its notices)
     User:<pp>agency-<id>    READ, DESCRIBE   topic P+partner.<id>;  READ group P+partner.<id>
                             WRITE, DESCRIBE  topic P+receipts
     User:<pp>auditor        READ, DESCRIBE   topics P+audit.exchange, P+audit.checkpoints, P+audit.case-keys
-                            WRITE, DESCRIBE  topic P+audit.case-key-shreds (masb audit shred)
+                            WRITE, DESCRIBE  topics P+audit.case-key-shreds (masb audit shred),
+                                             P+case-events.dlq.redrive (masb dlq redrive);  READ topic P+case-events.dlq
     User:<pp>router         READ             topics P+case-events, P+receipts, P+audit.case-key-shreds
-                            WRITE            topics P+partner.<every agency>, P+case-events.dlq
-                            READ, WRITE      topics P+audit.exchange, P+audit.checkpoints, P+audit.case-keys
+                            WRITE            topics P+partner.<every agency>, P+unit.<every unit>, P+case-events.dlq
+                            READ             topic P+case-events.dlq.redrive
+                            READ, WRITE      topics P+audit.exchange, P+audit.checkpoints, P+audit.case-keys,
+                                             P+deadlines.state, P+case-events.dlq (redrive reads it)
                                              and faust's own topics W-<table>-changelog, W-__assignor-__leader
-                            DESCRIBE         every topic above;  READ groups W and W-checkpointer
+                            DESCRIBE         every topic above;  READ groups W, W-checkpointer, P+masb-deadlines
                             WRITE, DESCRIBE  transactional id W-checkpointer (the fenced checkpointer)
 
 and nobody else anything (the cluster runs with allow.everyone.if.no.acl.found=false). Every
@@ -102,6 +105,7 @@ def plan(policy: Policy, topics: Topics, principals: Principals = Principals()) 
     bindings: list[AclBinding] = []
     for unit in policy.units:
         bindings += _topic(principals.unit(unit.id), topics.case_events, "WRITE", "DESCRIBE")
+        bindings += _topic(principals.unit(unit.id), topics.unit(unit.id), "READ", "DESCRIBE")
     for agency in policy.agencies:
         who = principals.agency(agency.id)
         bindings += _topic(who, topics.partner(agency.id), "READ", "DESCRIBE")
@@ -109,15 +113,19 @@ def plan(policy: Policy, topics: Topics, principals: Principals = Principals()) 
         bindings += _topic(who, topics.receipts, "WRITE", "DESCRIBE")
     for name in (topics.audit, topics.checkpoints, topics.case_keys):
         bindings += _topic(principals.auditor, name, "READ", "DESCRIBE")
-    bindings += _topic(principals.auditor, topics.case_key_shreds, "WRITE", "DESCRIBE")
+    for name in (topics.case_key_shreds, topics.redrive_requests):
+        bindings += _topic(principals.auditor, name, "WRITE", "DESCRIBE")
+    bindings += _topic(principals.auditor, topics.dead_letter, "READ", "DESCRIBE")
     router = principals.router
-    for name in (topics.case_events, topics.receipts, topics.case_key_shreds):
+    for name in (topics.case_events, topics.receipts, topics.case_key_shreds, topics.redrive_requests):
         bindings += _topic(router, name, "READ", "DESCRIBE")
-    for name in [topics.dead_letter, *(topics.partner(a.id) for a in policy.agencies)]:
+    for name in [*(topics.partner(a.id) for a in policy.agencies), *(topics.unit(u.id) for u in policy.units)]:
         bindings += _topic(router, name, "WRITE", "DESCRIBE")
-    for name in [topics.audit, topics.checkpoints, topics.case_keys, *worker_internal_topics(topics)]:
+    for name in [topics.audit, topics.checkpoints, topics.case_keys, topics.deadline_state, topics.dead_letter,
+                 *worker_internal_topics(topics)]:
         bindings += _topic(router, name, "READ", "WRITE", "DESCRIBE")
     bindings += _group(router, topics.worker_app_id, "READ")
+    bindings += _group(router, topics.deadline_group, "READ")
     bindings += _group(router, topics.checkpointer_lease, "READ")
     bindings += [AclBinding(router, "TRANSACTIONAL_ID", topics.checkpointer_lease, "LITERAL", op)
                  for op in ("WRITE", "DESCRIBE")]

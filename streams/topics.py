@@ -15,6 +15,11 @@ _AGENCY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 # Audit and dead-letter topics keep records forever: they are evidence. Case topics keep them
 # for the agreed delivery window only; partners are expected to have consumed within it.
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+# A state topic keeps the latest record per key (tombstones remove it): a snapshot, not a history.
+# Segments roll hourly and are cleaned once a tenth is superseded, so a new owner reading the topic
+# reads roughly the live records, not months of history waiting in an open segment.
+COMPACTED = {"cleanup.policy": "compact", "segment.ms": "3600000", "min.cleanable.dirty.ratio": "0.1",
+             "delete.retention.ms": "86400000"}
 
 # The worker's faust tables (agents/): each has a changelog topic <worker app id>-<table>-changelog
 # that MASB provisions up front, with the ACLs the worker needs (streams/acl.py), so the worker
@@ -88,6 +93,27 @@ class Topics:
     def partner_group(self, agency_id: str) -> str:
         """The consumer group an agency's own systems may use on its feed (same name as the feed)."""
         return self.partner(agency_id)
+
+    @property
+    def deadline_group(self) -> str:
+        """The consumer group whose one member runs the deadline agent (docs/deadlines.md)."""
+        return f"{self.prefix}masb-deadlines"
+
+    @property
+    def deadline_state(self) -> str:
+        """The deadline agent's state (compacted): one record per open delivery (docs/deadlines.md)."""
+        return f"{self.prefix}deadlines.state"
+
+    @property
+    def redrive_requests(self) -> str:
+        """Operators' requests to send dead letters back through the router (docs/deadlines.md)."""
+        return f"{self.prefix}case-events.dlq.redrive"
+
+    def unit(self, unit_id: str) -> str:
+        """One notice feed per originating unit: what happened to the events it published."""
+        if not _AGENCY_ID.match(unit_id):
+            raise ValueError("unit id must be 2-63 lowercase letters, digits or '-'")
+        return f"{self.prefix}unit.{unit_id}"
 
     def partner(self, agency_id: str) -> str:
         """One feed per agency: only envelopes addressed to it."""

@@ -27,6 +27,7 @@ from streams.partner import FeedItem, PartnerFeed, opener_for
 from streams.publisher import Publisher
 from streams.routing import decode_dead_letter
 from streams.topics import Topics
+from streams.unit_feed import NoticeItem, UnitFeed, unit_opener
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "events"
 
@@ -102,6 +103,19 @@ class Running:
 
         run(go())
 
+    def unit_keyring(self, unit_id: str) -> Keyring:
+        """The unit's exchange keys: its notices (docs/deadlines.md) open with them."""
+        return Keyring.load_dir(self.deployment.keys_dir, unit_id, kind="exchange")
+
+    def notices(self, unit_id: str, keyring: Keyring | None = None) -> list[NoticeItem]:
+        """Everything on the unit's notice feed now, opened with its own keys (or the keyring given)."""
+        opener = unit_opener(unit_id, keyring or self.unit_keyring(unit_id), self.policy)
+
+        async def go() -> list[NoticeItem]:
+            return [item async for item in UnitFeed(self.bootstrap, opener, self.topics).items()]
+
+        return run(go())
+
     def feed(self, agency_id: str, keyring: Keyring | None = None) -> list[FeedItem]:
         """Everything on the agency's feed now, opened with its own keyring (or the one given)."""
         opener = opener_for(agency_id, keyring or self.keyring(agency_id), self.policy)
@@ -127,7 +141,8 @@ class Running:
         """Metric label values that are the worker's own identifiers (input topics, their partition
         numbers, supervised task names): never anything from an event."""
         return ({self.topics.case_events, self.topics.receipts} | {str(p) for p in range(64)}
-                | {"router", "receipts", "checkpointer", "health-monitor", "policy-watch"})
+                | {"router", "receipts", "checkpointer", "health-monitor", "policy-watch", "deadlines", "redrive"}
+                | {"DELIVERED", "RECEIVED", "ACKNOWLEDGED", "ESCALATED", "ESCALATION_CLOSED", "NON_DELIVERY"})
 
     def health(self) -> dict:
         """The worker's /health document (status and the policy version in force)."""

@@ -215,7 +215,7 @@ def test_report_json_keeps_every_version_1_key_and_csv_its_columns(log, store) -
     assert doc["deliveries"][0]["agreement"] == "isa-idva v2" and doc["deliveries"][0]["agreement_id"] == "isa-idva"
     assert set(doc["summary"]["deadlines"]) == {"received on time", "received late", "overdue", "escalated",
                                                 "awaiting receipt", "no deadline"}
-    assert doc["summary"]["deadlines"]["escalated"] == 0  # no ESCALATION entries exist yet
+    assert doc["summary"]["deadlines"]["escalated"] == 0  # this log has no ESCALATION entries
     assert doc["summary"]["deadlines_by_agency"]["idva"]["no deadline"] == 4
     assert doc["summary"]["refusals_by_reason"] == {"MALFORMED": 1}
     assert doc["log"]["checkpoint"]["size"] == 12 and doc["log"]["checkpoint"]["cosigners"] == []

@@ -95,6 +95,23 @@ CASES = [
                                                          key(d, "hau-worcestershire", "signing"), r / "none.json"],
      2, ["none.json", "not found"]),
     ("no policy anywhere", lambda r, d: ["audit", "verify", "--bootstrap", NO_BROKER], 2, ["--policy", "MASB_POLICY"]),
+    ("status, no broker", lambda r, d: ["status", EVENT["header"]["event_id"], "--bootstrap", NO_BROKER, "--policy",
+                                        d.policy_path, "--as", "hau-worcestershire", "--key",
+                                        key(d, "hau-worcestershire")], 3, ["127.0.0.1:1", "unavailable"]),
+    ("status with an agency's key", lambda r, d: ["status", EVENT["header"]["event_id"], "--bootstrap", NO_BROKER,
+                                                  "--policy", d.policy_path, "--as", "hau-worcestershire", "--key",
+                                                  key(d, "nhs-worcs-acute")], 2, ["exchange key", "hau-worcestershire"]),
+    ("status as a unit the policy does not know", lambda r, d: ["status", EVENT["header"]["event_id"], "--policy",
+                                                                d.policy_path, "--as", "hau-nowhere", "--key",
+                                                                key(d, "hau-worcestershire")], 2, ["hau-nowhere"]),
+    ("consume --unit, no broker", lambda r, d: ["consume", "--bootstrap", NO_BROKER, "--policy", d.policy_path,
+                                                "--unit", "hau-worcestershire", "--key", key(d, "hau-worcestershire")],
+     3, ["127.0.0.1:1", "unavailable"]),
+    ("consume --unit --ack", lambda r, d: ["consume", "--policy", d.policy_path, "--unit", "hau-worcestershire",
+                                           "--key", key(d, "hau-worcestershire"), "--ack"], 2, ["--ack"]),
+    ("dlq list, no broker", lambda r, d: ["dlq", "list", "--bootstrap", NO_BROKER], 3, ["127.0.0.1:1", "unavailable"]),
+    ("dlq redrive, negative wait", lambda r, d: ["dlq", "redrive", "--bootstrap", NO_BROKER, "--wait", "-1"], 2,
+     ["--wait"]),
 ]
 
 

@@ -24,7 +24,8 @@ import traceback
 
 from streams.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, MasbError
 
-GROUPS = ("demo", "worker", "publish", "ingest", "consume", "keys", "policy", "schemas", "audit", "witness", "acl")
+GROUPS = ("demo", "worker", "publish", "ingest", "consume", "status", "keys", "policy", "schemas", "audit", "dlq",
+          "witness", "acl")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,11 +11,14 @@ from streams.errors import CheckFailed
 
 
 def register(sub) -> None:
-    p = sub.add_parser("consume", help="print the decrypted events an agency received, as JSON lines")
+    p = sub.add_parser("consume", help="print the decrypted events an agency received (or a unit's notices), "
+                                       "as JSON lines")
     kafka_flags(p)
-    p.add_argument("--agency", required=True)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--agency", help="read this agency's feed")
+    who.add_argument("--unit", help="read this unit's notice feed instead (docs/deadlines.md)")
     p.add_argument("--key", required=True, action="append",
-                   help="the agency's private exchange key file (repeat for rotated keys)")
+                   help="the agency's (or unit's) private exchange key file (repeat for rotated keys)")
     p.add_argument("--policy", help="sharing policy YAML, for the router's public keys (env MASB_POLICY)")
     p.add_argument("--follow", action="store_true", help="keep waiting for new envelopes (Ctrl-C to stop)")
     p.add_argument("--idle-timeout", type=float, default=None, help="with --follow: stop after this many idle seconds")
@@ -23,6 +26,16 @@ def register(sub) -> None:
     p.add_argument("--ack", action="store_true",
                    help="send a RECEIVED receipt for each event decrypted (recorded in the exchange log)")
     p.set_defaults(func=cmd_consume)
+
+
+def cmd_consume(args) -> int:
+    if args.unit is not None:
+        from agents.cli.status import consume_unit
+
+        if args.ack:
+            raise UsageError("--ack is for agencies: units do not acknowledge notices")
+        return consume_unit(args)
+    return consume_agency(args)
 
 
 def _line(env) -> str:
@@ -37,7 +50,7 @@ def _line(env) -> str:
     }, default=str)
 
 
-def cmd_consume(args) -> int:
+def consume_agency(args) -> int:
     from streams.crypto.keys import Keyring, load_private_key
     from streams.partner import PartnerFeed, ReceiptSender, opener_for
 

@@ -123,11 +123,17 @@ def _other_changes(old: Policy, new: Policy) -> list[str]:
     changes += _key_changes("router exchange keys", old.router.exchange_keys, new.router.exchange_keys)
     changes += _entity_changes("unit", {u.id: u for u in old.units}, {u.id: u for u in new.units},
                                ("areas", "event_types"), "signing_keys")
+    for unit in new.units:
+        before = old.unit(unit.id)
+        if before is not None:
+            changes += _key_changes(f"unit {unit.id} exchange keys", before.exchange_keys, unit.exchange_keys)
     changes += _entity_changes("agency", {a.id: a for a in old.agencies}, {a.id: a for a in new.agencies},
                                ("name", "kind", "areas"), "exchange_keys")
     changes += _entity_changes("agreement", {g.id: g for g in old.agreements}, {g.id: g for g in new.agreements},
-                               ("version", "agency", "purpose", "legal_basis", "retention", "deadline"), None)
+                               ("version", "agency", "purpose", "legal_basis", "retention", "deadline",
+                                "required_receipt", "escalate_again_after"), None)
     changes += _witness_changes(old, new)
+    changes += _deadline_changes(old, new)
     for agreement in new.agreements:
         before = old.agreement(agreement.id)
         if before is not None:
@@ -165,6 +171,25 @@ def _witness_changes(old: Policy, new: Policy) -> list[str]:
         changes.append(f"witness quorum: {old.witnesses.quorum} -> {new.witnesses.quorum}")
     changes += _entity_changes("witness", {m.id: m for m in old.witnesses.members},
                                {m.id: m for m in new.witnesses.members}, ("url", "key"), None)
+    return changes
+
+
+def _deadline_changes(old: Policy, new: Policy) -> list[str]:
+    changes = []
+    if old.deadlines.expiry != new.deadlines.expiry:
+        changes.append(f"deadlines expiry: {old.deadlines.expiry} -> {new.deadlines.expiry}")
+    before, after = old.deadlines.school_calendar, new.deadlines.school_calendar
+    if before != after:
+        if before is None or after is None:
+            changes.append(f"school calendar {'added' if before is None else 'removed'}")
+        else:
+            terms = lambda c: {f"{t.start.isoformat()}..{t.end.isoformat()}" for t in c.terms}  # noqa: E731
+            closed = lambda c: {d.isoformat() for d in c.closed}  # noqa: E731
+            detail = [f"+term {t}" for t in sorted(terms(after) - terms(before))]
+            detail += [f"-term {t}" for t in sorted(terms(before) - terms(after))]
+            detail += [f"+closed {d}" for d in sorted(closed(after) - closed(before))]
+            detail += [f"-closed {d}" for d in sorted(closed(before) - closed(after))]
+            changes.append(f"school calendar: {', '.join(detail)}")
     return changes
 
 

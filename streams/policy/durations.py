@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from .vocab import NEXT_SCHOOL_DAY
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .calendar import SchoolCalendar
     from .model import Share
 
 LONDON = ZoneInfo("Europe/London")
@@ -63,18 +64,25 @@ def check_deadline(text: str) -> None:
     """A deadline is `next_school_day` or a fixed-length duration (no years or months)."""
     if text == NEXT_SCHOOL_DAY:
         return
+    check_fixed_duration(text)
+
+
+def check_fixed_duration(text: str) -> timedelta:
+    """A duration that can be added to an instant exactly (no years or months); raises ValueError."""
     duration = parse_duration(text)
     if duration.is_calendar:
         raise ValueError("uses years or months, which have no fixed length; use weeks, days, hours or minutes")
+    return duration.as_timedelta()
 
 
-def next_school_day_start(sent_at: datetime) -> datetime:
-    """08:00 Europe/London on the first Monday-to-Friday date after sent_at's London date.
+def next_school_day_start(sent_at: datetime, calendar: "SchoolCalendar | None" = None) -> datetime:
+    """08:00 Europe/London on the first school day after sent_at's London date.
 
-    School holidays and bank holidays are not modelled: every weekday counts as a school day.
+    Without a calendar every Monday-to-Friday date is a school day; with the policy's school
+    calendar, a weekday inside a term that is not closed (docs/policy.md, `deadlines`).
     """
     day: date = sent_at.astimezone(LONDON).date() + timedelta(days=1)
-    while day.weekday() >= 5:  # Saturday, Sunday
+    while not (calendar.is_school_day(day) if calendar is not None else day.weekday() < 5):
         day += timedelta(days=1)
     return datetime.combine(day, SCHOOL_DAY_START, tzinfo=LONDON)
 
@@ -84,5 +92,5 @@ def deliver_by(share: "Share", sent_at: datetime) -> datetime:
     if sent_at.tzinfo is None or sent_at.utcoffset() is None:
         raise ValueError("sent_at must be timezone-aware")
     if share.deadline == NEXT_SCHOOL_DAY:
-        return next_school_day_start(sent_at)
+        return next_school_day_start(sent_at, share.school_calendar)
     return sent_at + parse_duration(share.deadline).as_timedelta()

@@ -10,6 +10,12 @@ from typing import Any
 
 from streams.errors import InvalidInput
 
+from .calendar import DeadlineSettings, SchoolCalendar
+
+RECEIVED = "RECEIVED"
+ACKNOWLEDGED = "ACKNOWLEDGED"
+RECEIPT_LEVELS = (RECEIVED, ACKNOWLEDGED)  # what an agreement may require before its deadline
+
 
 class PolicyError(InvalidInput, ValueError):
     """A policy file is invalid. `.problems` lists every problem found, each naming where and what."""
@@ -59,6 +65,13 @@ class Unit:
     areas: tuple[str, ...]
     event_types: tuple[str, ...]
     signing_keys: tuple[KeyEntry, ...]
+    # X25519 keys the router seals the unit's notices to (docs/deadlines.md); optional.
+    exchange_keys: tuple[KeyEntry, ...] = ()
+
+    @property
+    def active_exchange_key(self) -> KeyEntry | None:
+        active = active_keys(self.exchange_keys)
+        return active[0] if len(active) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,10 @@ class Agreement:
     retention: str
     deadline: str
     shares: dict[str, tuple[str, ...]] = field(hash=False)  # event type -> sorted field paths
+    # Deadline terms (docs/deadlines.md): the receipt that must come before the deadline, and how
+    # long after the deadline a second escalation (level 2) follows if it still has not come.
+    required_receipt: str = RECEIVED
+    escalate_again_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,8 @@ class Share:
     retention: str
     deadline: str
     fields: tuple[str, ...]
+    # The policy's school calendar, for `next_school_day` deadlines (None: every weekday counts).
+    school_calendar: SchoolCalendar | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -142,7 +161,7 @@ class Policy:
 
     def __init__(self, *, version: int, effective_from: date, router: RouterKeySet, units: tuple[Unit, ...],
                  agencies: tuple[Agency, ...], agreements: tuple[Agreement, ...],
-                 witnesses: WitnessSet = WitnessSet()):
+                 witnesses: WitnessSet = WitnessSet(), deadlines: DeadlineSettings = DeadlineSettings()):
         self.version = version
         self.effective_from = effective_from
         self.router = router
@@ -150,6 +169,7 @@ class Policy:
         self.agencies = tuple(sorted(agencies, key=lambda a: a.id))
         self.agreements = tuple(sorted(agreements, key=lambda a: a.id))
         self.witnesses = WitnessSet(witnesses.quorum, tuple(sorted(witnesses.members, key=lambda m: m.id)))
+        self.deadlines = deadlines
         self._units = {u.id: u for u in self.units}
         self._agencies = {a.id: a for a in self.agencies}
         self._agreements = {a.id: a for a in self.agreements}
@@ -169,7 +189,8 @@ class Policy:
                 continue
             for event_type, fields in agreement.shares.items():
                 share = Share(agency.id, agency.kind, key.key_id, key.public_key, agreement.id, agreement.version,
-                              agreement.purpose, agreement.legal_basis, agreement.retention, agreement.deadline, fields)
+                              agreement.purpose, agreement.legal_basis, agreement.retention, agreement.deadline, fields,
+                              self.deadlines.school_calendar)
                 for area in agency.areas:
                     routes.setdefault((event_type, area), []).append(share)
         return {k: tuple(sorted(v, key=lambda s: s.agency_id)) for k, v in routes.items()}
@@ -206,19 +227,40 @@ class Policy:
             "effective_from": self.effective_from.isoformat(),
             "router": {"id": self.router.id, "signing_keys": _keys_doc(self.router.signing_keys),
                        "exchange_keys": _keys_doc(self.router.exchange_keys)},
-            "units": [{"id": u.id, "areas": sorted(u.areas), "event_types": sorted(u.event_types),
-                       "signing_keys": _keys_doc(u.signing_keys)} for u in self.units],
+            "units": [_unit_doc(u) for u in self.units],
             "agencies": [{"id": a.id, "name": a.name, "kind": a.kind, "areas": sorted(a.areas),
                           "exchange_keys": _keys_doc(a.exchange_keys)} for a in self.agencies],
-            "agreements": [{"id": g.id, "version": g.version, "agency": g.agency, "purpose": g.purpose,
-                            "legal_basis": g.legal_basis, "retention": g.retention, "deadline": g.deadline,
-                            "shares": {t: list(f) for t, f in sorted(g.shares.items())}} for g in self.agreements],
+            "agreements": [_agreement_doc(g) for g in self.agreements],
         }
         if self.witnesses.members or self.witnesses.quorum:
             document["witnesses"] = {"quorum": self.witnesses.quorum,
                                      "members": [{"id": m.id, "url": m.url, "key": m.key}
                                                  for m in self.witnesses.members]}
+        deadlines = self.deadlines.to_document()
+        if deadlines is not None:
+            document["deadlines"] = deadlines
         return document
+
+
+# Keys added after the first policy format appear in the normalised document only when they differ
+# from their default, so that a policy without them keeps its digest.
+def _unit_doc(u: Unit) -> dict[str, Any]:
+    document = {"id": u.id, "areas": sorted(u.areas), "event_types": sorted(u.event_types),
+                "signing_keys": _keys_doc(u.signing_keys)}
+    if u.exchange_keys:
+        document["exchange_keys"] = _keys_doc(u.exchange_keys)
+    return document
+
+
+def _agreement_doc(g: Agreement) -> dict[str, Any]:
+    document = {"id": g.id, "version": g.version, "agency": g.agency, "purpose": g.purpose,
+                "legal_basis": g.legal_basis, "retention": g.retention, "deadline": g.deadline,
+                "shares": {t: list(f) for t, f in sorted(g.shares.items())}}
+    if g.required_receipt != RECEIVED:
+        document["required_receipt"] = g.required_receipt
+    if g.escalate_again_after is not None:
+        document["escalate_again_after"] = g.escalate_again_after
+    return document
 
 
 def canonical_json(document: Any) -> bytes:

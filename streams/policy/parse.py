@@ -12,12 +12,15 @@ from typing import Any, Callable, Mapping
 from streams import yamlin
 from streams.codec import EVENT_TYPES, field_paths
 
-from .durations import check_deadline, parse_duration
+from .calendar import DEADLINES_KEYS, DEFAULT_EXPIRY, DeadlineSettings, parse_school_calendar
+from .durations import check_deadline, check_fixed_duration, parse_duration
 from .model import (
     Agency,
     Agreement,
     KeyEntry,
     Policy,
+    RECEIPT_LEVELS,
+    RECEIVED,
     PolicyError,
     RouterKeySet,
     Unit,
@@ -28,13 +31,15 @@ from .model import (
 from .vocab import AGENCY_KINDS, AREAS, KEY_STATUSES, LEGAL_BASES
 
 TOP_KEYS = ("policy_version", "effective_from", "router", "units", "agencies", "agreements")
-OPTIONAL_TOP_KEYS = ("witnesses",)
+OPTIONAL_TOP_KEYS = ("witnesses", "deadlines")
 WITNESSES_KEYS = ("quorum", "members")
 WITNESS_KEYS = ("id", "url", "key")
 ROUTER_KEYS = ("id", "signing_keys", "exchange_keys")
 UNIT_KEYS = ("id", "areas", "event_types", "signing_keys")
+OPTIONAL_UNIT_KEYS = ("exchange_keys",)
 AGENCY_KEYS = ("id", "name", "kind", "areas", "exchange_keys")
 AGREEMENT_KEYS = ("id", "version", "agency", "purpose", "legal_basis", "retention", "deadline", "shares")
+OPTIONAL_AGREEMENT_KEYS = ("required_receipt", "escalate_again_after")
 KEY_ENTRY_KEYS = ("key_id", "public_key", "status")
 
 # Party ids become Kafka topic names (partner.<agency-id>) and key file names: keep them plain.
@@ -247,10 +252,26 @@ class _Parser:
         agencies = self.agencies(top.get("agencies", []))
         agreements = self.agreements(top.get("agreements", []), {a.id: a for a in agencies})
         witnesses = self.witnesses(top["witnesses"]) if "witnesses" in top else WitnessSet()
+        deadlines = self.deadlines(top["deadlines"]) if "deadlines" in top else DeadlineSettings()
         if self.problems or router is None or effective_from is None:
             raise PolicyError(self.problems)
         return Policy(version=version, effective_from=effective_from, router=router, units=tuple(units),
-                      agencies=tuple(agencies), agreements=tuple(agreements), witnesses=witnesses)
+                      agencies=tuple(agencies), agreements=tuple(agreements), witnesses=witnesses,
+                      deadlines=deadlines)
+
+    def deadlines(self, value: Any) -> DeadlineSettings:
+        """The optional `deadlines` section: expiry of deliveries and the school calendar."""
+        top = Where("deadlines", ("deadlines",))
+        section = self.mapping(value, top, (), optional=DEADLINES_KEYS)
+        if section is None:
+            return DeadlineSettings()
+        expiry = DEFAULT_EXPIRY
+        if "expiry" in section:
+            expiry = self.fixed_duration(section["expiry"], top, "expiry", "P5D") or DEFAULT_EXPIRY
+        calendar = (parse_school_calendar(section["school_calendar"],
+                                          lambda shown, path, message: self.problem(Where(shown, path), message))
+                    if "school_calendar" in section else None)
+        return DeadlineSettings(expiry, calendar)
 
     def witnesses(self, value: Any) -> WitnessSet:
         """The optional `witnesses` section (docs/policy.md): quorum and members of the log's witnesses."""
@@ -328,7 +349,7 @@ class _Parser:
         units = []
         for i, raw in enumerate(self.items(value, Where("units", ("units",)))):
             where = self.located("units", i, raw)
-            unit = self.mapping(raw, where, UNIT_KEYS)
+            unit = self.mapping(raw, where, UNIT_KEYS, optional=OPTIONAL_UNIT_KEYS)
             if unit is None:
                 continue
             unit_id = self.party_id(unit.get("id"), where) if "id" in unit else None
@@ -337,8 +358,12 @@ class _Parser:
                                  noun="event type")
             keys = self.keys(unit.get("signing_keys", []), where.key("signing_keys"), "Ed25519")
             self.require_active(keys, where, "signing key", exactly_one=False)
+            exchange = self.keys(unit.get("exchange_keys", []), where.key("exchange_keys"), "X25519")
+            if len(active_keys(exchange)) > 1:
+                self.problem(where, f"{len(active_keys(exchange))} active exchange keys; exactly one may receive "
+                                    "notices", "exchange_keys")
             if unit_id is not None:
-                units.append(Unit(unit_id, areas, types, keys))
+                units.append(Unit(unit_id, areas, types, keys, exchange))
         return units
 
     def agencies(self, value: Any) -> list[Agency]:
@@ -368,7 +393,7 @@ class _Parser:
         received: dict[tuple[str, str], str] = {}  # (agency, event type) -> agreement that already shares it
         for i, raw in enumerate(self.items(value, Where("agreements", ("agreements",)))):
             where = self.located("agreements", i, raw)
-            agreement = self.mapping(raw, where, AGREEMENT_KEYS)
+            agreement = self.mapping(raw, where, AGREEMENT_KEYS, optional=OPTIONAL_AGREEMENT_KEYS)
             if agreement is None:
                 continue
             agreement_id = agreement.get("id")
@@ -398,6 +423,13 @@ class _Parser:
             deadline = self.duration(agreement.get("deadline"), where.key("deadline"), deadline=True) \
                 if "deadline" in agreement else ""
             shares = self.shares(agreement.get("shares", {}), where) if "shares" in agreement else {}
+            required = agreement.get("required_receipt", RECEIVED)
+            if required not in RECEIPT_LEVELS:
+                self.problem(where, f"required_receipt: must be RECEIVED or ACKNOWLEDGED, not {str(required)!r}",
+                             "required_receipt")
+            again = agreement.get("escalate_again_after")
+            if again is not None:
+                again = self.fixed_duration(again, where, "escalate_again_after", "PT18H")
             if agency is not None:
                 for event_type in shares:
                     first = received.setdefault((agency.id, event_type), where)
@@ -406,8 +438,19 @@ class _Parser:
                                             f"under {first}", "shares", event_type)
             if agreement_id is not None and agency is not None:
                 agreements.append(Agreement(agreement_id, version, agency.id, purpose, str(basis), retention,
-                                            deadline, shares))
+                                            deadline, shares, str(required), again))
         return agreements
+
+    def fixed_duration(self, value: Any, where: str, key: str, example: str) -> str | None:
+        """A duration that can be added to an instant (no years or months), or None after a problem."""
+        try:
+            if not isinstance(value, str):
+                raise ValueError(f"must be an ISO 8601 duration string like {example}")
+            check_fixed_duration(value)
+            return value
+        except ValueError as exc:
+            self.problem(where, f"{key}: {value!r}: {exc}" if isinstance(value, str) else f"{key}: {exc}", key)
+            return None
 
     def duration(self, value: Any, where: str, *, deadline: bool) -> str:
         if not isinstance(value, str):

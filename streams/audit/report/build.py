@@ -20,6 +20,8 @@ from ..case_keys import CaseKeyError, CaseKeyStore, case_tag, open_sealed_case
 from ..entry import AuditEntryError, decode_entry
 from .model import SEALED, SHREDDED, Filters, Report, ReportError, deadline_status, iso
 
+DEADLINE_ACTIONS = ("ESCALATION", "ESCALATION_CLOSED", "NON_DELIVERY")
+
 
 class _Cases:
     """Resolves an entry's sealed case to its case reference, 'shredded' or 'sealed'."""
@@ -59,6 +61,8 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
     cases = _Cases(store)
     seen: dict[str, dict[str, Any]] = {}
     by_envelope: dict[str, dict[str, Any]] = {}  # envelope hash -> its delivery row, for receipts
+    by_delivery: dict[tuple[str, str], dict[str, Any]] = {}  # (event id, agency) -> row, for deadline actions
+    by_source: dict[str, dict[str, Any]] = {}  # refused input record -> its refusal row, for redrives
     replayed: set[tuple[str, str]] = set()  # (kind, source): an input record handled again after a restart
     for number, (position, data) in enumerate(entries, start=1):
         report.entries_read = number
@@ -83,6 +87,14 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
             row = by_envelope.get(e["envelope_sha256"])
             if row is not None and status in ("RECEIVED", "ACKNOWLEDGED") and e["agency_id"] == row["agency"]:
                 row[f"{status.lower()}_at"] = row[f"{status.lower()}_at"] or when
+            continue
+        if kind in DEADLINE_ACTIONS:  # like receipts: belongs to the delivery it is about
+            _attach_deadline_action(by_delivery.get((e["event_id"] or "", e["agency_id"] or "")), e)
+            continue
+        if kind == "REDRIVE":
+            refusal = by_source.get(e["source"] or "")
+            if refusal is not None:
+                refusal["redriven_at"] = refusal["redriven_at"] or iso(at)
             continue
         if wanted_case and (e["case_key_id"], e["case_tag"]) != wanted_case:
             continue
@@ -110,11 +122,11 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
                 # Keys added in version 1 of the format (new keys only, for readers of the old ones):
                 "agreement_id": e["agreement_id"], "agreement_version": e["agreement_version"],
                 "legal_basis_label": legal_basis_label(e["legal_basis"]),
-                # Set from the ESCALATION entry naming this delivery, once the deadline agent writes
-                # them (an entry kind this version does not know, so it cannot be read here yet).
-                "escalated_at": "",
+                # From the deadline agent's entries about this delivery (docs/deadlines.md).
+                "escalated_at": "", "escalation_level": 0, "escalation_closed_at": "", "non_delivery_at": "",
             }
             by_envelope[e["envelope_sha256"]] = row
+            by_delivery[(e["event_id"] or "", e["agency_id"] or "")] = row
             seen[e["exchange_id"]] = row
             report.deliveries.append(row)
             # The same input record read again (after a restart or rebalance) is then suppressed as a
@@ -124,10 +136,13 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
             report.replays += 1
         elif kind == "REFUSAL":
             replayed.add((kind, e["source"] or ""))
-            report.refusals.append({"entry": number, "position": position, "recorded_at": iso(at),
-                                    "reason_code": e["reason_code"], "reason": e["reason"] or "",
-                                    "unit": e["unit_id"] or "", "event_id": e["event_id"] or "",
-                                    "source": e["source"] or "", "policy_version": e["policy_version"]})
+            row = {"entry": number, "position": position, "recorded_at": iso(at),
+                   "reason_code": e["reason_code"], "reason": e["reason"] or "",
+                   "unit": e["unit_id"] or "", "event_id": e["event_id"] or "",
+                   "source": e["source"] or "", "policy_version": e["policy_version"],
+                   "redriven_at": ""}  # added: the first REDRIVE of its dead letter
+            report.refusals.append(row)
+            by_source.setdefault(e["source"] or "", row)
         elif kind == "DUPLICATE":
             replayed.add((kind, e["source"] or ""))
             report.duplicates_suppressed += 1
@@ -136,3 +151,18 @@ def build_report(entries: Iterable[tuple[int, bytes]], filters: Filters,
     for row in report.deliveries:
         row["deadline"] = deadline_status(row, judged_at)
     return report
+
+
+def _attach_deadline_action(row: dict[str, Any] | None, e: dict[str, Any]) -> None:
+    """An ESCALATION, ESCALATION_CLOSED or NON_DELIVERY entry on its delivery's row; an action
+    recorded again (same action id, after a restart) changes nothing."""
+    if row is None:
+        return
+    at = iso(e["recorded_at"])
+    if e["kind"] == "ESCALATION":
+        row["escalated_at"] = row["escalated_at"] or at
+        row["escalation_level"] = max(row["escalation_level"], e["level"] or 1)
+    elif e["kind"] == "ESCALATION_CLOSED":
+        row["escalation_closed_at"] = row["escalation_closed_at"] or at
+    else:
+        row["non_delivery_at"] = row["non_delivery_at"] or at

@@ -19,8 +19,8 @@ SHREDDED = "shredded"
 SEALED = "sealed"
 
 # Every status a delivery's deadline can have, in the order charts and tables show them.
-# "escalated": no RECEIVED receipt and an ESCALATION entry names the delivery (`escalated_at`);
-# the log has no ESCALATION entries yet, so this count is 0 until the deadline agent writes them.
+# "escalated": no RECEIVED receipt and an ESCALATION entry names the delivery (`escalated_at`),
+# written by the deadline agent (docs/deadlines.md).
 RECEIVED_ON_TIME = "received on time"
 RECEIVED_LATE = "received late"
 OVERDUE = "overdue"
@@ -197,5 +197,11 @@ class Report:
                 "deadlines": {status: sum(1 for r in self.deliveries if r.get("deadline") == status)
                               for status in DEADLINE_STATUSES},
                 "deadlines_by_agency": deadlines_by(self.deliveries, "agency"),
+                # added with the deadline agent (docs/deadlines.md): deliveries escalated, by highest
+                # level reached; deliveries expired without their receipt; refusals redriven
+                "escalations_by_level": {str(level): sum(1 for r in self.deliveries
+                                                         if r.get("escalation_level") == level) for level in (1, 2)},
+                "non_deliveries": sum(1 for r in self.deliveries if r.get("non_delivery_at")),
+                "refusals_redriven": sum(1 for r in self.refusals if r.get("redriven_at")),
                 "deadlines_by_agreement": deadlines_by(self.deliveries, "agreement_id"),
                 "refusals_by_reason": dict(sorted(by_reason.items()))}

@@ -267,6 +267,11 @@ def _exchange_table(report: Report) -> str:
         for what in ("received", "acknowledged", "escalated"):
             if r.get(f"{what}_at"):
                 received.append(f"{what} {_e(_when(r[f'{what}_at']))}")
+        if r.get("escalation_level", 0) > 1:
+            received.append(f"escalation level {r['escalation_level']}")
+        for key, what in (("escalation_closed_at", "escalation closed"), ("non_delivery_at", "not delivered")):
+            if r.get(key):
+                received.append(f"{what} {_e(_when(r[key]))}")
         extra = f"; {r['redeliveries']} redeliveries" if r["redeliveries"] else ""
         cells = [
             f'<td data-sort="{_e(r["recorded_at"])}">{_time(r["recorded_at"])}</td>',
