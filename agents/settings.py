@@ -76,6 +76,7 @@ class Settings:
             keys_dir=Path(env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", "keys")),
             topic_prefix=env_or(getattr(args, "topic_prefix", None), "MASB_TOPIC_PREFIX", ""),
             router_batch=positive_number(env_or(None, "MASB_ROUTER_BATCH", 100), "MASB_ROUTER_BATCH", int),
+            web_host=env_or(None, "MASB_WEB_HOST", "127.0.0.1"),  # 0.0.0.0 in a container: probes, Prometheus
             web_port=positive_number(env_or(getattr(args, "web_port", None), "MASB_WEB_PORT", 6066), "MASB_WEB_PORT",
                                      int, zero_ok=True, maximum=65535),  # 0: any free port
             datadir=Path(env_or(getattr(args, "datadir", None), "MASB_DATADIR", ".masb-worker")),
