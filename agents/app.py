@@ -16,7 +16,7 @@ from agents.health import Health
 from agents.settings import Settings
 from agents.supervision import Supervisor
 
-from streams.audit.case_keys import CASE_KEYS_DIR, CaseKeyStore
+from streams.audit.case_keys import CaseKeyStore, store_dir
 from streams.crypto.keys import Keyring, KeyFileError, load_private_key
 from streams.policy import Policy, load_policy
 from streams.routing import Router, RouterIdentity
@@ -45,7 +45,7 @@ def load_identity(policy: Policy, keys_dir) -> RouterIdentity:
         signing=Keyring(owner, found["signing"], kind="signing"),
         # The audit side's per-case keys (crypto-shredding): the router seals each entry's case
         # reference with them (docs/audit.md, "Case keys").
-        case_keys=CaseKeyStore(Path(keys_dir) / CASE_KEYS_DIR),
+        case_keys=CaseKeyStore(store_dir(keys_dir)),
     )
 
 

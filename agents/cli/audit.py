@@ -344,12 +344,12 @@ def check_proof_file(path: str, verifiers, origin, trust: Trust) -> int:
 
 # -- report, export, shred -----------------------------------------------------------------------
 def _case_store(args, create: bool = False):
-    from streams.audit.case_keys import CASE_KEYS_DIR, CaseKeyStore
+    from streams.audit.case_keys import CaseKeyStore, store_dir
 
     keys_dir = env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", None)
     if not keys_dir:
         return None
-    directory = Path(keys_dir) / CASE_KEYS_DIR
+    directory = store_dir(keys_dir)
     if not directory.is_dir() and not create:
         return None
     return CaseKeyStore(directory, create=create)
