@@ -529,8 +529,12 @@ def test_the_image_is_multi_stage_non_root_without_build_tools():
     assert "EXPOSE 6066" in final and "MASB_WEB_PORT=6066" in text and "MASB_WEB_HOST=0.0.0.0" in text
     (check,) = [line for line in final if line.startswith("HEALTHCHECK ")]
     assert "/health" in check
-    ignored = (ROOT / ".dockerignore").read_text().splitlines()
-    assert ignored[ignored.index("*") + 1:][:1] and "**/*.key" in ignored
+    # The build context is only what the build stage copies: everything else is ignored.
+    ignored = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    assert ignored[0] == "*" and "**/*.key" in ignored
+    included = {line[1:].rstrip("/") for line in ignored if line.startswith("!")}
+    copied = {part.rstrip("/") for line in stages[0] if line.startswith("COPY ") for part in line.split()[1:-1]}
+    assert copied == included == {"pyproject.toml", "README.md", "streams", "agents", "deploy"}
 
 
 # -- systemd ---------------------------------------------------------------------------------------
