@@ -18,7 +18,7 @@ from agents.health import Health
 from agents.settings import Settings
 from agents.supervision import Supervisor
 
-from streams.audit.case_keys import CASE_KEYS_DIR
+from streams.audit.case_keys import store_dir
 from streams.audit.shared_case_keys import CaseKeySecrets, SharedCaseKeys
 from streams.clock import clock_from_setting
 from streams.crypto.keys import Keyring, KeyFileError, load_private_key
@@ -117,7 +117,7 @@ class Runtime:
         # The audit side's per-case keys (crypto-shredding), shared by every worker through Kafka: the
         # router seals each entry's case reference with them (docs/audit.md, "Case keys").
         self.case_keys = SharedCaseKeys(settings.bootstrap, self.topics.case_keys,
-                                        CaseKeySecrets.load(Path(settings.keys_dir) / CASE_KEYS_DIR))
+                                        CaseKeySecrets.load(store_dir(settings.keys_dir)))
         self.identity = load_identity(self.policy, settings.keys_dir, self.case_keys)
         self.clock = clock_from_setting(settings.clock)  # the system clock unless a test moves one
         self.router = Router(self.policy, self.identity, self.topics, clock=self.clock)

@@ -1,7 +1,9 @@
 """Prometheus metrics of the worker. Labels are event types, agency ids and reason codes only:
 never anything from inside an event."""
 
-from prometheus_client import Counter, Gauge, Histogram
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 EVENTS_ROUTED = Counter("masb_events_routed_total", "Case events admitted and routed", ["event_type"])
 ENVELOPES = Counter("masb_envelopes_total", "Envelopes encrypted and sent", ["event_type", "agency"])
@@ -17,3 +19,10 @@ POLICY_RELOAD_FAILURES = Counter("masb_policy_reload_failures_total", "Policy fi
 CHECKPOINT_SIZE = Gauge("masb_audit_checkpoint_size", "Tree size of the last signed audit checkpoint")
 CHECKPOINT_COSIGNATURES = Gauge("masb_audit_checkpoint_cosignatures",
                                 "Witness cosignatures on the last published audit checkpoint")
+
+# Which release each worker runs (a rolling upgrade shows old and new side by side).
+BUILD = Info("masb_build", "The MASB release this worker runs")
+try:
+    BUILD.info({"version": version("masb")})
+except PackageNotFoundError:  # a source tree that was never installed
+    BUILD.info({"version": "unknown"})

@@ -88,6 +88,7 @@ class Settings:
                                                int, maximum=32),
             min_insync_replicas=positive_number(env_or(None, "MASB_MIN_INSYNC_REPLICAS", 2),
                                                 "MASB_MIN_INSYNC_REPLICAS", int, maximum=32),
+            web_host=env_or(None, "MASB_WEB_HOST", "127.0.0.1"),  # 0.0.0.0 in a container: probes, Prometheus
             web_port=positive_number(env_or(getattr(args, "web_port", None), "MASB_WEB_PORT", 6066), "MASB_WEB_PORT",
                                      int, zero_ok=True, maximum=65535),  # 0: any free port
             datadir=Path(env_or(getattr(args, "datadir", None), "MASB_DATADIR", ".masb-worker")),

@@ -18,6 +18,7 @@ date converts and checks it and names the key when it is not one (YAML 1.1's own
 
     load(text, source) -> YamlDocument(data, lines)   data: plain Python values
                                                       lines: path -> 1-based line of that key or item
+    load_all(text, source) -> [YamlDocument, ...]     a stream of documents separated by ``---``
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import yaml
 
 from streams.errors import InvalidInput
 
-__all__ = ["YamlDocument", "YamlConfigError", "load", "load_file", "format_path"]
+__all__ = ["YamlDocument", "YamlConfigError", "load", "load_all", "load_file", "format_path"]
 
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
@@ -149,32 +150,55 @@ def load(text: str, source: str = "<config>") -> YamlDocument:
     """Parse one YAML document strictly; YamlConfigError lists every problem (file, line, key)."""
     loader = _Loader(text)
     try:
-        try:
-            node = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            # The position only: the parser's description may quote the document.
-            mark = exc.problem_mark or exc.context_mark
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise YamlConfigError([f"{source}: not valid YAML{where}"]) from None
-        except yaml.YAMLError:
-            raise YamlConfigError([f"{source}: not valid YAML"]) from None
-        if node is None:
-            return YamlDocument(None)
-        checker = _Checker(source)
-        checker.lines[()] = node.start_mark.line + 1
-        checker.walk(node, ())
-        if checker.problems:
-            raise YamlConfigError(checker.problems)
-        try:
-            data = loader.construct_document(node)
-        except yaml.YAMLError as exc:  # e.g. an explicit tag this loader does not construct
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}: " if mark is not None else ""
-            raise YamlConfigError([f"{source}: {where}cannot be read ({getattr(exc, 'problem', None) or 'YAML error'})"]) \
-                from None
-        return YamlDocument(data, checker.lines)
+        node = _next_node(loader, source, single=True)
+        return YamlDocument(None) if node is None else _document(loader, node, source)
     finally:
         loader.dispose()
+
+
+def load_all(text: str, source: str = "<config>") -> list[YamlDocument]:
+    """Parse a stream of YAML documents (separated by ``---``, as Kubernetes manifests are) strictly,
+    each by the rules of :func:`load`; empty documents are skipped. Lines count from the stream's start."""
+    loader = _Loader(text)
+    documents = []
+    try:
+        while (node := _next_node(loader, source, single=False)) is not None:
+            document = _document(loader, node, source)
+            if document.data is not None:
+                documents.append(document)
+        return documents
+    finally:
+        loader.dispose()
+
+
+def _next_node(loader: _Loader, source: str, *, single: bool) -> yaml.Node | None:
+    try:
+        if single:
+            return loader.get_single_node()
+        return loader.get_node() if loader.check_node() else None
+    except yaml.MarkedYAMLError as exc:
+        # The position only: the parser's description may quote the document.
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise YamlConfigError([f"{source}: not valid YAML{where}"]) from None
+    except yaml.YAMLError:
+        raise YamlConfigError([f"{source}: not valid YAML"]) from None
+
+
+def _document(loader: _Loader, node: yaml.Node, source: str) -> YamlDocument:
+    checker = _Checker(source)
+    checker.lines[()] = node.start_mark.line + 1
+    checker.walk(node, ())
+    if checker.problems:
+        raise YamlConfigError(checker.problems)
+    try:
+        data = loader.construct_document(node)
+    except yaml.YAMLError as exc:  # e.g. an explicit tag this loader does not construct
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise YamlConfigError([f"{source}: {where}cannot be read ({getattr(exc, 'problem', None) or 'YAML error'})"]) \
+            from None
+    return YamlDocument(data, checker.lines)
 
 
 def load_file(path: str | Path) -> YamlDocument:

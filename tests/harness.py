@@ -139,10 +139,12 @@ class Running:
 
     def own_label_values(self) -> set[str]:
         """Metric label values that are the worker's own identifiers (input topics, their partition
-        numbers, supervised task names): never anything from an event."""
+        numbers, supervised task names, the release in masb_build_info): never anything from an event."""
+        from importlib.metadata import version
+
         return ({self.topics.case_events, self.topics.receipts} | {str(p) for p in range(64)}
                 | {"router", "receipts", "checkpointer", "health-monitor", "policy-watch", "deadlines", "redrive"}
-                | {"DELIVERED", "RECEIVED", "ACKNOWLEDGED", "ESCALATED", "ESCALATION_CLOSED", "NON_DELIVERY"})
+                | {"DELIVERED", "RECEIVED", "ACKNOWLEDGED", "ESCALATED", "ESCALATION_CLOSED", "NON_DELIVERY"} | {version("masb")})
 
     def health(self) -> dict:
         """The worker's /health document (status and the policy version in force)."""

@@ -110,6 +110,23 @@ def test_the_demo_template_is_read_strictly_too(tmp_path):
     prepare_deployment(tmp_path / "fine")  # the shipped template passes
 
 
+def test_a_stream_of_documents_is_read_strictly_each_problem_on_its_own_line():
+    """Kubernetes manifests and similar files hold several documents separated by ``---``."""
+    from streams import yamlin
+
+    text = "kind: A\nspec: {replicas: 1}\n---\n# second\nkind: B\nmode: 0400\nkind: C\n---\n"
+    with pytest.raises(yamlin.YamlConfigError) as caught:
+        yamlin.load_all(text, "manifests.yaml")
+    assert caught.value.problems == [
+        "manifests.yaml: line 6: mode: '0400' is read as a different number by YAML 1.1 and 1.2 readers "
+        "(leading zero, 0x/0o/0b, '_' or ':'): write a plain decimal number, or quote it",
+        "manifests.yaml: line 7: kind: repeated key 'kind' (first at line 5): a later entry would silently "
+        "replace the earlier one"]
+    documents = yamlin.load_all(text.replace("mode: 0400\nkind: C\n", "mode: 256\n"), "manifests.yaml")
+    assert [d.data for d in documents] == [{"kind": "A", "spec": {"replicas": 1}}, {"kind": "B", "mode": 256}]
+    assert documents[1].line_of(("mode",)) == 6
+
+
 def test_revoke_refuses_to_edit_an_ambiguous_policy(tmp_path):
     text = VALID.read_text().replace("policy_version: 4\n", "policy_version: 4\npolicy_version: 3\n")
     with pytest.raises(RevokeError, match="line 3: policy_version: repeated key"):

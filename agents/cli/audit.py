@@ -348,14 +348,15 @@ def check_proof_file(path: str, verifiers, origin, trust: Trust) -> int:
 
 # -- report, export, shred -----------------------------------------------------------------------
 def _case_secrets(args):
-    """The case-key secrets in the keys dir given (--keys-dir or MASB_KEYS_DIR), or None."""
-    from streams.audit.case_keys import CASE_KEYS_DIR
+    """The case-key secrets of the keys dir given (--keys-dir or MASB_KEYS_DIR; MASB_CASE_KEYS_DIR
+    if they are kept apart), or None."""
+    from streams.audit.case_keys import store_dir
     from streams.audit.shared_case_keys import CaseKeySecrets
 
     keys_dir = env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", None)
-    if not keys_dir or not (Path(keys_dir) / CASE_KEYS_DIR).is_dir():
+    if not keys_dir or not store_dir(keys_dir).is_dir():
         return None
-    return CaseKeySecrets.load(Path(keys_dir) / CASE_KEYS_DIR)
+    return CaseKeySecrets.load(store_dir(keys_dir))
 
 
 def _case_store(args):

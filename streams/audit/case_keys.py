@@ -112,6 +112,15 @@ def _now() -> str:
 
 
 CASE_KEYS_DIR = "case-keys"  # where a deployment keeps its case keys, under the router's keys dir
+CASE_KEYS_VARIABLE = "MASB_CASE_KEYS_DIR"
+
+
+def store_dir(keys_dir: str | os.PathLike[str]) -> Path:
+    """Where the case key store is: ``MASB_CASE_KEYS_DIR`` if set, else ``<keys_dir>/case-keys``.
+    A deployment whose keys directory is mounted read-only (a Kubernetes Secret, a container
+    volume) puts the store, which the router writes, on a writable volume of its own."""
+    return Path(os.environ.get(CASE_KEYS_VARIABLE) or Path(keys_dir) / CASE_KEYS_DIR)
+
 
 class CaseKeyStore:
     """The directory of per-case keys. Safe for several processes on one host (files are created
