@@ -53,10 +53,11 @@ class PartitionState:
     end: int = 0
     progress_at: float = field(default_factory=time.monotonic)
     state: str = "idle"
+    mine: bool = False   # assigned to this worker (it routes it)
 
     def as_json(self, topic: str, partition: int) -> dict:
         return {"topic": topic, "partition": partition, "state": self.state, "lag": max(0, self.end - self.committed),
-                "seconds_since_progress": round(time.monotonic() - self.progress_at, 1)}
+                "seconds_since_progress": round(time.monotonic() - self.progress_at, 1), "this_worker": self.mine}
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Health:
         self.broker_since = time.monotonic()
         self.broker_error: str | None = None
         self.partitions: dict[tuple[str, int], PartitionState] = {}
+        self._gauged: set[tuple[str, int]] = set()  # partitions whose gauges this worker serves
         self.checkpoint = CheckpointState(checkpoint_interval)
         CHECKPOINT_AGE.set_function(self.checkpoint.age)
         UNSIGNED_ENTRIES.set_function(lambda: max(0, self.checkpoint.log_size - self.checkpoint.signed_size))
@@ -155,10 +157,13 @@ class Health:
         self.broker_error = error
 
     async def _probe(self, offsets) -> None:
-        tps = sorted({(t, p) for t, p in self.assigned() if t in self.input_topics})
+        # Every partition of the input topics, not only this worker's: a partition no worker moves
+        # (its owner died, or a rebalance did not finish) must show on every worker's /ready.
+        mine = {(t, p) for t, p in self.assigned() if t in self.input_topics}
+        await offsets._client.force_metadata_update()
+        everyone = {(t, p) for t in self.input_topics for p in (offsets.partitions_for_topic(t) or ())}
+        tps = sorted(mine | everyone)
         kafka_tps = [TopicPartition(t, p) for t, p in tps]
-        if not kafka_tps:
-            await offsets._client.fetch_all_metadata()  # nothing assigned: still ask the cluster something
         committed = {tp: await offsets.committed(tp) for tp in kafka_tps}
         ends = await offsets.end_offsets(kafka_tps) if kafka_tps else {}
         begins = await offsets.beginning_offsets(kafka_tps) if kafka_tps else {}
@@ -168,25 +173,31 @@ class Health:
             offset = committed.get(tp)
             position = max(offset if offset is not None and offset >= 0 else 0, begins.get(tp, 0))
             state = self.partitions.setdefault(key, PartitionState(committed=position))
+            state.mine = key in mine
             if position != state.committed:
                 state.committed, state.progress_at = position, now
             state.end = ends.get(tp, state.end)
             waiting = state.end > state.committed
             stalled = waiting and now - state.progress_at > self.stall_seconds
             previous, state.state = state.state, ("stalled" if stalled else "moving" if waiting else "idle")
+            owner = "this worker" if state.mine else "another worker"
             if state.state == "stalled" and previous != "stalled":
-                log.error("partition %s/%d is stalled: %d records wait and its committed offset has not moved for "
-                          "%.0fs", tp.topic, tp.partition, state.end - state.committed, now - state.progress_at)
+                log.error("partition %s/%d (%s) is stalled: %d records wait and its committed offset has not moved "
+                          "for %.0fs", tp.topic, tp.partition, owner, state.end - state.committed,
+                          now - state.progress_at)
             elif previous == "stalled" and state.state != "stalled":
                 log.warning("partition %s/%d moves again", tp.topic, tp.partition)
             labels = (tp.topic, str(tp.partition))
-            PARTITION_LAG.labels(*labels).set(max(0, state.end - state.committed))
-            PARTITION_STALLED.labels(*labels).set(1 if stalled else 0)
-            PARTITION_PROGRESS_AGE.labels(*labels).set(now - state.progress_at)
-        for key in set(self.partitions) - set(tps):  # revoked: another worker reports it now
+            if state.mine:  # each partition's gauges come from the worker that routes it
+                PARTITION_LAG.labels(*labels).set(max(0, state.end - state.committed))
+                PARTITION_STALLED.labels(*labels).set(1 if stalled else 0)
+                PARTITION_PROGRESS_AGE.labels(*labels).set(now - state.progress_at)
+        for key in set(self.partitions) - set(tps):  # the topic shrank or went away
             del self.partitions[key]
+        for key in self._gauged - mine:  # revoked: another worker reports it now
             for gauge in (PARTITION_LAG, PARTITION_STALLED, PARTITION_PROGRESS_AGE):
                 gauge.remove(key[0], str(key[1]))
+        self._gauged = mine
 
     # -- reporting ---------------------------------------------------------------------------
     def report(self) -> dict:
@@ -198,8 +209,9 @@ class Health:
         if not self.broker_ok:
             problems.append("broker unreachable" if self.broker_ok is False else "broker not probed yet")
         problems += [f"task {name} is not running" for name, t in tasks.items() if not t["up"]]
-        problems += [f"partition {p['topic']}/{p['partition']} is stalled" for p in partitions
-                     if p["state"] == "stalled"]
+        problems += [f"partition {p['topic']}/{p['partition']} is stalled"
+                     + ("" if p["this_worker"] else " (routed by another worker, or by none)")
+                     for p in partitions if p["state"] == "stalled"]
         if self.checkpoint.halted:
             problems.append(f"checkpointing halted: {self.checkpoint.halted}")
         elif not self.checkpoint.ok():

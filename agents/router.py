@@ -162,12 +162,15 @@ def install(app: faust.App, runtime) -> None:
     supervisor.watch_agent(route, "router")
 
     async def route_batches(stream, sender: AcknowledgedSender) -> None:
+        supervisor.doing("router", "waiting for records")
         async for events in stream.take_events(runtime.settings.router_batch, within=BATCH_WINDOW_SECONDS):
             started = time.perf_counter()
             batch = BatchRouter(runtime, seen)
             try:
                 partitions = {event.message.partition for event in events}
+                supervisor.doing("router", f"reading the case keys of partitions {sorted(partitions)}")
                 await until_done("reading case keys", lambda: case_keys.load(partitions))
+                supervisor.doing("router", f"deciding {len(events)} records")
                 for event in events:
                     message = event.message
                     batch.decide_safely(InputRecord(message.topic, message.partition, message.offset,
@@ -176,6 +179,7 @@ def install(app: faust.App, runtime) -> None:
                     await hold("router")
                 # The keys of new cases reach Kafka before any entry sealed with them: a worker
                 # that routes the case later (after a crash or a rebalance) finds the same key.
+                supervisor.doing("router", f"sending {len(batch.messages)} records")
                 await send_case_keys(sender, runtime, case_keys.new_records())
                 case_keys.confirm_new()
                 await sender.send_all(batch.messages, lambda m, e: replacement_for(runtime, m, e))
@@ -192,6 +196,7 @@ def install(app: faust.App, runtime) -> None:
                     seen[event_key] = digest
             for metric, labels, amount in batch.counters:
                 (metric.labels(*labels) if labels else metric).inc(amount)
+            supervisor.doing("router", "waiting for records")
             per_event = (time.perf_counter() - started) / max(1, len(events))
             for _ in events:
                 metrics.ROUTING_SECONDS.observe(per_event)

@@ -50,10 +50,13 @@ class TaskState:
     failures_in_a_row: int = 0
     last_error: str | None = None  # the exception class (never its message: it could quote input)
     since: float = field(default_factory=time.time)  # when `up` last changed (unix time)
+    doing: str | None = None     # what the task does now, in MASB's own words (no input values)
+    doing_since: float = field(default_factory=time.monotonic)
 
     def as_json(self) -> dict:
         return {"up": self.up, "restarts": self.restarts, "last_error": self.last_error,
-                "since": round(self.since, 3)}
+                "since": round(self.since, 3), "doing": self.doing,
+                "doing_for_seconds": round(time.monotonic() - self.doing_since, 1)}
 
 
 class Supervisor:
@@ -79,6 +82,13 @@ class Supervisor:
         if state.up != up:
             state.up, state.since = up, time.time()
         TASK_UP.labels(state.name).set(1 if up else 0)
+
+    def doing(self, name: str, what: str) -> None:
+        """A task says what it does now ("waiting for records", "sending 12 records"): /health shows
+        it with how long it has been at it, so a task that hangs shows where."""
+        state = self.state(name)
+        if state.doing != what:
+            state.doing, state.doing_since = what, time.monotonic()
 
     def beat(self, name: str) -> None:
         """A task supervised elsewhere (a faust agent) says it is running."""
