@@ -28,10 +28,12 @@ def grants(principal: str) -> set[tuple[str, str, str]]:
     return {(b.resource_type, b.resource_name, b.operation) for b in PLAN if b.principal == principal}
 
 
-def test_each_unit_may_only_write_case_events():
+def test_each_unit_may_only_write_case_events_and_read_its_own_notices():
     for unit in ("hau-north", "hau-south"):
         assert grants(f"User:masb-unit-{unit}") == {("TOPIC", "p.case-events", "WRITE"),
-                                                     ("TOPIC", "p.case-events", "DESCRIBE")}
+                                                     ("TOPIC", "p.case-events", "DESCRIBE"),
+                                                     ("TOPIC", f"p.unit.{unit}", "READ"),
+                                                     ("TOPIC", f"p.unit.{unit}", "DESCRIBE")}
 
 
 def test_each_agency_may_read_only_its_own_feed_and_group_and_write_receipts():
@@ -42,22 +44,29 @@ def test_each_agency_may_read_only_its_own_feed_and_group_and_write_receipts():
             ("TOPIC", "p.receipts", "WRITE"), ("TOPIC", "p.receipts", "DESCRIBE")}
 
 
-def test_the_auditor_reads_the_audit_topics_only():
-    assert grants("User:masb-auditor") == {(t, n, o) for n in ("p.audit.exchange", "p.audit.checkpoints")
-                                           for t, o in (("TOPIC", "READ"), ("TOPIC", "DESCRIBE"))}
+def test_the_auditor_reads_the_audit_topics_and_asks_for_shreds_and_redrives():
+    reads = ("p.audit.exchange", "p.audit.checkpoints", "p.audit.case-keys", "p.case-events.dlq")
+    requests = ("p.audit.case-key-shreds", "p.case-events.dlq.redrive")
+    assert grants("User:masb-auditor") == (
+        {("TOPIC", n, o) for n in reads for o in ("READ", "DESCRIBE")}
+        | {("TOPIC", n, o) for n in requests for o in ("WRITE", "DESCRIBE")})
 
 
 def test_the_router_gets_what_the_worker_needs_and_no_create():
     router = grants("User:masb-router")
     reads = {n for t, n, o in router if o == "READ"}
     writes = {n for t, n, o in router if o == "WRITE"}
-    assert reads == {"p.case-events", "p.receipts", "p.audit.exchange", "p.audit.checkpoints",
-                     "p.masb-router-seen-events-changelog", "p.masb-router-__assignor-__leader", "p.masb-router"}
-    assert writes == {"p.audit.exchange", "p.audit.checkpoints", "p.case-events.dlq",
-                      "p.masb-router-seen-events-changelog", "p.masb-router-__assignor-__leader",
-                      *(f"p.partner.{a.id}" for a in POLICY.agencies)}
-    assert ("GROUP", "p.masb-router", "READ") in router
-    assert {n for t, n, o in router if o == "DESCRIBE"} == (reads | writes) - {"p.masb-router"}
+    groups = {"p.masb-router", "p.masb-router-checkpointer", "p.masb-deadlines"}
+    state = {"p.audit.exchange", "p.audit.checkpoints", "p.audit.case-keys", "p.deadlines.state", "p.case-events.dlq",
+             "p.masb-router-seen-events-changelog", "p.masb-router-__assignor-__leader"}
+    assert reads == {"p.case-events", "p.receipts", "p.audit.case-key-shreds", "p.case-events.dlq.redrive",
+                     *state, *groups}
+    assert writes == {*state, *(f"p.partner.{a.id}" for a in POLICY.agencies),
+                      *(f"p.unit.{u.id}" for u in POLICY.units), "p.masb-router-checkpointer"}
+    assert {("GROUP", g, "READ") for g in groups} <= router
+    assert {("TRANSACTIONAL_ID", "p.masb-router-checkpointer", o) for o in ("WRITE", "DESCRIBE")} <= router
+    assert {n for t, n, o in router if o == "DESCRIBE" and t == "TOPIC"} == (reads | writes) - groups - {
+        "p.masb-router-checkpointer"}
 
 
 def test_nobody_else_gets_anything_and_nothing_is_broader_than_named():
@@ -89,10 +98,10 @@ def test_kafka_acls_commands_grant_exactly_the_plan():
         if not line.startswith("kafka-acls.sh"):
             continue
         principal = re.search(r"--allow-principal (\S+)", line).group(1)
-        kind, name = re.search(r"--(topic|group) (\S+)", line).groups()
+        kind, name = re.search(r"--(topic|group|transactional-id) (\S+)", line).groups()
         assert "--resource-pattern-type literal" in line
         for op in re.findall(r"--operation (\w+)", line):
-            found.add(AclBinding(principal, kind.upper(), name, "LITERAL", op.upper()))
+            found.add(AclBinding(principal, kind.upper().replace("-", "_"), name, "LITERAL", op.upper()))
     assert found == set(PLAN)
 
 
