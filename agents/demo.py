@@ -279,6 +279,8 @@ def _keep_running(bootstrap: str, prefix: str, deployment, worker, identities: I
 
 
 def _print_summary(events, policy, received) -> None:
+    from streams.policy import legal_basis_label
+
     say("")
     say("Who received what (fields decrypted by each agency with its own key):")
     by_event: dict[str, list] = {}
@@ -291,8 +293,8 @@ def _print_summary(events, policy, received) -> None:
             f"from {header['unit_id']}")
         got = sorted(by_event.get(header["event_id"], []), key=lambda pair: pair[0])
         for agency, env in got:
-            say(f"    -> {agency:<24} {env.agreement_id} v{env.agreement_version}, {env.legal_basis}: "
-                f"{', '.join(sorted(env.fields))}")
+            say(f"    -> {agency:<24} {env.agreement_id} v{env.agreement_version}: {', '.join(sorted(env.fields))}")
+            say(f"       {'':<24} legal basis: {legal_basis_label(env.legal_basis)} ({env.legal_basis})")
         receivers = {a for a, _ in got}
         covering = sorted(a.id for a in policy.agencies if header["area"] in a.areas and a.id not in receivers)
         if covering:

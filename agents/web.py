@@ -51,7 +51,13 @@ def install(app: faust.App, runtime) -> None:
                     frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
                     where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else ""
                     out.write(f"    {getattr(awaited, '__qualname__', type(awaited).__name__)} {where}\n")
-                    awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+                    inner = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None) or \
+                        getattr(awaited, "gi_yieldfrom", None)
+                    if inner is None and type(awaited).__name__ == "coroutine_wrapper":
+                        import gc  # coro.__await__() hides its coroutine; gc knows what it holds
+
+                        inner = next((r for r in gc.get_referents(awaited) if hasattr(r, "cr_frame")), None)
+                    awaited = inner
             return self.text(out.getvalue())
 
         @app.page("/debug/tasks/{name}/{fault}")

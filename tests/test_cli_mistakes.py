@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +31,12 @@ def setup(tmp_path_factory):
     (root / "a-file").write_text("not a directory")
     typo = deployment.policy_path.read_text().replace("agreements:", "agreemnts:", 1)
     (root / "typo.yaml").write_text(typo)
+    (root / "bad-date.yaml").write_text(re.sub(r"effective_from: \S+", "effective_from: 2026-13-01",
+                                                deployment.policy_path.read_text(), count=1))
+    pretty = json.dumps(EVENT, indent=1).splitlines()
+    assert pretty[23].endswith(",")
+    pretty[23] = pretty[23][:-1]  # a missing comma at the end of line 24: the parser stops at line 25
+    (root / "missing-comma.json").write_text("\n".join(pretty))
     return root, deployment
 
 
@@ -95,6 +102,11 @@ CASES = [
                                                          key(d, "hau-worcestershire", "signing"), r / "none.json"],
      2, ["none.json", "not found"]),
     ("no policy anywhere", lambda r, d: ["audit", "verify", "--bootstrap", NO_BROKER], 2, ["--policy", "MASB_POLICY"]),
+    ("a policy date that is not a date", lambda r, d: ["policy", "explain", r / "bad-date.yaml", "MARAC_REFERRAL",
+                                                       "worcestershire"], 2, ["bad-date.yaml", "effective_from"]),
+    ("a pretty-printed event with a missing comma", lambda r, d: ["publish", "--policy", d.policy_path, "--as",
+                                                                  "hau-worcestershire", "--keys-dir", d.keys_dir,
+                                                                  r / "missing-comma.json"], 2, ["line 25"]),
     ("status, no broker", lambda r, d: ["status", EVENT["header"]["event_id"], "--bootstrap", NO_BROKER, "--policy",
                                         d.policy_path, "--as", "hau-worcestershire", "--key",
                                         key(d, "hau-worcestershire")], 3, ["127.0.0.1:1", "unavailable"]),

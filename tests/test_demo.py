@@ -27,6 +27,7 @@ def test_demo_runs_end_to_end_on_the_embedded_broker(tmp_path):
     # names the fields each decrypted (names only: no values are printed).
     assert "RISK_ASSESSMENT_COMPLETED case WM-7Q2K9D4XJ3 (worcestershire, risk HIGH)" in out
     assert "-> nhs-worcs-acute" in out and "victim.nhs_number" in out
+    assert "legal basis: UK GDPR Art. 6(1)(e) public task" in out  # the human name next to the code
     assert "-> school-oakfield-primary" in out and "child_present" in out
     assert "Alex Example" not in out and "9434765919" not in out
     assert "1 refused record(s)" in out

@@ -5,6 +5,7 @@ never signed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -121,6 +122,13 @@ def test_worker_publishes_checkpoints_cosigned_by_its_witnesses(kafka, tmp_path,
         assert (f"the checkpoint of size {second.checkpoint.size} is cosigned by witness-0, witness-1 "
                 "(quorum 2 of 3)") in out
         assert "every entry is covered" in out or "intact" in out
+
+        # The auditor's report names the witnesses that cosigned the checkpoint it relies on.
+        assert main(["audit", "report", "--format", "json", "--bootstrap", running.bootstrap, "--topic-prefix",
+                     running.topics.prefix, "--policy", str(deployment.policy_path)]) == 0
+        relied_on = json.loads(capsys.readouterr().out)["log"]["checkpoint"]
+        assert relied_on["size"] == second.checkpoint.size
+        assert relied_on["cosigners"] == ["witness-0", "witness-1"]
 
         # A policy that demands a witness that never signed anything: refused, naming who did sign.
         doc = yaml.safe_load(deployment.policy_path.read_text())

@@ -127,7 +127,7 @@ def cmd_audit(args) -> int:
     if args.action == "consistency":
         return consistency(args, log, verifiers, origin)
     if args.action == "report":
-        return report(args, log, verifiers, origin)
+        return report(args, log, verifiers, origin, witness_quorum(policy))
     return export(args, log, verifiers, origin, topics(args))
 
 
@@ -369,7 +369,7 @@ def _case_store(args):
     return asyncio.run(CaseKeyView.read(bootstrap(args), topics(args).case_keys, secrets))
 
 
-def report(args, log: Log, verifiers, origin) -> int:
+def report(args, log: Log, verifiers, origin, witnesses=None) -> int:
     from streams.audit.report import RENDERERS, Filters, ReportError, build_report, parse_time, verify_for_report
 
     try:
@@ -381,8 +381,17 @@ def report(args, log: Log, verifiers, origin) -> int:
         result = build_report(log.entries, filters, _case_store(args))
     except ReportError as exc:
         raise AuditCommandError(str(exc)) from None
-    # Witness cosigners are passed here once MASB has witnesses (docs/audit.md, "Reports").
-    result.set_verification(verify_for_report(log.entries, log.checkpoints, verifiers, origin))
+    verification = verify_for_report(log.entries, log.checkpoints, verifiers, origin)
+    if verification.checkpoint is not None and witnesses is not None and witnesses.members:
+        # The witnesses of the policy whose cosignatures on the checkpoint relied on verify.
+        from dataclasses import replace
+
+        from streams.audit.trust import open_witnessed_checkpoint
+
+        note = log.checkpoints[verification.checkpoint.number - 1]
+        cosigners = open_witnessed_checkpoint(note, verifiers, origin, witnesses).cosigners
+        verification = replace(verification, checkpoint=replace(verification.checkpoint, cosigners=cosigners))
+    result.set_verification(verification)
     _write(RENDERERS[args.format](result), args.out, f"{args.format} report")
     return 0 if result.log.intact else 1
 
