@@ -20,6 +20,7 @@ the auditor connect as themselves, and one agency's attempt to read another's fe
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 import shlex
 import shutil
@@ -31,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from agents.deployment import DEMO_DIR, Deployment, WorkerProcess, prepare_deployment, worker_env
+from streams.kafka import IDEMPOTENCE_VARIABLE
 from deploy.brokers import TansuBroker, wait_until_ready
 
 ROUTER = "masb-router"
@@ -125,6 +127,8 @@ def run_demo(bootstrap: str | None, workdir: Path, keep: bool = False, secure: b
             broker = TansuBroker()
             broker.start()
             bootstrap = broker.bootstrap
+            # Tansu has no idempotent producer: this process, its worker and the --keep settings say so.
+            os.environ[IDEMPOTENCE_VARIABLE] = "false"
             say(f"embedded broker (Tansu) started at {bootstrap}")
         else:
             asyncio.run(wait_until_ready(bootstrap, timeout=20))
@@ -251,6 +255,8 @@ def _keep_running(bootstrap: str, prefix: str, deployment, worker, identities: I
     """Leave the broker and the worker running until Ctrl-C, with settings every command can use."""
     settings = {"MASB_BOOTSTRAP": bootstrap, "MASB_TOPIC_PREFIX": prefix,
                 "MASB_POLICY": str(deployment.policy_path.resolve()), "MASB_KEYS_DIR": str(deployment.keys_dir.resolve())}
+    if os.environ.get(IDEMPOTENCE_VARIABLE):
+        settings[IDEMPOTENCE_VARIABLE] = os.environ[IDEMPOTENCE_VARIABLE]
     as_agency = ""
     if identities.broker is not None:  # the auditor's identity by default; an agency's for consume
         settings["MASB_KAFKA_CONFIG"] = str(identities.properties["masb-auditor"].resolve())

@@ -9,6 +9,7 @@ reached) and stopped in a ``finally`` by the function that started it.
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 import logging
 import ssl
@@ -28,6 +29,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
+    UnknownError,
 )
 
 from streams.errors import AccessDenied, BrokerUnavailable, InvalidInput, MasbError
@@ -123,6 +125,11 @@ async def start_client(client, bootstrap: str, security: KafkaSecurity | None = 
         await client.start()
     except BaseException as exc:
         await stop_quietly(client)
+        if isinstance(exc, UnknownError) and getattr(client, "_txn_manager", None) is not None:
+            # An idempotent producer's InitProducerId refused (aiokafka says only UnknownError).
+            raise InvalidInput(f"the broker at {bootstrap} does not support idempotent producers",
+                               hint=f"set {IDEMPOTENCE_VARIABLE}=false for such a broker (the embedded Tansu "
+                                    "is one)") from None
         if isinstance(exc, (KafkaError, asyncio.TimeoutError, OSError)):
             cause = await _diagnose(bootstrap, security) if isinstance(exc, KafkaConnectionError) else None
             raise broker_error(cause or exc, bootstrap, security=security) from None
@@ -255,9 +262,23 @@ async def _create_topic(client, spec: TopicSpec) -> None:
             raise
 
 
+IDEMPOTENCE_VARIABLE = "MASB_KAFKA_ENABLE_IDEMPOTENCE"
+
+
+def idempotence() -> bool:
+    """Kafka's enable.idempotence for MASB's producers: on unless MASB_KAFKA_ENABLE_IDEMPOTENCE=false
+    (for brokers without idempotent producers, such as the embedded Tansu)."""
+    value = os.environ.get(IDEMPOTENCE_VARIABLE, "true").strip().lower()
+    if value not in ("true", "false"):
+        raise InvalidInput(f"{IDEMPOTENCE_VARIABLE}: must be true or false")
+    return value == "true"
+
+
 def producer(bootstrap: str, *, security: KafkaSecurity | None = None, **overrides) -> AIOKafkaProducer:
-    """A producer that waits for all in-sync replicas: a case event must not be lost."""
-    options = {"bootstrap_servers": bootstrap, "acks": "all", "linger_ms": 5, **connection_options(security)}
+    """A producer that waits for all in-sync replicas (a case event must not be lost) and, where the
+    broker supports it, is idempotent (a retried send is not written twice)."""
+    options = {"bootstrap_servers": bootstrap, "acks": "all", "linger_ms": 5, "enable_idempotence": idempotence(),
+               **connection_options(security)}
     options.update(overrides)
     return AIOKafkaProducer(**options)
 

@@ -143,7 +143,8 @@ class Running:
         from importlib.metadata import version
 
         return ({self.topics.case_events, self.topics.receipts} | {str(p) for p in range(64)}
-                | {"router", "receipts", "checkpointer", "health-monitor", "policy-watch", "deadlines", "redrive"}
+                | {"router", "receipts", "checkpointer", "health-monitor", "policy-watch", "deadlines", "redrive",
+                   "case-key-shreds"}
                 | {"DELIVERED", "RECEIVED", "ACKNOWLEDGED", "ESCALATED", "ESCALATION_CLOSED", "NON_DELIVERY"} | {version("masb")})
 
     def health(self) -> dict:

@@ -3,6 +3,8 @@ readable summary, and no process left behind."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
@@ -37,8 +39,13 @@ def test_demo_runs_end_to_end_on_the_embedded_broker(tmp_path):
 
 
 def test_demo_against_a_running_broker(tansu, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "agents", "demo", "--bootstrap", tansu,
-                             "--workdir", str(tmp_path / "demo")], capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "agents", "demo", "--bootstrap", tansu, "--workdir", str(tmp_path / "demo")]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    # Tansu has no idempotent producer: said in one line, with what to set.
+    assert refused.returncode == 2 and "MASB_KAFKA_ENABLE_IDEMPOTENCE=false" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MASB_KAFKA_ENABLE_IDEMPOTENCE": "false"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"using Kafka at {tansu}" in result.stdout and "demo completed" in result.stdout
 
@@ -51,7 +58,7 @@ def test_demo_secure_runs_the_same_demo_on_a_locked_down_apache_kafka(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "SASL_SSL (SCRAM-SHA-512)" in out and "no access without an ACL" in out
-    assert "granted 71 ACLs derived from the policy" in out
+    assert re.search(r"granted \d+ ACLs derived from the policy", out)
     assert "-> nhs-worcs-acute" in out and "verified intact" in out and "10 received on time" in out
     assert "tried to read idva-west-mercia's feed: Kafka at" in out and "READ on topic demo.partner.idva-west-mercia" in out
     for user in ("masb-router", "masb-auditor", "masb-agency-idva-west-mercia"):

@@ -66,7 +66,8 @@ def publish_wire(running, event, wire: bytes) -> None:
     router = running.policy.router.active_exchange_key
     value = seal_publication(unit_id=unit_key.owner, unit_signing_key=unit_key, router_key_id=router.key_id,
                              router_exchange_public=router.public_key, wire_event=wire)
-    running.produce(running.topics.case_events, value, key=event["header"]["case_ref"].encode())
+    key = running.pseudonyms.current.pseudonym(event["header"]["case_ref"])  # records are keyed by pseudonym
+    running.produce(running.topics.case_events, value, key=key)
 
 
 def envelopes_of(running, agency: str, event_id: str) -> int:
