@@ -164,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             differ.append(f"overlays/{overlay}/{file_name}")
             if not args.check:
                 path.write_text(text)
-    verb = "differ" if args.check else "written"
-    print(f"generate.py: {', '.join(differ) or 'nothing'} {verb}", file=sys.stderr)
+    if args.check:
+        print(f"generate.py: {', '.join(differ)} differ from what the policy makes" if differ
+              else "generate.py: every file is what the policy makes", file=sys.stderr)
+    else:
+        print(f"generate.py: {', '.join(differ) or 'nothing'} written", file=sys.stderr)
     return 1 if args.check and differ else 0
 
 
