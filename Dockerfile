@@ -30,16 +30,18 @@ LABEL org.opencontainers.image.title="masb" \
 # A fixed numeric uid/gid, so that Kubernetes can check runAsNonRoot and volumes can be owned by it.
 RUN groupadd --system --gid 10001 masb \
  && useradd --system --uid 10001 --gid masb --home-dir /home/masb --create-home --shell /usr/sbin/nologin masb \
- && mkdir -p /var/lib/masb/data /var/lib/masb/case-keys /var/lib/masb/secrets /etc/masb/keys /etc/masb/policy \
+ && mkdir -p /var/lib/masb/data /var/lib/masb/secrets /etc/masb/keys /etc/masb/policy \
  && chown -R masb:masb /var/lib/masb \
- && chmod 0700 /var/lib/masb/case-keys /var/lib/masb/secrets
+ && chmod 0700 /var/lib/masb/secrets
 
 # Installed from the first stage's wheels without copying them into a layer (BuildKit bind mount).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels /wheels/masb-*.whl \
  && masb --help > /dev/null
 
-# Where the worker finds what the deployment mounts (all overridable; docs/operations.md, Settings).
+# Where the worker finds what the deployment mounts (all overridable; docs/operations.md, Settings):
+# the keys directory holds the router's keys, the case pseudonym key and, in case-keys/, the
+# case-key secrets; the data directory is only a cache of Kafka changelogs.
 # The web port binds every address of the container: the kubelet's probes and Prometheus reach it
 # on the pod's address, and a NetworkPolicy (deploy/kubernetes) limits who may.
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -50,7 +52,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MASB_WEB_PORT=6066 \
     MASB_POLICY=/etc/masb/policy/policy.yaml \
     MASB_KEYS_DIR=/etc/masb/keys \
-    MASB_CASE_KEYS_DIR=/var/lib/masb/case-keys \
     MASB_DATADIR=/var/lib/masb/data
 
 USER 10001:10001

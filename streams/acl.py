@@ -212,6 +212,12 @@ def render_kafka_acls(bindings: list[AclBinding]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Kafka's names -> Strimzi's (KafkaUser spec.authorization.acls[].resource, kafka.strimzi.io/v1beta2).
+STRIMZI_RESOURCE_TYPES = {"TOPIC": "topic", "GROUP": "group", "CLUSTER": "cluster",
+                          "TRANSACTIONAL_ID": "transactionalId"}
+STRIMZI_PATTERN_TYPES = {"LITERAL": "literal", "PREFIXED": "prefix"}
+
+
 def render_strimzi(bindings: list[AclBinding], principals: Principals, cluster: str = "masb",
                    authentication: str = "scram-sha-512") -> str:
     """One Strimzi KafkaUser (kafka.strimzi.io/v1beta2) per principal, with its ACLs."""
@@ -219,8 +225,8 @@ def render_strimzi(bindings: list[AclBinding], principals: Principals, cluster: 
 
     users: dict[str, list[dict]] = {}
     for (principal, permission, rtype, name, pattern), ops in _grouped(bindings).items():
-        resource = {"type": rtype.lower().replace("_", "")} if rtype == "CLUSTER" else \
-            {"type": rtype.lower(), "name": name, "patternType": pattern.lower()}
+        resource = {"type": STRIMZI_RESOURCE_TYPES[rtype]} if rtype == "CLUSTER" else \
+            {"type": STRIMZI_RESOURCE_TYPES[rtype], "name": name, "patternType": STRIMZI_PATTERN_TYPES[pattern]}
         users.setdefault(principal, []).append({
             "resource": resource, "operations": [_camel(op) for op in ops], "host": "*",
             "type": permission.lower()})

@@ -116,8 +116,9 @@ def test_strimzi_kafka_users_carry_the_plan():
         for acl in d["spec"]["authorization"]["acls"]:
             assert acl["resource"]["patternType"] == "literal" and acl["host"] == "*" and acl["type"] == "allow"
             for op in acl["operations"]:
-                found.add(AclBinding(f"User:{d['metadata']['name']}", acl["resource"]["type"].upper(),
-                                     acl["resource"]["name"], "LITERAL", op.upper()))
+                kind = {"transactionalId": "TRANSACTIONAL_ID"}.get(acl["resource"]["type"], acl["resource"]["type"].upper())
+                found.add(AclBinding(f"User:{d['metadata']['name']}", kind, acl["resource"]["name"], "LITERAL",
+                                     op.upper()))
     assert found == set(PLAN)
 
 

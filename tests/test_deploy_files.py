@@ -3,12 +3,16 @@
 - every YAML file under deploy/ is strict YAML (streams/yamlin: no repeated keys, no YAML 1.1
   surprises such as ``0400``);
 - the compose file validates against the Compose Specification's JSON schema, mounts keys and the
-  policy read-only, and its set-up script lays out exactly what the services mount;
+  policy read-only, and its set-up script lays out exactly what the services mount: every key the
+  demo policy names, the case pseudonym key and the case-key secrets, each with its holder;
 - every Kubernetes resource of the Kustomize base and overlays validates against its schema
   (Kubernetes' own, via kubernetes-validate, strict; Strimzi's and the Prometheus Operator's from
   tests/deploy_schemas/, with unknown fields refused as kubectl --validate=strict does), and says
-  what MASB needs: every topic the worker uses with the right settings, least-privilege users,
-  locked-down pods, probes on /health and /ready, a grace period above the stop deadline;
+  what MASB needs: every topic the worker uses with the settings agents.app.topic_specs gives it,
+  the users `masb acl plan --format strimzi` prints (both files as deploy/kubernetes/generate.py
+  writes them: no drift from the policy), pods that connect with SCRAM over TLS with secrets from
+  Secrets, locked-down pods, probes on /health and /ready, a grace period above the stop deadline,
+  no more routing replicas than partitions;
 - the alert rules pass `promtool check rules` and their unit tests (`promtool test rules`), the
   PrometheusRule carries them word for word, and every runbook link leads to a heading;
 - the dashboard's queries are valid PromQL (promtool), its panels do not overlap;
@@ -33,9 +37,13 @@ import jsonschema
 import pytest
 
 from agents.app import load_identity, topic_specs
-from streams import yamlin
+from streams import kafka_security, yamlin
+from streams.acl import STRIMZI_PATTERN_TYPES, STRIMZI_RESOURCE_TYPES, AclBinding, Principals, plan
+from streams.audit.case_keys import CASE_KEYS_DIR, store_dir
+from streams.audit.shared_case_keys import CaseKeySecrets
 from streams.crypto.keys import load_private_key
-from streams.policy import load_policy
+from streams.crypto.pseudonym import PseudonymKeys
+from streams.policy import load_policy, template_placeholders
 from streams.topics import FOREVER, Topics
 from tests.deploy_checks import (
     DASHBOARD_FILE,
@@ -56,12 +64,8 @@ STOP_DEADLINE = 10.0  # MASB_STOP_DEADLINE's default (agents/settings.py)
 WORKER_USER = 10001   # the image's user (Dockerfile)
 
 # MASB_* variables the deployment files set before the worker reads them: each names its issue.
-PENDING_SETTINGS = {
-    "MASB_PARTITIONS": "issue 10", "MASB_REPLICATION_FACTOR": "issue 10", "MASB_MIN_INSYNC_REPLICAS": "issue 10",
-    "MASB_KAFKA_SECURITY_PROTOCOL": "issue 11", "MASB_KAFKA_SASL_MECHANISM": "issue 11",
-    "MASB_KAFKA_SASL_USERNAME": "issue 11", "MASB_KAFKA_SASL_PASSWORD_FILE": "issue 11",
-    "MASB_KAFKA_SSL_CAFILE": "issue 11",
-}
+# (None now: every setting the files use is read by masb.)
+PENDING_SETTINGS: dict[str, str] = {}
 
 
 # -- YAML ------------------------------------------------------------------------------------------
@@ -74,7 +78,8 @@ def test_every_yaml_file_under_deploy_is_strict_yaml():
     files = deploy_yaml_files()
     names = {p.relative_to(DEPLOY).as_posix() for p in files}
     assert {"compose/compose.yaml", "compose/prometheus.yml", "prometheus/masb-alerts.yaml",
-            "kubernetes/base/kustomization.yaml", "kubernetes/base/topics.yaml"} <= names
+            "kubernetes/base/kustomization.yaml", "kubernetes/overlays/staging/topics.yaml",
+            "kubernetes/overlays/production/users.yaml"} <= names
     for path in files:
         documents = yamlin.load_all(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
         assert documents, f"{path}: no YAML document"
@@ -109,8 +114,18 @@ def test_compose_mounts_keys_and_policy_read_only_and_starts_in_order():
     assert [n for n, vols in holders.items() if "ingest-unit" in vols] == ["setup", "ingest"]
     env = worker["environment"]
     assert env["MASB_DATADIR"] in worker["tmpfs"]  # each replica its own cache of the changelogs
-    assert env["MASB_CASE_KEYS_DIR"] in {v.split(":")[1] for v in worker["volumes"]}
+    # Everything the workers share is in Kafka: no volume is written by a worker.
+    assert all(v.endswith(":ro") for v in worker["volumes"]), worker["volumes"]
+    assert "MASB_CASE_KEYS_DIR" not in env  # the case-key secrets come with the keys: <keys dir>/case-keys
     assert _seconds(worker["stop_grace_period"]) > float(env["MASB_STOP_DEADLINE"])
+    # The replicas share the work: at most one per partition of case-events routes.
+    assert 2 <= worker["deploy"]["replicas"] <= int(env["MASB_PARTITIONS"])
+    # One plaintext broker: every topic with one replica, or no write could succeed.
+    assert (env["MASB_REPLICATION_FACTOR"], env["MASB_MIN_INSYNC_REPLICAS"]) == ("1", "1")
+    for name in ("worker", "ingest", "cli"):
+        assert services[name]["environment"]["MASB_KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT", name
+        assert services[name]["environment"]["MASB_BOOTSTRAP"] == "kafka:9092", name
+    assert "PLAINTEXT://kafka:9092" in services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     for name in ("worker", "ingest"):
         assert services[name]["depends_on"]["setup"] == {"condition": "service_completed_successfully"}
         assert services[name]["depends_on"]["kafka"] == {"condition": "service_healthy"}
@@ -137,22 +152,66 @@ def test_compose_setup_lays_out_each_holders_keys(tmp_path, monkeypatch):
     prepare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(prepare)
     monkeypatch.setattr(prepare, "OWNER", (os.getuid(), os.getgid()))  # the image's user is 10001
+    monkeypatch.delenv("MASB_CASE_KEYS_DIR", raising=False)
     out = tmp_path / "secrets"
     assert prepare.main(out, "hau-worcestershire") == 0
     policy = load_policy(out / "policy" / "policy.yaml")
-    identity = load_identity(policy, out / "router")  # what the workers mount as MASB_KEYS_DIR
-    assert identity.signing.owner == policy.router.id
+    services = compose()["services"]
+    worker_env, ingest_command = services["worker"]["environment"], services["ingest"]["command"]
+
+    # The workers' keys directory (MASB_KEYS_DIR): everything a worker loads at start.
+    router = out / "router"
+    identity = load_identity(policy, router)  # the router's keys and the pseudonym key
+    assert identity.signing.owner == policy.router.id and identity.pseudonyms
+    assert CaseKeySecrets.load(store_dir(router))  # where the worker looks: <keys dir>/case-keys
+    assert worker_env["MASB_KEYS_DIR"] == "/etc/masb/keys" and "router-keys:/etc/masb/keys:ro" in \
+        services["worker"]["volumes"]
+
+    # The ingest: its unit's signing key, the same pseudonym key, a bearer token; all it is told to read.
     unit_key = load_private_key(out / "ingest" / "signing.key")
     assert (unit_key.owner, unit_key.kind) == ("hau-worcestershire", "signing")
+    unit_pseudonyms = PseudonymKeys.load_files([out / "ingest" / "pseudonym.secret"])
+    assert unit_pseudonyms.current.key_id == identity.pseudonyms.current.key_id
     assert len((out / "ingest" / "ingest.token").read_text().strip()) >= 40
+    mounted = {f"/etc/masb/unit/{p.name}" for p in (out / "ingest").iterdir()}
+    assert mounted == {a for a in ingest_command if a.startswith("/etc/masb/unit/")}
+
+    # Every key the demo template names exists once, with its holder, and matches the policy.
+    template = (DEPLOY / "demo" / "policy.template.yaml").read_text()
+    held = {}
+    for path in out.rglob("*.key"):
+        if CASE_KEYS_DIR not in path.parts:
+            record = load_private_key(path)
+            assert (record.owner, record.kind) not in held, path
+            held[(record.owner, record.kind)] = (path.relative_to(out).parts[0], record.key_id)
+    assert set(held) == template_placeholders(template)
+    for (owner, kind), (holder, key_id) in held.items():
+        expected = "router" if owner == policy.router.id else \
+            "ingest" if (owner, kind) == ("hau-worcestershire", "signing") else "parties"
+        assert holder == expected, (owner, kind)
+        assert key_id in {k.key_id for k in policy_keys(policy, owner, kind)}, (owner, kind)
+    # The other parties, for trying things out: each unit (its notices' exchange key, the pseudonym key)
+    # and each agency.
     parties = {p.name for p in (out / "parties").iterdir()}
-    assert parties == ({u.id for u in policy.units} - {"hau-worcestershire"}) | {a.id for a in policy.agencies}
+    assert parties == {u.id for u in policy.units} | {a.id for a in policy.agencies}
+    for unit in policy.units:
+        assert PseudonymKeys.load_dir(out / "parties" / unit.id).current.key_id == identity.pseudonyms.current.key_id
+
     for path in out.rglob("*"):
         if path.is_file() and path.name != "policy.yaml":
             assert path.stat().st_mode & 0o077 == 0, path
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert prepare.main(out, "hau-worcestershire") == 0  # again: nothing changes
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def policy_keys(policy, owner: str, kind: str):
+    """The public keys the policy lists for a party: the router, a unit or an agency."""
+    field = f"{kind}_keys"
+    if owner == policy.router.id:
+        return getattr(policy.router, field)
+    (party,) = [p for p in [*policy.units, *policy.agencies] if p.id == owner]
+    return getattr(party, field)
 
 
 # -- Kubernetes ------------------------------------------------------------------------------------
@@ -225,8 +284,12 @@ def schema_errors(resource: dict) -> list[str]:
 def test_every_kubernetes_resource_validates_against_its_schema(directory):
     resources = kustomize(KUBERNETES / directory)
     kinds = {r["kind"] for r in resources}
-    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "Deployment", "Service", "PodDisruptionBudget",
-            "NetworkPolicy", "ServiceMonitor", "PrometheusRule", "ConfigMap", "PersistentVolumeClaim"} <= kinds
+    assert {"Kafka", "KafkaNodePool", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
+            "ServiceMonitor", "PrometheusRule", "ConfigMap"} <= kinds
+    # The topics and users follow the policy, which only an overlay has.
+    assert ({"KafkaTopic", "KafkaUser"} <= kinds) == directory.startswith("overlays/")
+    # Nothing is shared through a volume: a worker's state is in Kafka, its data directory a cache.
+    assert "PersistentVolumeClaim" not in kinds
     problems = {f"{r['kind']}/{r['metadata']['name']}": schema_errors(r) for r in resources}
     assert {name: errors for name, errors in problems.items() if errors} == {}
 
@@ -257,43 +320,96 @@ def worker_env(resources) -> dict[str, str]:
 def test_a_kafka_topic_for_every_topic_the_worker_uses_with_the_right_settings(overlay):
     resources = built(overlay)
     env = worker_env(resources)
-    partitions = int(env["MASB_PARTITIONS"])
+    partitions, replication, min_insync = (int(env[n]) for n in (
+        "MASB_PARTITIONS", "MASB_REPLICATION_FACTOR", "MASB_MIN_INSYNC_REPLICAS"))
+    assert (replication, min_insync) == (3, 2)  # a write survives the loss of any one broker
     topics = Topics(env["MASB_TOPIC_PREFIX"])
     policy = load_policy(KUBERNETES / "overlays" / overlay / "policy.yaml")
     declared = {r["spec"].get("topicName", r["metadata"]["name"]): r["spec"] for r in of_kind(resources, "KafkaTopic")}
-    app_id = f"{topics.prefix}masb-router"
-    changelog, leader = f"{app_id}-seen-events-changelog", f"{app_id}-__assignor-__leader"
-    wanted = {s.name: s for s in topic_specs(topics, policy, partitions)}
-    assert set(declared) == set(wanted) | {changelog, leader}
+    wanted = {s.name: s for s in topic_specs(topics, policy, partitions, replication, min_insync)}
+    assert set(declared) == set(wanted)
     for name, spec in declared.items():
         assert spec["replicas"] == 3 and spec["config"]["min.insync.replicas"] == 2, name
-        if name in wanted:
-            assert spec["partitions"] == wanted[name].partitions, name
-            kept_forever = wanted[name].config == FOREVER
-            assert (spec["config"].get("retention.ms") == -1) == kept_forever, name
-            if kept_forever:
-                assert {k: str(v) for k, v in spec["config"].items() if k in FOREVER} == FOREVER, name
+        assert spec["partitions"] == wanted[name].partitions, name
+        assert {k: str(v) for k, v in spec["config"].items()} == wanted[name].config, name
+        kept_forever = {k: v for k, v in wanted[name].config.items() if k in FOREVER} == FOREVER
+        assert (spec["config"].get("retention.ms") == -1) == kept_forever, name
+    # What the worker relies on, whatever topic_specs says today:
     assert declared[topics.audit]["partitions"] == 1  # the Merkle tree's order
-    assert declared[topics.case_events]["partitions"] == partitions
-    assert declared[changelog]["partitions"] == partitions  # co-partitioned with case-events
-    assert declared[changelog]["config"]["cleanup.policy"] == "compact"
+    for name in (topics.audit, topics.checkpoints, topics.dead_letter):
+        assert declared[name]["config"]["retention.ms"] == -1, name  # evidence, kept forever
+    for name in (topics.case_events, topics.case_keys, topics.case_key_shreds, topics.changelog("seen-events")):
+        assert declared[name]["partitions"] == partitions, name  # co-partitioned with case-events
+    for name in (topics.case_keys, topics.deadline_state, topics.changelog("seen-events")):
+        assert declared[name]["config"]["cleanup.policy"] == "compact", name
+    assert {topics.unit(u.id) for u in policy.units} | {topics.partner(a.id) for a in policy.agencies} <= set(declared)
     cluster = named(resources, "Kafka", "masb")["spec"]["kafka"]
     assert cluster["config"]["min.insync.replicas"] == 2 and cluster["config"]["default.replication.factor"] == 3
     assert cluster["config"]["auto.create.topics.enable"] is False
     brokers = [p for p in of_kind(resources, "KafkaNodePool") if "broker" in p["spec"]["roles"]]
-    assert sum(p["spec"]["replicas"] for p in brokers) >= 3
+    assert sum(p["spec"]["replicas"] for p in brokers) >= replication
 
 
-def acls_by_user(resources) -> dict[str, set[tuple[str, str, str]]]:
-    """user -> {(resource type, resource name, operation)}; every ACL literal and allowing."""
+def generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_kubernetes", KUBERNETES / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_committed_topics_and_users_are_what_the_policy_makes_today(overlay):
+    """Drift: topics.yaml is what deploy/kubernetes/generate.py writes from topic_specs, and users.yaml
+    (after its comment) what `masb acl plan --format strimzi` prints, for the overlay's policy."""
+    generate = generator()
+    directory = KUBERNETES / "overlays" / overlay
+    assert generate.worker_settings(overlay) == worker_env(built(overlay))  # the settings it generates for
+    assert (directory / "topics.yaml").read_text() == generate.render_topics(overlay), \
+        f"run: python deploy/kubernetes/generate.py {overlay}"
+    printed = subprocess.run(generate.acl_plan_command(overlay), capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    assert "--format strimzi" in " ".join(generate.acl_plan_command(overlay))
+    assert generate.without_header((directory / "users.yaml").read_text()) == printed.stdout, \
+        f"run: python deploy/kubernetes/generate.py {overlay}"
+
+
+def test_the_drift_check_sees_a_policy_change(tmp_path, monkeypatch):
+    """A new agency in the policy makes the committed files stale: the test above would fail."""
+    generate = generator()
+    copy_dir = tmp_path / "overlays" / "staging"
+    copy_dir.mkdir(parents=True)
+    for name in ("kustomization.yaml", "policy.yaml", "topics.yaml", "users.yaml"):
+        shutil.copy(KUBERNETES / "overlays" / "staging" / name, copy_dir / name)
+    monkeypatch.setattr(generate, "OVERLAYS", tmp_path / "overlays")
+    assert generate.main(["--check", "staging"]) == 0
+    policy = (copy_dir / "policy.yaml").read_text()
+    assert "  - id: shropshire-housing\n" in policy and "agency: shropshire-housing\n" in policy
+    (copy_dir / "policy.yaml").write_text(policy.replace("  - id: shropshire-housing\n", "  - id: housing-2\n", 1)
+                                          .replace("agency: shropshire-housing\n", "agency: housing-2\n"))
+    assert generate.main(["--check", "staging"]) == 1
+    assert generate.main(["staging"]) == 0 and generate.main(["--check", "staging"]) == 0
+    assert "partner.housing-2" in (copy_dir / "topics.yaml").read_text()
+    assert "partner.shropshire-housing" not in (copy_dir / "topics.yaml").read_text()
+    assert "masb-agency-housing-2" in (copy_dir / "users.yaml").read_text()
+
+
+def acls_by_user(resources) -> dict[str, set[AclBinding]]:
+    """user -> the ACL bindings its KafkaUser grants, in Kafka's names (as streams/acl.py plans them)."""
+    resource_types = {v: k for k, v in STRIMZI_RESOURCE_TYPES.items()}
+    pattern_types = {v: k for k, v in STRIMZI_PATTERN_TYPES.items()}
     users = {}
     for user in of_kind(resources, "KafkaUser"):
-        grants = set()
+        name, grants = user["metadata"]["name"], set()
         for acl in user["spec"]["authorization"]["acls"]:
-            assert acl["type"] == "allow" and acl["resource"]["patternType"] == "literal", user["metadata"]["name"]
+            assert acl["host"] == "*", name
             for operation in acl["operations"]:
-                grants.add((acl["resource"]["type"], acl["resource"]["name"], operation))
-        users[user["metadata"]["name"]] = grants
+                grants.add(AclBinding(f"User:{name}", resource_types[acl["resource"]["type"]],
+                                      acl["resource"].get("name", "kafka-cluster"),
+                                      pattern_types[acl["resource"].get("patternType", "literal")],
+                                      re.sub(r"(?<!^)(?=[A-Z])", "_", operation).upper(), acl["type"].upper()))
+        users[name] = grants
     return users
 
 
@@ -304,27 +420,76 @@ def test_kafka_users_get_least_privilege_from_the_policy(overlay):
     topics = Topics(env["MASB_TOPIC_PREFIX"])
     policy = load_policy(KUBERNETES / "overlays" / overlay / "policy.yaml")
     users = acls_by_user(resources)
-
-    def topic(name, *ops):
-        return {("topic", name, op) for op in ops}
-
-    expected = {f"masb-unit-{u.id}": topic(topics.case_events, "Write", "Describe") for u in policy.units}
-    for a in policy.agencies:
-        expected[f"masb-agency-{a.id}"] = (topic(topics.partner(a.id), "Read", "Describe")
-                                           | {("group", topics.partner(a.id), "Read")}
-                                           | topic(topics.receipts, "Write", "Describe"))
-    expected["masb-auditor"] = topic(topics.audit, "Read", "Describe") | topic(topics.checkpoints, "Read", "Describe")
-    app_id = f"{topics.prefix}masb-router"
-    router = topic(topics.case_events, "Read", "Describe") | topic(topics.receipts, "Read", "Describe")
-    for name in [topics.dead_letter, *(topics.partner(a.id) for a in policy.agencies)]:
-        router |= topic(name, "Write", "Describe")
-    for name in (topics.audit, topics.checkpoints, f"{app_id}-seen-events-changelog", f"{app_id}-__assignor-__leader"):
-        router |= topic(name, "Read", "Write", "Describe")
-    expected["masb-router"] = router | {("group", app_id, "Read")}
-    assert users == expected
-    # Every authenticated, and every user's credentials are the ones the pods use.
+    planned: dict[str, set[AclBinding]] = {}
+    for binding in plan(policy, topics, Principals()):
+        planned.setdefault(Principals().user_name(binding.principal), set()).add(binding)
+    assert users == planned
+    # Every grant is literal and allowing: no principal reaches a topic it was not given by name.
+    assert {(b.pattern_type, b.permission) for grants in users.values() for b in grants} == {("LITERAL", "ALLOW")}
+    # A unit writes only case-events and reads only its own notices.
+    for unit in policy.units:
+        assert {(b.resource_name, b.operation) for b in users[f"masb-unit-{unit.id}"]} == {
+            (topics.case_events, "WRITE"), (topics.case_events, "DESCRIBE"),
+            (topics.unit(unit.id), "READ"), (topics.unit(unit.id), "DESCRIBE")}
+    # The workers' one checkpointer: its lease group and its transactional id.
+    assert {("GROUP", topics.checkpointer_lease, "READ"), ("GROUP", topics.deadline_group, "READ"),
+            ("TRANSACTIONAL_ID", topics.checkpointer_lease, "WRITE")} <= \
+        {(b.resource_type, b.resource_name, b.operation) for b in users["masb-router"]}
+    # Every authenticated, and every pod connects as one of them.
     assert {u["spec"]["authentication"]["type"] for u in of_kind(resources, "KafkaUser")} == {"scram-sha-512"}
     assert env["MASB_KAFKA_SASL_USERNAME"] == "masb-router"
+    for deployment in of_kind(resources, "Deployment"):
+        assert kafka_client_settings(resources, deployment)["MASB_KAFKA_SASL_USERNAME"] in users
+
+
+def kafka_client_settings(resources, deployment) -> dict[str, str]:
+    """The MASB_* environment of a Deployment's container: its ConfigMap's, then its own values."""
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    settings = {}
+    for source in container.get("envFrom", []):
+        settings.update(named(resources, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for variable in container.get("env", []):
+        assert "valueFrom" not in variable, variable["name"]
+        settings[variable["name"]] = variable["value"]
+    return settings
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_connect_with_scram_over_tls_with_secrets_from_secrets(overlay):
+    resources = built(overlay)
+    (listener,) = named(resources, "Kafka", "masb")["spec"]["kafka"]["listeners"]
+    users = {u["metadata"]["name"] for u in of_kind(resources, "KafkaUser")}
+    for deployment in of_kind(resources, "Deployment"):
+        settings = kafka_client_settings(resources, deployment)
+        spec = deployment["spec"]["template"]["spec"]
+        assert settings["MASB_BOOTSTRAP"] == f"masb-kafka-bootstrap:{listener['port']}"
+        assert settings["MASB_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert settings["MASB_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+        # Kafka's own names: every MASB_KAFKA_* variable is one of its settings' (docs/security.md).
+        known = {kafka_security.variable(n) for n in kafka_security.CANONICAL}
+        assert {n for n in settings if n.startswith("MASB_KAFKA_")} <= known
+        assert "MASB_KAFKA_SASL_PASSWORD" not in settings and "MASB_KAFKA_CONFIG" not in settings
+        # The password: the Secret Strimzi's User Operator writes for the pod's own KafkaUser.
+        user = settings["MASB_KAFKA_SASL_USERNAME"]
+        assert user in users
+        secret = mounted_secret(spec, settings["MASB_KAFKA_SASL_PASSWORD_FILE"])
+        assert secret["secretName"] == user and secret["items"] == [{"key": "password", "path": "password"}]
+        # The brokers' CA: the cluster CA Secret Strimzi writes.
+        ca = mounted_secret(spec, settings["MASB_KAFKA_SSL_CAFILE"])
+        assert ca["secretName"] == "masb-cluster-ca-cert"
+
+
+def mounted_secret(pod: dict, path: str) -> dict:
+    """The Secret volume a file of the (only) container lies on, read-only."""
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        if str(Path(path).parent) == mount["mountPath"]:
+            assert mount["readOnly"] is True, path
+            secret = volumes[mount["name"]]["secret"]
+            assert any(item["path"] == Path(path).name for item in secret["items"]), path
+            return secret
+    raise AssertionError(f"{path} is on no volume of the container")
 
 
 def pod_spec(resources, name: str) -> dict:
@@ -353,7 +518,8 @@ def test_pods_run_locked_down_with_probes_on_health_and_ready(overlay):
                 assert volume["secret"]["defaultMode"] == 0o400, volume["name"]
     worker = pod_spec(resources, "masb-worker")
     container = worker["containers"][0]
-    assert named(resources, "Deployment", "masb-worker")["spec"]["replicas"] >= 2
+    # Two or more share the work; beyond MASB_PARTITIONS a replica would have nothing to route.
+    assert 2 <= named(resources, "Deployment", "masb-worker")["spec"]["replicas"] <= int(env["MASB_PARTITIONS"])
     (port,) = container["ports"]
     assert port["containerPort"] == int(env["MASB_WEB_PORT"]) and env["MASB_WEB_HOST"] == "0.0.0.0"
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": port["name"]}
@@ -364,12 +530,58 @@ def test_pods_run_locked_down_with_probes_on_health_and_ready(overlay):
     volumes = {v["name"]: v for v in worker["volumes"]}
     for path in (env["MASB_KEYS_DIR"], str(Path(env["MASB_POLICY"]).parent)):
         assert mounts[path]["readOnly"] is True, path
-    assert "emptyDir" in volumes[mounts[env["MASB_DATADIR"]]["name"]]  # the data dir is only a cache
-    assert mounts[env["MASB_CASE_KEYS_DIR"]].get("readOnly") is not True
+    # Everything else it writes is a cache or scratch: its state is in Kafka.
+    writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
+    assert sorted(writable) == sorted([env["MASB_DATADIR"], "/tmp"])
+    assert all("emptyDir" in volumes[mounts[path]["name"]] for path in writable)
     budget = named(resources, "PodDisruptionBudget", "masb-worker")
     assert budget["spec"]["selector"]["matchLabels"] == \
         named(resources, "Deployment", "masb-worker")["spec"]["selector"]["matchLabels"]
-    assert budget["spec"]["minAvailable"] >= 1
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": budget["spec"]["selector"]}  # one at a time
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_worker_gets_its_keys_and_the_case_key_secrets_from_secrets(overlay, tmp_path):
+    """The init container's copy makes the keys directory the worker loads at start: the router's
+    keys, the case pseudonym key and case-keys/{index,wrap}.key, from the Secrets the docs name."""
+    resources = built(overlay)
+    env = worker_env(resources)
+    assert "MASB_CASE_KEYS_DIR" not in env  # so the worker reads <MASB_KEYS_DIR>/case-keys
+    worker = pod_spec(resources, "masb-worker")
+    (init,) = worker["initContainers"]
+    volumes = {v["name"]: v for v in worker["volumes"]}
+    secrets = {m["mountPath"]: volumes[m["name"]]["secret"]["secretName"] for m in init["volumeMounts"]
+               if "secret" in volumes[m["name"]]}
+    assert secrets == {"/secrets/router": "masb-router-keys", "/secrets/case-keys": "masb-case-key-secrets"}
+    (keys_mount,) = [m for m in init["volumeMounts"] if m["mountPath"] == env["MASB_KEYS_DIR"]]
+    keys_volume = volumes[keys_mount["name"]]
+    assert keys_volume["emptyDir"]["medium"] == "Memory"
+    (worker_mount,) = [m for m in worker["containers"][0]["volumeMounts"] if m["mountPath"] == env["MASB_KEYS_DIR"]]
+    assert worker_mount["name"] == keys_mount["name"] and worker_mount["readOnly"] is True
+    # Run the init container's script on a deployment's key files laid out as the Secrets hold them.
+    from agents.deployment import prepare_deployment
+
+    deployment = prepare_deployment(tmp_path / "made")
+    policy = deployment.policy
+    router_secret, case_secret, keys = tmp_path / "secrets/router", tmp_path / "secrets/case-keys", tmp_path / "keys"
+    for directory in (router_secret, case_secret, keys):
+        directory.mkdir(parents=True)
+    for path in [*deployment.keys_dir.glob(f"{policy.router.id}.*.key"), *deployment.keys_dir.glob("*.secret")]:
+        shutil.copy(path, router_secret / path.name)  # kubectl create secret generic --from-file=<router's files>
+    for path in (deployment.keys_dir / CASE_KEYS_DIR).iterdir():
+        shutil.copy(path, case_secret / path.name)
+    assert init["command"][:2] == ["/bin/sh", "-ec"]
+    script = init["command"][2].replace("/secrets/", f"{tmp_path}/secrets/").replace(env["MASB_KEYS_DIR"], str(keys))
+    result = subprocess.run(["/bin/sh", "-ec", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    identity = load_identity(policy, keys)
+    assert identity.signing.owner == policy.router.id and identity.pseudonyms
+    assert CaseKeySecrets.load(keys / CASE_KEYS_DIR)
+    # A Secret without the pseudonym key fails the pod before the worker starts.
+    next(router_secret.glob("*.secret")).unlink()
+    shutil.rmtree(keys)
+    keys.mkdir()
+    assert subprocess.run(["/bin/sh", "-ec", script], capture_output=True, text=True).returncode != 0
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -569,7 +781,31 @@ def test_systemd_units_are_hardened_and_give_the_worker_time_to_stop():
     worker = unit("masb-worker@.service")["Service"]
     assert "MASB_DATADIR=/var/lib/masb/worker-%i" in worker["Environment"]  # one data dir per instance
     assert "MASB_KEYS_DIR=%d" in worker["Environment"]  # the credentials directory: keys read-only
-    assert "masb/worker-%i" in worker["StateDirectory"][0].split()
+    assert worker["StateDirectory"] == ["masb/worker-%i"]  # nothing shared on disk: that is in Kafka
+    # The case-key secrets: credentials too, copied under the names the worker reads into the instance's
+    # runtime directory (in the credentials directory, every *.key must be a router key).
+    credentials = dict(v.split(":", 1) for v in worker["LoadCredential"])
+    assert credentials["router-keys"] == "/etc/masb/keys"
+    assert not [c for c in credentials if c != "router-keys" and c.endswith((".key", ".secret"))]
+    assert not [path for path in credentials.values() if path.startswith("/etc/masb/keys/")]
+    (runtime,) = worker["RuntimeDirectory"]
+    case_keys = f"%t/{runtime}/case-keys"
+    assert f"MASB_CASE_KEYS_DIR={case_keys}" in worker["Environment"]
+    copies = {tuple(line.split()[-2:]) for line in worker["ExecStartPre"]}
+    assert copies == {(f"%d/{credential}", f"{case_keys}/{name}") for credential, name in
+                      (("case-index", "index.key"), ("case-wrap", "wrap.key"))}
+    assert {credentials["case-index"], credentials["case-wrap"]} == \
+        {"/etc/masb/case-keys/index.key", "/etc/masb/case-keys/wrap.key"}
+    # Kafka: the password file is a credential, never a value in the environment files.
+    for name in ("masb-worker@.service", "masb-ingest@.service"):
+        service = unit(name)["Service"]
+        assert "MASB_KAFKA_SASL_PASSWORD_FILE=%d/kafka-password" in service["Environment"], name
+        assert "kafka-password" in dict(v.split(":", 1) for v in service["LoadCredential"]), name
+    for env_file in SYSTEMD.glob("*.env.example"):
+        text = env_file.read_text()
+        assert "MASB_KAFKA_SECURITY_PROTOCOL=SASL_SSL" in text and "MASB_KAFKA_SASL_PASSWORD=" not in text, env_file
+    ingest = unit("masb-ingest@.service")["Service"]
+    assert "--pseudonym-key %d/pseudonym-key" in ingest["ExecStart"][0]
 
 
 def test_systemd_units_pass_systemd_analyze(tmp_path):
@@ -609,15 +845,25 @@ def code_text() -> str:
     return "\n".join(p.read_text() for folder in ("agents", "streams") for p in (ROOT / folder).rglob("*.py"))
 
 
+def read_by_masb(name: str) -> bool:
+    """Whether masb reads a MASB_* variable: named in the code, or one of the Kafka client settings'
+    variables, which streams/kafka_security.py makes from Kafka's setting names."""
+    kafka = {kafka_security.variable(n) for n in kafka_security.CANONICAL} | {kafka_security.CONFIG_VARIABLE}
+    return f'"{name}"' in code_text() or name in kafka
+
+
 def test_every_masb_setting_the_deployment_files_set_is_read_by_masb():
     named_where = settings_named_in_deploy_files()
-    assert {"MASB_WEB_HOST", "MASB_CASE_KEYS_DIR", "MASB_POLICY", "MASB_KEYS_DIR", "MASB_DATADIR"} <= set(named_where)
+    assert {"MASB_WEB_HOST", "MASB_POLICY", "MASB_KEYS_DIR", "MASB_DATADIR", "MASB_PARTITIONS",
+            "MASB_KAFKA_SASL_PASSWORD_FILE", "MASB_CASE_KEYS_DIR"} <= set(named_where)
     unknown = {name: sorted(where) for name, where in named_where.items()
-               if f'"{name}"' not in code_text() and name not in PENDING_SETTINGS}
+               if not read_by_masb(name) and name not in PENDING_SETTINGS}
     assert unknown == {}
+    assert not read_by_masb("MASB_KAFKA_SASL_PASWORD_FILE")  # a misspelt one would be caught
 
 
 def test_settings_awaited_from_other_issues_are_still_awaited():
-    """When issue 10 or 11 lands, its settings leave PENDING_SETTINGS (and this test passes again)."""
-    arrived = sorted(name for name in PENDING_SETTINGS if f'"{name}"' in code_text())
+    """A setting a deployment file uses before masb reads it waits in PENDING_SETTINGS, naming its
+    issue; once masb reads it, it must leave the list."""
+    arrived = sorted(name for name in PENDING_SETTINGS if read_by_masb(name))
     assert arrived == [], f"read by masb now: remove from PENDING_SETTINGS: {arrived}"
