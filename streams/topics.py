@@ -25,7 +25,6 @@ COMPACTED = {"cleanup.policy": "compact", "segment.ms": "3600000", "min.cleanabl
 # that MASB provisions up front, with the ACLs the worker needs (streams/acl.py), so the worker
 # needs no CREATE right. A new table must be listed here.
 WORKER_TABLES = ("seen-events",)
-COMPACTED = {"cleanup.policy": "compact"}
 
 
 @dataclass(frozen=True)
