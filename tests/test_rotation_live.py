@@ -173,3 +173,33 @@ def test_router_signing_key_revoked_in_the_partners_copy_is_refused(live, rotati
     assert captured.out == ""
     assert captured.err.count("refused: UnknownSigner") == len(raw)
     assert f"0 events decrypted, {len(raw)} envelopes refused" in captured.err
+
+
+def test_router_signing_key_rotation_reaches_the_worker_without_a_restart(kafka, tmp_path):
+    """A new router signing key, deployed as a key file and then in the policy: the running worker
+    signs with it from the next event on (docs/keys.md, "Router keys"); no restart."""
+    with running_deployment(kafka, tmp_path / "router-rotation") as running:
+        pid = running.worker.proc.pid
+        router_id = running.policy.router.id
+        keys_dir = running.deployment.keys_dir
+        (old_file,) = keys_dir.glob(f"{router_id}.signing.*.key")
+        old = load_private_key(old_file)
+        e1 = demo_event("01_dash_worcestershire")
+        running.publish(e1)
+        assert running.wait_feed(NHS, e1["header"]["event_id"]).envelope.signer_key_id == old.key_id
+
+        assert main(["keys", "rotate", "--owner", router_id, "--kind", "signing", "--out", str(keys_dir)]) == 0
+        (new_file,) = set(keys_dir.glob(f"{router_id}.signing.*.key")) - {old_file}
+        new = load_private_key(new_file)
+        path = running.deployment.policy_path
+        text = with_added_key(path.read_text(), old.key_id, new, "active")
+        text = text.replace(key_line(text, old.key_id),
+                            key_line(text, old.key_id).replace("status: active", "status: retired"))
+        replace_file(path, text.replace("policy_version: 1", "policy_version: 2"))
+        running.wait_for(lambda: running.health()["policy_version"] == 2, 30, "policy version 2 in force")
+
+        running.deployment = type(running.deployment)(running.deployment.workdir, keys_dir, path, load_policy(path))
+        e2 = demo_event("01_dash_worcestershire")
+        running.publish(e2)
+        assert running.wait_feed(NHS, e2["header"]["event_id"]).envelope.signer_key_id == new.key_id
+        assert running.worker.proc.pid == pid and running.worker.proc.poll() is None

@@ -64,12 +64,14 @@ def cluster():
         yield running
 
 
+@pytest.mark.timeout(900)
 def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp_path):
     deployment = prepare_deployment(tmp_path / "deployment")
     prefix = "scale."
     topics = Topics(prefix)
     env = {"MASB_PARTITIONS": str(PARTITIONS), "MASB_REPLICATION_FACTOR": "3", "MASB_MIN_INSYNC_REPLICAS": "2",
-           "MASB_HEALTH_INTERVAL": "1", "MASB_FAULT_INJECTION": "1"}  # /debug/asyncio, to diagnose a failure
+           "MASB_HEALTH_INTERVAL": "1", "MASB_STALL_SECONDS": "20",
+           "MASB_FAULT_INJECTION": "1"}  # /debug/asyncio, to diagnose a failure
     workers = [WorkerProcess(worker_env(deployment, cluster.bootstrap, prefix,
                                         MASB_DATADIR=str(tmp_path / f"worker{i}-data"), **env), tmp_path / f"worker{i}.log")
                for i in range(WORKERS)]
@@ -133,6 +135,7 @@ def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp
                 for i, worker in enumerate(survivors):  # where each survivor's tasks wait, for the record
                     with urllib.request.urlopen(worker.url("/debug/asyncio"), timeout=10) as response:
                         (tmp_path / f"survivor{i}-asyncio.txt").write_bytes(response.read())
+                    (tmp_path / f"survivor{i}-health.json").write_text(json.dumps(health(worker), indent=1))
                 raise AssertionError(f"not every event reached every entitled agency; see {tmp_path}")
             time.sleep(3)
 
@@ -208,3 +211,22 @@ async def _publish_one(bootstrap, deployment, unit_key, topics, event) -> None:
     async with Publisher(bootstrap, deployment.policy, unit_key, topics,
                          pseudonyms=PseudonymKeys.load_dir(deployment.keys_dir)) as publisher:
         await publisher.publish(event)
+
+
+def test_a_worker_refuses_a_cluster_whose_topics_disagree_with_its_partitions(kafka, tmp_path):
+    """MASB_PARTITIONS is part of the deployment: an existing case-events with another partition
+    count is refused at start, naming the topic and both counts, never used as it is."""
+    import subprocess
+    import sys
+
+    from streams.kafka import TopicSpec, ensure_topics
+
+    deployment = prepare_deployment(tmp_path / "deployment")
+    prefix = f"mismatch{os.urandom(3).hex()}."
+    asyncio.run(ensure_topics(kafka, [TopicSpec(Topics(prefix).case_events, 2)]))
+    env = worker_env(deployment, kafka, prefix, MASB_PARTITIONS="3")
+    result = subprocess.run([sys.executable, "-m", "agents", "worker", "--web-port", "0"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"topic {prefix}case-events has 2 partitions, but this deployment uses 3" in result.stderr
+    assert "MASB_PARTITIONS" in result.stderr and "Traceback" not in result.stderr
