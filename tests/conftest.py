@@ -37,8 +37,9 @@ def tansu() -> str:
 @pytest.fixture(autouse=True)
 def audit_state_dir(tmp_path, monkeypatch):
     """Auditor commands remember the newest checkpoint they verified (docs/audit.md): each test gets
-    its own state directory, never the user's."""
+    its own state directory (and proof index), never the user's."""
     monkeypatch.setenv("MASB_STATE_DIR", str(tmp_path / "masb-state"))
+    monkeypatch.setenv("MASB_INDEX_DIR", str(tmp_path / "masb-index"))  # the proof index, likewise
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """`masb audit ...`: the auditor's commands over the exchange log in Kafka (or an export).
 
     verify [--from-export DIR]        replay the log, check it against every signed checkpoint
-    prove EVENT_ID [--agency A]       inclusion proof file for the event's deliveries
+    prove EVENT_ID... [--agency A]    inclusion proof file for the events' deliveries (proof index: --index)
     check-proof FILE                  verify a proof file offline, say what the entries record
     consistency OLD_SIZE NEW_SIZE     consistency proof file between two signed checkpoints
     report [filters] [--format F]     who received what, when, under which agreement and legal basis
@@ -24,6 +24,7 @@ from pathlib import Path
 from agents.cli.common import Progress, UsageError, bootstrap, existing_dir, existing_file, kafka_flags, topics
 from agents.cli.common import load_policy as load_policy_of
 from agents.settings import env_or
+from streams.audit.merkle import leaf_hash
 from streams.auditing import DEFAULT_ORIGIN, checkpoint_verifiers, read_log, witness_quorum
 from streams.errors import CheckFailed
 
@@ -50,11 +51,12 @@ def register(sub) -> None:
 
     p = sub.add_parser("prove", help="inclusion proof of an event's deliveries, as a self-contained JSON file")
     log_source(p)
-    p.add_argument("event_id")
-    p.add_argument("--agency", help="only the delivery to this agency")
+    p.add_argument("event_id", nargs="+", help="one or more event ids: one file proves all their deliveries")
+    p.add_argument("--agency", help="only the deliveries to this agency")
     p.add_argument("--extends", type=int, action="append", default=[], metavar="SIZE",
                    help="add a consistency proof from this earlier size (a checkpoint the auditor trusts)")
     p.add_argument("--out", help="write the proof here (default: stdout)")
+    index_flags(p)
 
     p = sub.add_parser("check-proof", help="verify a proof file offline (no Kafka) and print what it proves")
     log_source(p, kafka=False)
@@ -66,6 +68,7 @@ def register(sub) -> None:
     p.add_argument("old_size", type=int)
     p.add_argument("new_size", type=int)
     p.add_argument("--out", help="write the proof here (default: stdout)")
+    index_flags(p)
 
     p = sub.add_parser("report", help="who received what, when, under which agreement and legal basis")
     log_source(p)
@@ -99,6 +102,15 @@ def trust_flags(p) -> None:
     p.add_argument("--state-dir", help="where the newest verified checkpoint is remembered (env MASB_STATE_DIR; "
                                        "default $XDG_STATE_HOME/masb or ~/.local/state/masb)")
     p.add_argument("--no-state", action="store_true", help="neither use nor update the remembered checkpoint")
+
+
+def index_flags(p) -> None:
+    """The proof index (docs/audit.md, "Proof index"): stored tree hashes, built once from the log."""
+    p.add_argument("--index", metavar="DIR", help="proof index folder, built from the log on first use and extended "
+                                                  "after (env MASB_INDEX_DIR; default $XDG_CACHE_HOME/masb/index/"
+                                                  "<origin> or ~/.cache/masb/index/<origin>)")
+    p.add_argument("--no-index", action="store_true", help="recompute the tree from every entry instead (slow on "
+                                                           "large logs)")
 
 
 def origin_of(args) -> str:
@@ -271,24 +283,66 @@ def verify_export_dir(directory: str, verifiers: list[str], origin: str, trust: 
 
 
 # -- proofs --------------------------------------------------------------------------------------
+def _with_tree(args, log: Log, verifiers, origin, make):
+    """make(tree) with the log's tree: the proof index (synced with the log and checked against the
+    signed checkpoints; rebuilt once if a proof finds it altered), or None with --no-index."""
+    if args.no_index:
+        return make(None)
+    from streams.audit.proof import signed_checkpoints
+    from streams.audit.tiles import TileIndex, TileIndexError, default_index_dir, sync_index
+
+    directory = Path(args.index) if args.index else default_index_dir(origin)
+    entries = [d for _, d in log.entries]
+
+    def note(line: str) -> None:
+        print(f"masb: {line}", file=sys.stderr, flush=True)
+
+    def build_progress():
+        return Progress("building the proof index") if sys.stderr.isatty() else None
+
+    progress = build_progress()
+    signed = [(cp.size, cp.root) for cp in signed_checkpoints(log.checkpoints, verifiers, origin)]
+    index = sync_index(directory, entries, signed, progress=progress, note=note)
+    if progress is not None:
+        progress.done()
+    try:
+        return make(index)
+    except TileIndexError as exc:
+        note(f"{exc}; rebuilding it from the log ({len(entries):,} entries)")
+        progress = build_progress()
+        index = TileIndex.rebuild(directory, (leaf_hash(e) for e in entries), progress)
+        if progress is not None:
+            progress.done()
+        return make(index)
+
+
 def prove(args, log: Log, verifiers, origin) -> int:
     from streams.audit.entry import AuditEntryError, decode_entry
     from streams.audit.proof import ProofError, make_inclusion_proof
 
-    indexes = []
+    wanted = set(args.event_id)
+    # An entry holds its event id verbatim (an Avro string): skip the others without decoding them.
+    needles = [e.encode() for e in wanted] if len(wanted) <= 16 else None
+    indexes, found = [], set()
     for index, (_, data) in enumerate(log.entries):
+        if needles is not None and not any(n in data for n in needles):
+            continue
         try:
             e = decode_entry(data)
         except AuditEntryError:
             continue
-        if e["kind"] == "DELIVERY" and e["event_id"] == args.event_id and (not args.agency or e["agency_id"] == args.agency):
+        if e["kind"] == "DELIVERY" and e["event_id"] in wanted and (not args.agency or e["agency_id"] == args.agency):
             indexes.append(index)
-    if not indexes:
+            found.add(e["event_id"])
+    missing = [e for e in args.event_id if e not in found]
+    if missing:
         who = f" to {args.agency}" if args.agency else ""
-        raise AuditCommandError(f"no delivery of event {args.event_id}{who} in the log")
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise AuditCommandError(f"no delivery of event {missing[0]}{who} in the log{more}")
     try:
-        doc = make_inclusion_proof([d for _, d in log.entries], log.checkpoints, verifiers, origin, indexes,
-                                   positions=[p for p, _ in log.entries], extends=args.extends)
+        doc = _with_tree(args, log, verifiers, origin, lambda tree: make_inclusion_proof(
+            [d for _, d in log.entries], log.checkpoints, verifiers, origin, indexes,
+            positions=[p for p, _ in log.entries], extends=args.extends, tree=tree))
     except ProofError as exc:
         raise AuditCommandError(str(exc)) from None
     _write(json.dumps(doc, indent=2) + "\n", args.out, f"inclusion proof of {len(indexes)} entries")
@@ -299,8 +353,9 @@ def consistency(args, log: Log, verifiers, origin) -> int:
     from streams.audit.proof import ProofError, make_consistency_proof
 
     try:
-        doc = make_consistency_proof([d for _, d in log.entries], log.checkpoints, verifiers, origin,
-                                     args.old_size, args.new_size)
+        doc = _with_tree(args, log, verifiers, origin, lambda tree: make_consistency_proof(
+            [d for _, d in log.entries], log.checkpoints, verifiers, origin, args.old_size, args.new_size,
+            tree=tree))
     except ProofError as exc:
         raise AuditCommandError(str(exc)) from None
     _write(json.dumps(doc, indent=2) + "\n", args.out, f"consistency proof {args.old_size} -> {args.new_size}")

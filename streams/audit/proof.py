@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from streams import jsonin
 from streams.errors import CheckFailed
@@ -79,61 +79,107 @@ def _valid_checkpoints(notes: Sequence[str], verifiers: list[str], origin: str) 
     return out
 
 
-def _matching_checkpoint(hashes: Sequence[bytes], candidates: list[tuple[str, Checkpoint]],
+class Tree(Protocol):
+    """The log's Merkle tree as proofs need it: streams/audit/tiles.py's TileIndex, or LeafTree."""
+
+    @property
+    def size(self) -> int: ...
+
+    def root(self, size: int) -> bytes: ...
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]: ...
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]: ...
+
+
+class LeafTree:
+    """The tree recomputed from every leaf hash (merkle.py): O(n) per proof, no index needed."""
+
+    def __init__(self, entries: Sequence[bytes]) -> None:
+        self.hashes = [leaf_hash(e) for e in entries]
+
+    @property
+    def size(self) -> int:
+        return len(self.hashes)
+
+    def root(self, size: int) -> bytes:
+        return root_from_leaf_hashes(self.hashes[:size])
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        return inclusion_proof(self.hashes, index, size)
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        return consistency_proof(self.hashes, old_size, new_size)
+
+
+def signed_checkpoints(notes: Sequence[str], verifiers: list[str], origin: str) -> list[Checkpoint]:
+    """The checkpoints among `notes` that open under `verifiers` and `origin` (others are skipped)."""
+    return [cp for _, cp in _valid_checkpoints(notes, verifiers, origin)]
+
+
+def _matching_checkpoint(tree: Tree, candidates: list[tuple[str, Checkpoint]],
                          what: str) -> tuple[str, Checkpoint]:
     """The largest candidate whose root the log's entries reproduce."""
     for note, cp in sorted(candidates, key=lambda nc: nc[1].size, reverse=True):
-        if cp.size <= len(hashes) and root_from_leaf_hashes(hashes[: cp.size]) == cp.root:
+        if cp.size <= tree.size and tree.root(cp.size) == cp.root:
             return note, cp
     raise ProofError(f"no signed checkpoint that the log matches covers {what}; "
                      "run `masb audit verify`, or request a checkpoint and retry")
 
 
-def _extends(hashes: Sequence[bytes], sizes: Sequence[int], new_size: int) -> list[dict[str, Any]]:
+def _extends(tree: Tree, sizes: Sequence[int], new_size: int) -> list[dict[str, Any]]:
     """Consistency proofs from each earlier size an auditor holds to the proof's checkpoint."""
     out = []
     for old in sorted(set(sizes)):
         if not 0 <= old <= new_size:
             raise ProofError(f"--extends {old}: must be between 0 and the proof's checkpoint size {new_size}")
-        out.append({"old_size": old, "proof": [_b64(h) for h in consistency_proof(hashes, old, new_size)]})
+        out.append({"old_size": old, "proof": [_b64(h) for h in tree.consistency_proof(old, new_size)]})
     return out
 
 
 def make_inclusion_proof(entries: Sequence[bytes], notes: Sequence[str], verifiers: list[str], origin: str,
                          indexes: Sequence[int], positions: Sequence[int] | None = None,
-                         extends: Sequence[int] = ()) -> dict[str, Any]:
+                         extends: Sequence[int] = (), tree: Tree | None = None) -> dict[str, Any]:
     """Proof file for the entries at `indexes` (0-based) against the latest signed checkpoint that
     covers all of them and that the log reproduces; `extends` adds consistency proofs from those
-    earlier sizes (the sizes of checkpoints the auditor already trusts) to that checkpoint."""
+    earlier sizes (the sizes of checkpoints the auditor already trusts) to that checkpoint.
+
+    tree: the log's tree (a TileIndex of these entries, streams/audit/tiles.py); default: recomputed
+    from every entry. Each proof is checked against the signed root with the entry's own bytes."""
     if not indexes:
         raise ProofError("no entry to prove")
-    hashes = [leaf_hash(e) for e in entries]
+    tree = LeafTree(entries) if tree is None else tree
     last = max(indexes)
     candidates = [(n, cp) for n, cp in _valid_checkpoints(notes, verifiers, origin) if cp.size > last]
     if not candidates:
         raise ProofError(f"entry {last + 1} is not yet covered by a signed checkpoint; "
                          "request one (POST /audit/checkpoint) or retry after the next one")
-    note, cp = _matching_checkpoint(hashes, candidates, f"entry {last + 1}")
+    note, cp = _matching_checkpoint(tree, candidates, f"entry {last + 1}")
     inclusions = []
     for i in sorted(set(indexes)):
+        path = tree.inclusion_proof(i, cp.size)
+        if not verify_inclusion(leaf_hash(entries[i]), i, cp.size, path, cp.root):
+            raise ProofError(f"entry {i + 1} of the log is not the entry the signed checkpoint of size {cp.size} "
+                             "holds: the log was changed; run `masb audit verify`")
         inclusions.append({
             "index": i, "position": positions[i] if positions is not None else i, "entry": _b64(entries[i]),
-            "proof": [_b64(h) for h in inclusion_proof(hashes, i, cp.size)],
+            "proof": [_b64(h) for h in path],
         })
     doc = {"format": FORMAT, "version": VERSION, "type": "inclusion", "origin": origin, "tree_size": cp.size,
            "checkpoint": note, "inclusions": inclusions}
     if extends:
-        doc["extends"] = _extends(hashes, extends, cp.size)
+        doc["extends"] = _extends(tree, extends, cp.size)
     return doc
 
 
 def make_consistency_proof(entries: Sequence[bytes], notes: Sequence[str], verifiers: list[str], origin: str,
-                           old_size: int, new_size: int) -> dict[str, Any]:
-    """Proof file that the signed checkpoint of new_size extends the signed checkpoint of old_size."""
+                           old_size: int, new_size: int, tree: Tree | None = None) -> dict[str, Any]:
+    """Proof file that the signed checkpoint of new_size extends the signed checkpoint of old_size
+    (tree: as for make_inclusion_proof)."""
     if not 0 <= old_size <= new_size:
         raise ProofError("consistency: need 0 <= OLD_SIZE <= NEW_SIZE")
     valid = _valid_checkpoints(notes, verifiers, origin)
-    hashes = [leaf_hash(e) for e in entries]
+    tree = LeafTree(entries) if tree is None else tree
     chosen = []
     for size in (old_size, new_size):
         same = [(n, cp) for n, cp in valid if cp.size == size]
@@ -141,8 +187,8 @@ def make_consistency_proof(entries: Sequence[bytes], notes: Sequence[str], verif
             sizes = sorted({cp.size for _, cp in valid})
             near = ", ".join(str(s) for s in sizes[-10:])
             raise ProofError(f"no signed checkpoint of size {size} (latest sizes signed: {near or 'none'})")
-        chosen.append(_matching_checkpoint(hashes, same, f"size {size}"))
-    proof = consistency_proof(hashes, old_size, new_size)
+        chosen.append(_matching_checkpoint(tree, same, f"size {size}"))
+    proof = tree.consistency_proof(old_size, new_size)
     return {"format": FORMAT, "version": VERSION, "type": "consistency", "origin": origin,
             "old_size": old_size, "new_size": new_size, "old_checkpoint": chosen[0][0],
             "new_checkpoint": chosen[1][0], "proof": [_b64(h) for h in proof]}

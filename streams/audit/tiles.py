@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -38,7 +39,8 @@ from streams.errors import CheckFailed, InvalidInput
 
 from .merkle import EMPTY_ROOT, HASH_SIZE, leaf_hash, node_hash, verify_consistency, verify_inclusion
 
-__all__ = ["TILE_HEIGHT", "TILE_WIDTH", "TileIndex", "TileIndexError", "NotAnIndex", "tile_path", "sync_index"]
+__all__ = ["TILE_HEIGHT", "TILE_WIDTH", "TileIndex", "TileIndexError", "NotAnIndex", "tile_path", "sync_index",
+           "default_index_dir"]
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT  # 256 hashes
@@ -359,6 +361,17 @@ class TileIndex:
             shutil.rmtree(index.directory / "tile", ignore_errors=True)
             index._extend(leaves, progress)
         return index
+
+
+def default_index_dir(origin: str) -> Path:
+    """MASB_INDEX_DIR, else $XDG_CACHE_HOME/masb/index/<origin>, else ~/.cache/masb/index/<origin>
+    (the origin with every character other than letters, digits, '.', '-' and '_' made '_')."""
+    explicit = os.environ.get("MASB_INDEX_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "masb" / "index" / re.sub(r"[^A-Za-z0-9._-]", "_", origin)
 
 
 def sync_index(directory: str | os.PathLike, entries: Sequence[bytes], signed: Sequence[tuple[int, bytes]], *,
