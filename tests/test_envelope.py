@@ -274,6 +274,14 @@ def test_box_is_computed_once_per_recipient_not_per_event(monkeypatch):
     assert len(calls) == len(agency_keys)
 
 
+def test_seal_refuses_a_mismatched_key_id_after_the_key_was_used_with_its_own():
+    sealer = EnvelopeSealer(router_sign, router_x, version=1)
+    seal(sealer=sealer)  # the recipient's Box is now cached under its key id
+    with pytest.raises(ValueError, match="does not match key id"):
+        seal(sealer=sealer, recipient_key_id="0" * 16)
+    assert opener_for("housing-telford").open(seal(sealer=sealer)).fields["notice.expires_hours"] == 48
+
+
 def test_seal_refuses_mismatched_key_id_naive_times_and_non_json_values():
     key = agency_keys["housing-telford"]
     with pytest.raises(ValueError, match="does not match key id"):
