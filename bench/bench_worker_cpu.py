@@ -223,7 +223,9 @@ def run_masb(bootstrap: str, deployment, records, workdir: Path, **env: str) -> 
     """(events/s, worker CPU us/event, worker idle CPU us/s) of one `masb worker`."""
     prefix = f"cpu-{uuid.uuid4().hex[:6]}."
     topics = Topics(prefix)
-    worker = WorkerProcess(worker_env(deployment, bootstrap, prefix, **env), workdir / f"{prefix}log")
+    # Each worker its own data directory: a table cached by an earlier run names offsets of its topics.
+    worker = WorkerProcess(worker_env(deployment, bootstrap, prefix, MASB_DATADIR=str(workdir / f"{prefix}data"),
+                                      **env), workdir / f"{prefix}log")
     try:
         worker.wait_healthy(120)
         time.sleep(5)  # the group settles, the checkpointer takes its lease
@@ -311,7 +313,8 @@ def latency_masb(bootstrap: str, deployment, records, rate: float, workdir: Path
     prefix = f"lat-{uuid.uuid4().hex[:6]}."
     topics = Topics(prefix)
     agency = deployment.policy.routing("MARAC_REFERRAL", "worcestershire")[0].agency_id
-    worker = WorkerProcess(worker_env(deployment, bootstrap, prefix), workdir / f"{prefix}log")
+    worker = WorkerProcess(worker_env(deployment, bootstrap, prefix, MASB_DATADIR=str(workdir / f"{prefix}data")),
+                           workdir / f"{prefix}log")
     try:
         worker.wait_healthy(120)
         time.sleep(5)
