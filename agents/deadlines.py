@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -35,7 +36,8 @@ from agents import metrics
 from agents.sending import AcknowledgedSender, Message
 from streams.audit.entry import AuditEntryError, decode_entry, encode_entry
 from streams.crypto.notice import NoticeSealer, notice_sha256
-from streams.deadlines import DeadlineBook, NoticeRequest, Tracking
+from streams.deadline_store import RocksTrackings
+from streams.deadlines import DeadlineBook, MemoryTrackings, NoticeRequest, Tracking
 from streams.kafka import consumer as kafka_consumer
 from streams.kafka import read_topic, start_client, stop_quietly
 from streams.policy.durations import check_fixed_duration
@@ -78,9 +80,10 @@ class _Ownership(ConsumerRebalanceListener):
         self.owned, self.changed = self.tp in assigned, True
 
 
-async def load_state(bootstrap: str, topic: str) -> tuple[DeadlineBook, int | None]:
-    """The book and the audit offset it reflects, from the compacted state topic."""
-    trackings: dict[str, Tracking] = {}
+async def load_state(bootstrap: str, topic: str, store=None) -> tuple[DeadlineBook, int | None]:
+    """The book and the audit offset it reflects, from the compacted state topic, into ``store``
+    (empty; a MemoryTrackings if None)."""
+    book = DeadlineBook(store=store)
     position = None
     async for record in read_topic(bootstrap, topic):
         if record.key == POSITION_KEY:
@@ -88,13 +91,21 @@ async def load_state(bootstrap: str, topic: str) -> tuple[DeadlineBook, int | No
             continue
         key = (record.key or b"").decode("utf-8", "replace")
         if record.value is None:
-            trackings.pop(key, None)
+            book.drop(key)
             continue
         try:
-            trackings[key] = Tracking.from_json(record.value)
+            book.store.put(Tracking.from_json(record.value))
         except (ValueError, TypeError, KeyError) as exc:
             log.error("ignoring deadline state record at offset %d: %s", record.offset, type(exc).__name__)
-    return DeadlineBook(trackings), position
+    return book, position
+
+
+def book_store(settings):
+    """Where the owner keeps its book: RocksDB under the data directory (memory that does not grow
+    with the open deliveries, streams/deadline_store.py), or a dict with MASB_TABLE_STORE=memory."""
+    if settings.table_store == "memory":
+        return MemoryTrackings()
+    return RocksTrackings(Path(settings.datadir) / "deadline-book")
 
 
 class DeadlineAgent:
@@ -162,7 +173,13 @@ class DeadlineAgent:
         if not owned:
             self.leave()
             return
-        book, position = await load_state(self.runtime.settings.bootstrap, self.topics.deadline_state)
+        self._close_book()  # a new assignment: the book is loaded afresh from the state topic
+        store = book_store(self.runtime.settings)
+        try:
+            book, position = await load_state(self.runtime.settings.bootstrap, self.topics.deadline_state, store)
+        except BaseException:
+            _close(store)
+            raise
         if position is None:
             committed = await consumer.committed(self.tp)
             position = committed if committed is not None else 0
@@ -175,10 +192,15 @@ class DeadlineAgent:
     def leave(self) -> None:
         if self.book is not None:
             log.warning("deadline tracking released (this worker stops, or another one takes over)")
-        self.book = None
+        self._close_book()
         for gauge in (OVERDUE, OPEN_ESCALATIONS):
             gauge.clear()
         TRACKED.set(0)
+
+    def _close_book(self) -> None:
+        if self.book is not None:
+            _close(self.book.store)
+        self.book = None
 
     async def fold(self, consumer, sender: AcknowledgedSender, records) -> None:
         """Fold a batch of audit entries; notices, then state, then the input offset."""
@@ -224,7 +246,7 @@ class DeadlineAgent:
             drops = self.book.due_drops(now, check_fixed_duration(self.runtime.policy.deadlines.expiry))
             if drops:
                 for key in drops:
-                    self.book.trackings.pop(key, None)
+                    self.book.drop(key)
                 await sender.send_all([Message(self.topics.deadline_state, key.encode(), None) for key in drops],
                                       _never_refused)
         self.refresh_gauges(now)
@@ -270,6 +292,12 @@ class DeadlineAgent:
 async def run_deadlines(runtime) -> None:
     """A supervised task: restarted with backoff if it fails."""
     await DeadlineAgent(runtime).run()
+
+
+def _close(store) -> None:
+    close = getattr(store, "close", None)  # RocksDB: closed and removed; a dict needs nothing
+    if close is not None:
+        close()
 
 
 def _never_refused(message: Message, error: Exception) -> list[Message]:

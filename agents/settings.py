@@ -71,7 +71,7 @@ class Settings:
     stall_seconds: float = 60.0          # records waiting this long behind an unmoving offset = stalled
     stop_deadline: float = 10.0          # seconds SIGTERM may take before the worker exits regardless
     fault_injection: bool = False        # POST /debug/... endpoints that break the worker on purpose (tests)
-    table_store: str = "rocksdb"         # where the dedupe table is cached: rocksdb (bounded memory) or memory
+    table_store: str = "rocksdb"         # dedupe table and deadline book: rocksdb (bounded memory) or memory
     deadline_interval: float = 5.0       # seconds between the deadline agent's looks at the clock
     clock: str = ""                      # MASB_CLOCK: "" = system clock; file:PATH for tests only (streams/clock.py)
 

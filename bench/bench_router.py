@@ -12,9 +12,11 @@ such as `children` included whole). The cost split measures each step on its own
   decode+validate fastavro decode of the wire event and the schema rules check
   seal envelopes  one envelope per recipient: field projection, XChaCha20-Poly1305 per field, data
                   key wrapped with the cached per-recipient Box, Ed25519 signature, Avro encoding
-  audit entries   one DELIVERY entry per recipient: the case reference sealed under its case key
-                  (streams/audit/case_keys.py, a store in a temporary directory as the worker keeps
-                  one in its keys directory), make_entry and Avro encoding of the router's own entries
+  audit entries   one DELIVERY entry per recipient: the case reference sealed once per event under its
+                  case key (the shared case-key store of streams/audit/shared_case_keys.py, its
+                  partition loaded, as in the worker), make_entry and Avro encoding of each entry
+  crypto floor    the PyNaCl and fastavro calls of all of the above made straight, inputs prepared
+                  beforehand (floor_micros): what the decision would cost with no Python logic at all
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streams import codec
-from streams.audit.case_keys import CaseKeyStore
-from streams.audit.entry import decode_entry, encode_entry, make_entry
+from streams.audit.shared_case_keys import CaseKeySecrets, SharedCaseKeys
+from streams.audit.entry import _FIELDS, _SCHEMAS, ENTRY_FORMAT_V1, decode_entry, encode_entry, make_entry
 from streams.crypto.keys import Keyring, generate_key
 from streams.crypto.pseudonym import PseudonymKeys, generate_pseudonym_key
 from streams.crypto.publication import open_publication
@@ -42,6 +44,8 @@ from streams.publisher import prepare
 from streams.routing import Admitted, InputRecord, Router, RouterIdentity
 from streams.topics import Topics
 
+V1_FIELDS = set(_FIELDS[ENTRY_FORMAT_V1]) - {"kind"}  # a DELIVERY entry is format 0x01
+_ENTRY_SCHEMA = _SCHEMAS[ENTRY_FORMAT_V1]
 EVENT_FILE = ROOT / "deploy" / "demo" / "events" / "02_marac_worcestershire.json"
 AREA, UNIT, ROUTER_ID = "worcestershire", "hau-worcestershire", "masb-router-bench"
 # MARAC field lists of the demo agreements (deploy/demo/policy.template.yaml), cycled over recipients.
@@ -103,7 +107,8 @@ class Scenario:
         self._case_dir = tempfile.TemporaryDirectory(prefix="masb-bench-case-keys-")
         identity = RouterIdentity(exchange=Keyring(ROUTER_ID, [router_exchange], kind="exchange"),
                                   signing=Keyring(ROUTER_ID, [router_signing], kind="signing"),
-                                  case_keys=CaseKeyStore(self._case_dir.name),
+                                  case_keys=SharedCaseKeys("unused", "bench.case-keys",
+                                                           CaseKeySecrets.create(self._case_dir.name), {0: {}}),
                                   pseudonyms=PseudonymKeys([generate_pseudonym_key()]))
         self.identity = identity
         self.router = Router(self.policy, identity, Topics("bench."))
@@ -119,7 +124,8 @@ class Scenario:
         assert isinstance(self.admitted, Admitted), self.admitted
         deliveries = self.router.deliver(self.admitted)
         self.envelope_bytes = sum(len(d.envelope) for d in deliveries) // recipients
-        self.entries = [{k: v for k, v in decode_entry(d.audit_entry).items() if k != "kind"} for d in deliveries]
+        self.entries = [{k: v for k, v in decode_entry(d.audit_entry).items() if k in V1_FIELDS | {"kind"}}
+                        for d in deliveries]
 
     # -- the whole decision ---------------------------------------------------------------------
     def route(self) -> None:
@@ -153,9 +159,9 @@ class Scenario:
 
     def audit(self) -> None:
         header = self.event["header"]
+        self.identity.case_fields(header["case_ref"], header["event_id"])
         for fields in self.entries:
-            self.identity.case_fields(header["case_ref"], header["event_id"])
-            encode_entry(make_entry("DELIVERY", **fields))
+            encode_entry(make_entry("DELIVERY", **{k: v for k, v in fields.items() if k != "kind"}))
 
 
 def _get(event: dict, path: str):
@@ -163,6 +169,82 @@ def _get(event: dict, path: str):
         return codec.get_path(event, path)
     except KeyError:
         return None
+
+
+def floor_micros(s: Scenario, seconds: float) -> float:
+    """Microseconds per event of the library calls the decision cannot avoid, made straight, with
+    every input prepared beforehand (no Python logic of MASB's): PyNaCl to unseal the publication,
+    verify the unit's signature, and per recipient draw the random bytes, wrap the data key, encrypt
+    the case reference and each field (XChaCha20-Poly1305), sign the body and hash the envelope; the
+    case seal and tag of the audit entries; fastavro to decode the publication and the event and to
+    encode each envelope body, signed envelope and audit entry."""
+    import hashlib
+    import hmac
+    import io
+
+    import fastavro
+    import nacl.bindings as sodium
+    import nacl.public
+    import nacl.secret
+    import nacl.signing
+    import nacl.utils
+
+    from streams.crypto import envelope as env
+    from streams.crypto import publication as pub
+
+    router_key = next(iter(s.router_keys.values()))
+    unseal = nacl.public.SealedBox(router_key.exchange_key())
+    verify_key = nacl.signing.VerifyKey(s.unit_key.public_key)
+    publication = pub._decode(s.record.value)
+    opened = unseal.decrypt(publication["sealed"])
+    signature, wire = opened[:64], opened[64:]
+    signed_input = pub._signature_input(UNIT, wire)
+    writer = codec.default_codec()._writer(codec.schema_id_of(wire))[1]
+    signer = s.identity.signing.current.signing_key()
+    sealer = s.sealer
+    header = s.event["header"]
+    schema_ref = codec.schema_ref(header["event_type"])
+    per_recipient = []
+    for share, entry in zip(s.shares, s.entries):
+        fields = {p: v for p in share.fields if (v := _get(s.event, p)) is not None}
+        aad_head, aad_tail = env._aad_parts(header["event_id"], share.agency_id, share.recipient_key_id, schema_ref)
+        plain = [(env.canonical_json(fields[p]), aad_head + env.lp(p) + aad_tail) for p in sorted(fields)]
+        case_aad = env.case_ref_aad(header["event_id"], share.agency_id, share.recipient_key_id, schema_ref)
+        box = sealer._box_for(share.recipient_public_key, share.recipient_key_id)
+        body = env._avro_decode(env._BODY_V2_SCHEMA, env._avro_decode(
+            env._SIGNED_SCHEMA, s.router.deliver(s.admitted)[0].envelope, "e")["body"], "b")
+        per_recipient.append((plain, case_aad, box, body, entry))
+    case_key = nacl.utils.random(32)
+    case_box = nacl.secret.SecretBox(case_key)
+    sealed_case = json.dumps({"case_ref": header["case_ref"], "event_id": header["event_id"]}).encode()
+    entry_schema = _ENTRY_SCHEMA
+
+    def one_event() -> None:
+        pub._decode(s.record.value)
+        data = unseal.decrypt(publication["sealed"])
+        verify_key.verify(signed_input, signature)
+        hashlib.sha256(data).digest()
+        fastavro.schemaless_reader(io.BytesIO(wire[5:]), writer, None)
+        case_box.encrypt(sealed_case)  # the case reference, sealed once for the event's entries
+        hmac.new(case_key, header["case_ref"].encode(), hashlib.sha256).digest()
+        for plain, case_aad, box, body, entry in per_recipient:
+            dek = nacl.utils.random(32)
+            box.encrypt(dek, nacl.utils.random(24))
+            sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(header["case_ref"].encode(), case_aad,
+                                                              nacl.utils.random(24), dek)
+            for plaintext, aad in plain:
+                sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nacl.utils.random(24), dek)
+            out = io.BytesIO()
+            fastavro.schemaless_writer(out, env._BODY_V2_SCHEMA, body)
+            signed = signer.sign(b"MASB-ENVELOPE-v2\x00" + out.getvalue()).signature
+            out2 = io.BytesIO()
+            fastavro.schemaless_writer(out2, env._SIGNED_SCHEMA, {"version": 2, "body": out.getvalue(),
+                                                                  "signer_key_id": "k", "signature": signed})
+            hashlib.sha256(out2.getvalue()).digest()
+            out3 = io.BytesIO()
+            fastavro.schemaless_writer(out3, entry_schema, entry)
+
+    return 1e6 / rate(one_event, seconds)
 
 
 def main() -> None:
@@ -182,6 +264,7 @@ def main() -> None:
              for label, method in (("unseal+verify", "unseal_verify"), ("decode+validate", "decode_validate"),
                                    ("seal envelopes", "seal"), ("audit entries", "audit"))}
     parts["sum of the parts"] = {n: sum(p[n] for p in parts.values()) for n in counts}
+    parts["crypto floor"] = {n: floor_micros(scenarios[n], seconds) for n in counts}
     for label, micros in [*parts.items(), ("admit+deliver", {n: 1e6 / routed[n] for n in counts})]:
         print(f"  {label:<22}" + "".join(f"{micros[n]:>8.0f} ({micros[n] * routed[n] / 1e4:>3.0f}%)".rjust(16)
                                          for n in counts))

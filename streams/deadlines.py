@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -132,10 +132,10 @@ class Tracking:
 
     # -- the state record (docs/deadlines.md, "State") ---------------------------------------------
     def to_json(self) -> bytes:
-        doc = asdict(self)
-        for name, value in doc.items():
-            if isinstance(value, datetime):
-                doc[name] = _iso(value)
+        doc = {}
+        for name in _TRACKING_FIELDS:  # as dataclasses.asdict, without its deep copies
+            value = getattr(self, name)
+            doc[name] = _iso(value) if isinstance(value, datetime) else value
         doc["escalations"] = {str(level): _iso(at) for level, at in sorted(self.escalations.items())}
         doc["format"] = STATE_FORMAT
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
@@ -150,6 +150,9 @@ class Tracking:
             doc[name] = _time(doc.get(name))
         doc["escalations"] = {int(level): _time(at) for level, at in doc.get("escalations", {}).items()}
         return cls(**doc)
+
+
+_TRACKING_FIELDS = tuple(f.name for f in fields(Tracking))
 
 
 def tracking_key(event_id: str, agency_id: str) -> str:
@@ -247,12 +250,90 @@ def _receipt_status(entry: dict[str, Any]) -> tuple[str | None, str]:
     return (status if status in (RECEIVED, ACKNOWLEDGED) else None), status
 
 
-class DeadlineBook:
+def next_due(t: Tracking) -> datetime | None:
+    """The earliest time at which `due_actions` or `due_drops` can return something for `t` (None:
+    never, until the tracking changes). Stores index trackings by it, so a look at the clock reads
+    only what may be due."""
+    if not t.delivered:
+        return t.orphan_since  # dropped once its receipt waited an expiry for the delivery
+    if t.satisfied:
+        if t.escalations and t.closed_at is None:
+            return _EPOCH  # the escalation is closed at the next look
+        return t.expires_at  # dropped then
+    pending = [at for level, at in ((1, t.deliver_by), (2, t.second_at)) if at is not None and level not in t.escalations]
+    if t.ended_at is None and t.expires_at is not None:
+        pending.append(t.expires_at)  # NON_DELIVERY
+    return min(pending, default=None)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def open_escalation(t: Tracking) -> bool:
+    """Escalated, and neither closed by a late receipt nor ended."""
+    return bool(t.escalations) and t.closed_at is None and t.ended_at is None
+
+
+class MemoryTrackings:
+    """The book's trackings in a dict: for tests, tools and small books (every look scans them all).
+    The worker keeps its book in RocksDB (streams.deadline_store.RocksTrackings), which answers the
+    same questions from indexes, in memory that does not grow with the number of open deliveries."""
+
     def __init__(self, trackings: dict[str, Tracking] | None = None) -> None:
-        self.trackings: dict[str, Tracking] = dict(trackings or {})
+        self.items: dict[str, Tracking] = dict(trackings or {})
+
+    def get(self, key: str) -> Tracking | None:
+        return self.items.get(key)
+
+    def put(self, t: Tracking) -> None:
+        self.items[t.key] = t
+
+    def delete(self, key: str) -> None:
+        self.items.pop(key, None)
 
     def __len__(self) -> int:
-        return len(self.trackings)
+        return len(self.items)
+
+    def mapping(self) -> dict[str, Tracking]:
+        return self.items
+
+    def due(self, now: datetime) -> list[Tracking]:
+        """Trackings whose `next_due` has come, sorted by key."""
+        return sorted((t for t in self.items.values() if (at := next_due(t)) is not None and at <= now),
+                      key=lambda t: t.key)
+
+    def overdue_by_agency(self, now: datetime) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.items.values():
+            if t.overdue(now):
+                counts[t.agency_id] = counts.get(t.agency_id, 0) + 1
+        return counts
+
+    def open_escalations_by_agency(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.items.values():
+            if open_escalation(t):
+                counts[t.agency_id] = counts.get(t.agency_id, 0) + 1
+        return counts
+
+
+class DeadlineBook:
+    def __init__(self, trackings: dict[str, Tracking] | None = None, store=None) -> None:
+        """``store``: where the trackings are kept (a MemoryTrackings holding ``trackings`` by
+        default, or a streams.deadline_store.RocksTrackings)."""
+        self.store = store if store is not None else MemoryTrackings(trackings)
+
+    @property
+    def trackings(self) -> dict[str, Tracking]:
+        """Every tracking by key (for a MemoryTrackings the dict itself)."""
+        return self.store.mapping()
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def drop(self, key: str) -> None:
+        """Forget a tracking `due_drops` returned (the caller deletes its state record)."""
+        self.store.delete(key)
 
     # -- folding the log -------------------------------------------------------------------------
     def apply(self, position: int, entry: dict[str, Any], policy: Policy, now: datetime) -> Folded:
@@ -265,7 +346,7 @@ class DeadlineBook:
         if not event_id or not agency_id:
             return out
         key = tracking_key(event_id, agency_id)
-        t = self.trackings.get(key)
+        t = self.store.get(key)
         at = entry["recorded_at"]
         if kind == "DELIVERY":
             if t is not None and t.delivered:
@@ -314,10 +395,10 @@ class DeadlineBook:
         else:
             return out
         if t.finished:
-            self.trackings.pop(key, None)
+            self.store.delete(key)
             out.changed[key] = None
         else:
-            self.trackings[key] = t
+            self.store.put(t)
             out.changed[key] = t
         return out
 
@@ -348,7 +429,7 @@ class DeadlineBook:
     def due_actions(self, now: datetime) -> list[Action]:
         """Escalations, closures and expiries due at `now` that the log does not record yet."""
         actions = []
-        for t in sorted(self.trackings.values(), key=lambda t: t.key):
+        for t in self.store.due(now):
             if not t.delivered:
                 continue
             if t.satisfied:
@@ -367,7 +448,8 @@ class DeadlineBook:
         """Trackings that end without an entry: a delivery whose required receipt came but whose
         acknowledgement did not by its expiry, and receipts whose DELIVERY never showed up."""
         keys = []
-        for key, t in self.trackings.items():
+        for t in self.store.due(now):
+            key = t.key
             if t.delivered and t.satisfied and (not t.escalations or t.closed_at) and now >= t.expires_at:
                 keys.append(key)
             elif not t.delivered and t.orphan_since is not None and now >= t.orphan_since + expiry:
@@ -375,15 +457,7 @@ class DeadlineBook:
         return sorted(keys)
 
     def overdue_by_agency(self, now: datetime) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for t in self.trackings.values():
-            if t.overdue(now):
-                counts[t.agency_id] = counts.get(t.agency_id, 0) + 1
-        return counts
+        return self.store.overdue_by_agency(now)
 
     def open_escalations_by_agency(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for t in self.trackings.values():
-            if t.escalations and t.closed_at is None and t.ended_at is None:
-                counts[t.agency_id] = counts.get(t.agency_id, 0) + 1
-        return counts
+        return self.store.open_escalations_by_agency()

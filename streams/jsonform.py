@@ -19,7 +19,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 from streams.jsonin import key_label
 
@@ -251,33 +251,10 @@ class SchemaWalker:
         OverflowError/ValueError when a timestamp or date is outside years 1-9999: such a datum
         breaks streams.rules, and the codec reports it as undecodable.
         """
-        return self._render(self.schema, datum)
-
-    def _render(self, node: Any, value: Any) -> Any:
-        node = self.resolve(node)
-        if value is None:
-            return None
-        if isinstance(node, list):
-            candidates = [b for b in node if b != "null"]
-            branch = candidates[0] if len(candidates) == 1 else _branch_for(candidates, value, self.resolve)
-            return self._render(branch, value)
-        if isinstance(node, str):
-            return value
-        kind = node["type"]
-        logical = node.get("logicalType")
-        if logical == "timestamp-millis":
-            return render_timestamp_ms(value)
-        if logical == "date":
-            return render_date_days(value)
-        if kind == "record":
-            return {f["name"]: self._render(f["type"], value.get(f["name"])) for f in node["fields"]}
-        if kind == "array":
-            return [self._render(node["items"], item) for item in value]
-        if kind == "map":
-            return {k: self._render(node["values"], v) for k, v in value.items()}
-        if isinstance(kind, (list, dict)) or kind in self.named:
-            return self._render(kind, value)
-        return value  # enum, fixed, or a primitive written as {"type": ...}
+        render = self.__dict__.get("_renderer")
+        if render is None:
+            render = self._renderer = _RenderCompiler(self).compile(self.schema) or _same
+        return render(datum)
 
     # -- schema shape
 
@@ -315,3 +292,79 @@ def _branch_for(branches: list, value: Any, resolve) -> Any:
         if isinstance(value, _PYTHON_TYPES.get(kind, ())) and not (kind in ("int", "long") and isinstance(value, bool)):
             return branch
     return branches[0]
+
+
+# Rendering is compiled once per schema into nested closures (the router renders every event it
+# routes): one per schema node that changes the value (timestamps, dates) or rebuilds it (records,
+# arrays, maps, unions on the way to them); None stands for "the value as it is".
+Renderer = Callable[[Any], Any]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+class _RenderCompiler:
+    _PENDING = object()
+
+    def __init__(self, walker: SchemaWalker) -> None:
+        self.walker = walker
+        self.done: dict[int, Any] = {}
+
+    def compile(self, node: Any) -> Renderer | None:
+        node = self.walker.resolve(node)
+        key = id(node)
+        known = self.done.get(key)
+        if known is self._PENDING:  # a recursive named type: look it up when called
+            done = self.done
+            return lambda value: (done[key] or _same)(value)
+        if key in self.done:
+            return known
+        self.done[key] = self._PENDING
+        renderer = self._compile(node)
+        self.done[key] = renderer
+        return renderer
+
+    def _compile(self, node: Any) -> Renderer | None:
+        if isinstance(node, list):
+            return self._union(node)
+        if isinstance(node, str):
+            return None
+        kind, logical = node["type"], node.get("logicalType")
+        if logical == "timestamp-millis":
+            return lambda value: None if value is None else render_timestamp_ms(value)
+        if logical == "date":
+            return lambda value: None if value is None else render_date_days(value)
+        if kind == "record":
+            fields = [(f["name"], self.compile(f["type"])) for f in node["fields"]]
+
+            def record(value: Any) -> Any:
+                if value is None:
+                    return None
+                get = value.get
+                return {name: get(name) if render is None else render(get(name)) for name, render in fields}
+            return record
+        if kind == "array":
+            item = self.compile(node["items"])
+            if item is None:
+                return lambda value: None if value is None else [element for element in value]
+            return lambda value: None if value is None else [item(element) for element in value]
+        if kind == "map":
+            item = self.compile(node["values"]) or _same
+            return lambda value: None if value is None else {k: item(v) for k, v in value.items()}
+        if isinstance(kind, (list, dict)) or kind in self.walker.named:
+            return self.compile(kind)
+        return None  # enum, fixed, or a primitive written as {"type": ...}
+
+    def _union(self, branches: list) -> Renderer | None:
+        candidates = [b for b in branches if b != "null"]
+        if len(candidates) == 1:
+            return self.compile(candidates[0])
+        compiled = {id(b): self.compile(b) or _same for b in candidates}
+        resolve = self.walker.resolve
+
+        def union(value: Any) -> Any:
+            if value is None:
+                return None
+            return compiled[id(_branch_for(candidates, value, resolve))](value)
+        return union

@@ -14,6 +14,7 @@ they name field paths, key ids and codes, never values.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from dataclasses import dataclass
@@ -185,15 +186,22 @@ class Router:
     def deliver(self, admitted: Admitted) -> list[Delivery]:
         policy = self.policy  # one policy version for the whole event, even if it is swapped meanwhile
         header = admitted.header
-        event_type = header["event_type"]
+        event_type, event_id, area = header["event_type"], header["event_id"], header["area"]
+        shares = policy.routing(event_type, area)
+        if not shares:
+            return []
         schema_ref = codec.schema_ref(event_type)
         sent_at = self.clock()
+        source, key = admitted.record.source, admitted.record.key
+        # One sealed case reference for all the event's entries: they name the same event id in
+        # clear, so sharing it tells nothing more, and it saves a key lookup and a seal per recipient.
+        case = self.identity.case_fields(header["case_ref"], event_id, admitted.record.partition)
         deliveries = []
-        for share in policy.routing(event_type, header["area"]):
-            fields = _project(admitted.event, share.fields)
+        for share in shares:
+            fields = _project(admitted.event, event_type, share.fields)
             due = deliver_by(share, sent_at)
             envelope = self._sealer.seal(
-                event_id=header["event_id"], case_ref=header["case_ref"], event_type=event_type,
+                event_id=event_id, case_ref=header["case_ref"], event_type=event_type,
                 schema_ref=schema_ref, recipient_agency=share.agency_id,
                 recipient_key_id=share.recipient_key_id, recipient_public_key=share.recipient_public_key,
                 fields=fields, agreement_id=share.agreement_id, agreement_version=share.agreement_version,
@@ -201,17 +209,16 @@ class Router:
                 protective_marking=header["protective_marking"], sent_at=sent_at, deliver_by=due,
             )
             entry = make_entry(
-                "DELIVERY", recorded_at=sent_at, event_id=header["event_id"],
-                **self.identity.case_fields(header["case_ref"], header["event_id"], admitted.record.partition),
-                event_type=event_type, unit_id=admitted.unit_id, area=header["area"], agency_id=share.agency_id,
+                "DELIVERY", recorded_at=sent_at, event_id=event_id, **case,
+                event_type=event_type, unit_id=admitted.unit_id, area=area, agency_id=share.agency_id,
                 agreement_id=share.agreement_id, agreement_version=share.agreement_version,
                 policy_version=policy.version, policy_digest=policy.digest, legal_basis=share.legal_basis,
-                fields=sorted(fields), envelope_sha256=envelope_sha256(envelope),
-                recipient_key_id=share.recipient_key_id, deliver_by=due, source=admitted.record.source,
+                fields=list(fields), envelope_sha256=envelope_sha256(envelope),
+                recipient_key_id=share.recipient_key_id, deliver_by=due, source=source,
             )
             deliveries.append(Delivery(
                 agency_id=share.agency_id, topic=self.topics.partner(share.agency_id),
-                key=admitted.record.key, envelope=envelope, audit_entry=encode_entry(entry),
+                key=key, envelope=envelope, audit_entry=encode_entry(entry),
             ))
         return deliveries
 
@@ -310,14 +317,23 @@ def decode_dead_letter(data: bytes) -> dict[str, Any]:
     return fastavro.schemaless_reader(io.BytesIO(data), _DLQ_SCHEMA)
 
 
-def _project(event: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
+def _project(event: dict[str, Any], event_type: str, paths: tuple[str, ...]) -> dict[str, Any]:
     """The entitled fields that the event actually carries (absent or null values are not sent)."""
     out = {}
-    for path in paths:
-        try:
-            value = codec.get_path(event, path)
-        except KeyError:
-            continue
+    for path, parts in _field_paths(event_type, paths):
+        value: Any = event
+        for part in parts:
+            if not isinstance(value, dict):
+                value = None
+                break
+            value = value.get(part)
         if value is not None:
             out[path] = value
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _field_paths(event_type: str, paths: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The paths that are field paths of the event type (as codec.get_path accepts), split once."""
+    known = codec.field_paths(event_type)
+    return tuple((path, tuple(path.split("."))) for path in paths if path in known)

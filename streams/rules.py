@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import weakref
 from datetime import date, datetime, timezone
 from typing import Any, Callable
 
-from streams.jsonform import FieldError, SchemaWalker, join_path
+from streams.jsonform import FieldError, SchemaWalker
 from streams.jsonin import key_label
 
 __all__ = [
@@ -96,19 +97,26 @@ _TEXT_PROBLEMS = {
 }
 
 
+_BLANK = "must not be empty or blank (use null for an absent optional value)"
+
+
 def _blank(text: str) -> bool:
     """No visible character: only white space and invisible format characters (e.g. U+200B)."""
+    if text[:1].isalnum():  # the usual case, decided by the first character
+        return False
     return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
 
 
 def text_problem(text: str) -> str | None:
     """Why a string is not acceptable text (None if it is). Never quotes the text."""
+    if text.isascii() and text.isprintable():  # the usual case: no refused character, already NFC
+        return None if text.strip() else _BLANK
     if _REFUSED_RE.search(text):
         for name, pattern in _REFUSED_CLASSES:
             if pattern.search(text):
                 return _TEXT_PROBLEMS[name]
     if _blank(text):
-        return "must not be empty or blank (use null for an absent optional value)"
+        return _BLANK
     if not unicodedata.is_normalized("NFC", text):
         return "is not in Unicode normalization form NFC (compose accents, e.g. with unicodedata.normalize)"
     return None
@@ -171,80 +179,171 @@ def event_problems(event_type: str, datum: Any, schema: SchemaWalker) -> list[Fi
     the router's Avro decode cannot produce them), so this never raises on malformed input.
     """
     errors: list[FieldError] = []
-    _check(schema, schema.schema, datum, "", "", errors)
+    check = _CHECKERS.get(schema)
+    if check is None:
+        check = _CHECKERS[schema] = _Compiler(schema).compile(schema.schema, "") or _nothing
+    check(datum, "", errors)
     if isinstance(datum, dict):
         errors.extend(_cross_field_errors(event_type, datum))
     return errors
 
 
-def _check(schema: SchemaWalker, node: Any, value: Any, path: str, name: str, errors: list[FieldError]) -> None:
-    node = schema.resolve(node)
-    if value is None:
-        return
-    if isinstance(node, list):
-        for branch in node:
-            if branch != "null" and _fits(schema.resolve(branch), value):
-                _check(schema, branch, value, path, name, errors)
+# The walk over a datum is compiled once per schema into nested closures, one per schema node that
+# has a rule to apply (strings, timestamps, dates, uuids, non-empty arrays, and the records, arrays,
+# maps and unions on the way to them); nodes with nothing to check are left out. The router checks
+# every publication, so this walk is on its hot path: the closures skip the per-node schema lookups.
+Checker = Callable[[Any, str, list[FieldError]], None]
+_CHECKERS: "weakref.WeakKeyDictionary[SchemaWalker, Checker]" = weakref.WeakKeyDictionary()
+
+
+def _nothing(value: Any, path: str, errors: list[FieldError]) -> None:
+    return None
+
+
+class _Compiler:
+    """Turns one schema into a Checker: check(value, path, errors) appends the value's problems."""
+
+    _PENDING = object()
+
+    def __init__(self, schema: SchemaWalker) -> None:
+        self.schema = schema
+        self.done: dict[tuple[int, str], Any] = {}  # (node, field name) -> its checker (None: nothing)
+
+    def compile(self, node: Any, name: str) -> Checker | None:
+        node = self.schema.resolve(node)
+        key = (id(node), name)
+        known = self.done.get(key)
+        if known is self._PENDING:  # a recursive named type: look it up when called
+            done = self.done
+            return lambda value, path, errors: (done[key] or _nothing)(value, path, errors)
+        if key in self.done:
+            return known
+        self.done[key] = self._PENDING
+        checker = self._compile(node, name)
+        self.done[key] = checker
+        return checker
+
+    def _compile(self, node: Any, name: str) -> Checker | None:
+        if isinstance(node, list):
+            return self._union(node, name)
+        if isinstance(node, str):
+            return _string_checker(name) if node == "string" else None
+        kind, logical = node["type"], node.get("logicalType")
+        if logical == "timestamp-millis":
+            return _timestamp_checker
+        if logical == "date":
+            return _date_checker
+        if logical == "uuid":
+            return _uuid_checker
+        if kind == "record":
+            return self._record(node)
+        if kind == "array":
+            return self._array(node, name)
+        if kind == "map":
+            return self._map(node, name)
+        if kind in ("enum", "fixed"):
+            return None
+        return self.compile(kind, name)
+
+    def _union(self, branches: list, name: str) -> Checker | None:
+        # The first non-null branch the value fits decides; only if one of them checks anything.
+        options = [(_fits_test(self.schema.resolve(b)), self.compile(b, name)) for b in branches if b != "null"]
+        if all(check is None for _, check in options):
+            return None
+        if len(options) == 1:  # ["null", T]: T's checker tests the value's type as the branch would
+            return options[0][1]
+
+        def union(value: Any, path: str, errors: list[FieldError]) -> None:
+            if value is None:
                 return
-        return
-    if isinstance(node, str):
-        if node == "string" and isinstance(value, str):
-            _check_string(value, path, name, errors)
-        return
-    kind, logical = node["type"], node.get("logicalType")
-    if logical == "timestamp-millis":
-        problem = timestamp_problem(value) if _is_int(value) else None
-    elif logical == "date":
-        problem = date_problem(value) if _is_int(value) else None
-    elif logical == "uuid":
-        problem = None if not isinstance(value, str) or is_canonical_uuid(value) else \
-            "is not a UUID in canonical form (36 characters, lower-case hexadecimal, hyphenated)"
-    elif kind == "record":
-        if isinstance(value, dict):
-            for field in node["fields"]:
-                _check(schema, field["type"], value.get(field["name"]), join_path(path, field["name"]), field["name"], errors)
-        return
-    elif kind == "array":
-        if isinstance(value, list):
-            if not value and path in NON_EMPTY_ARRAYS:
-                errors.append(FieldError(path, "must not be empty"))
-            for i, item in enumerate(value):
-                _check(schema, node["items"], item, f"{path}[{i}]", name, errors)
-        return
-    elif kind == "map":
-        if isinstance(value, dict):
-            for key, item in value.items():
-                _check(schema, node["values"], item, f"{path}.{key_label(key)}", name, errors)
-        return
-    elif kind in ("enum", "fixed"):
-        return
-    else:
-        _check(schema, kind, value, path, name, errors)
-        return
-    if problem:
-        errors.append(FieldError(path, problem))
+            for fits, check in options:
+                if fits(value):
+                    if check is not None:
+                        check(value, path, errors)
+                    return
+        return union
+
+    def _record(self, node: dict) -> Checker | None:
+        fields = [(f["name"], check) for f in node["fields"] if (check := self.compile(f["type"], f["name"]))]
+        if not fields:
+            return None
+
+        def record(value: Any, path: str, errors: list[FieldError]) -> None:
+            if isinstance(value, dict):
+                get = value.get
+                prefix = path + "." if path else ""
+                for fname, check in fields:
+                    check(get(fname), prefix + fname, errors)
+        return record
+
+    def _array(self, node: dict, name: str) -> Checker | None:
+        item = self.compile(node["items"], name)
+        # Only a top-level field can be one of NON_EMPTY_ARRAYS, and its path is its name.
+        if item is None and name not in NON_EMPTY_ARRAYS:
+            return None
+
+        def array(value: Any, path: str, errors: list[FieldError]) -> None:
+            if isinstance(value, list):
+                if not value and path in NON_EMPTY_ARRAYS:
+                    errors.append(FieldError(path, "must not be empty"))
+                if item is not None:
+                    for i, element in enumerate(value):
+                        item(element, f"{path}[{i}]", errors)
+        return array
+
+    def _map(self, node: dict, name: str) -> Checker | None:
+        item = self.compile(node["values"], name)
+        if item is None:
+            return None
+
+        def mapping(value: Any, path: str, errors: list[FieldError]) -> None:
+            if isinstance(value, dict):
+                for key, element in value.items():
+                    item(element, f"{path}.{key_label(key)}", errors)
+        return mapping
 
 
-def _check_string(value: str, path: str, name: str, errors: list[FieldError]) -> None:
-    problem = text_problem(value)
-    if problem is None and name in IDENTIFIER_RULES:
-        ok, rule_problem = IDENTIFIER_RULES[name]
-        problem = None if ok(value) else rule_problem
-    if problem:
-        errors.append(FieldError(path, problem))
+def _string_checker(name: str) -> Checker:
+    rule = IDENTIFIER_RULES.get(name)
+
+    def string(value: Any, path: str, errors: list[FieldError]) -> None:
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem is None and rule is not None and not rule[0](value):
+                problem = rule[1]
+            if problem:
+                errors.append(FieldError(path, problem))
+    return string
 
 
-def _fits(node: Any, value: Any) -> bool:
+def _timestamp_checker(value: Any, path: str, errors: list[FieldError]) -> None:
+    if _is_int(value) and not MIN_TIMESTAMP_MS <= value <= MAX_TIMESTAMP_MS:
+        errors.append(FieldError(path, timestamp_problem(value)))
+
+
+def _date_checker(value: Any, path: str, errors: list[FieldError]) -> None:
+    if _is_int(value) and not MIN_DATE_DAYS <= value <= MAX_DATE_DAYS:
+        errors.append(FieldError(path, date_problem(value)))
+
+
+def _uuid_checker(value: Any, path: str, errors: list[FieldError]) -> None:
+    if isinstance(value, str) and not is_canonical_uuid(value):
+        errors.append(FieldError(path, "is not a UUID in canonical form (36 characters, lower-case hexadecimal, "
+                                       "hyphenated)"))
+
+
+def _fits_test(node: Any) -> Callable[[Any], bool]:
+    """Does a value belong to this union branch (by its Python type)?"""
     kind = node if isinstance(node, str) else node.get("type")
     if kind in ("record", "map"):
-        return isinstance(value, dict)
+        return lambda value: isinstance(value, dict)
     if kind == "array":
-        return isinstance(value, list)
+        return lambda value: isinstance(value, list)
     if kind in ("int", "long"):
-        return _is_int(value)
+        return _is_int
     if kind in ("string", "enum"):
-        return isinstance(value, str)
-    return True
+        return lambda value: isinstance(value, str)
+    return lambda value: True
 
 
 def _is_int(value: Any) -> bool:

@@ -32,6 +32,8 @@ from streams.crypto import (
     envelope_sha256,
     generate_key,
 )
+from streams.crypto import aead
+from streams.crypto.envelope import canonical_json
 from streams.crypto.keys import import_private_key
 from streams.resources import schema_file
 
@@ -272,6 +274,14 @@ def test_box_is_computed_once_per_recipient_not_per_event(monkeypatch):
     assert len(calls) == len(agency_keys)
 
 
+def test_seal_refuses_a_mismatched_key_id_after_the_key_was_used_with_its_own():
+    sealer = EnvelopeSealer(router_sign, router_x, version=1)
+    seal(sealer=sealer)  # the recipient's Box is now cached under its key id
+    with pytest.raises(ValueError, match="does not match key id"):
+        seal(sealer=sealer, recipient_key_id="0" * 16)
+    assert opener_for("housing-telford").open(seal(sealer=sealer)).fields["notice.expires_hours"] == 48
+
+
 def test_seal_refuses_mismatched_key_id_naive_times_and_non_json_values():
     key = agency_keys["housing-telford"]
     with pytest.raises(ValueError, match="does not match key id"):
@@ -307,11 +317,13 @@ def _vector_sealer() -> tuple[EnvelopeSealer, Any, Any]:
     xkey = import_private_key("router-wm", "exchange", bytes.fromhex(keys["router_exchange_private_hex"]), t)
     agency = import_private_key(VECTOR["input"]["recipient_agency"], "exchange",
                                 bytes.fromhex(keys["recipient_exchange_private_hex"]), t)
-    draws = [bytes.fromhex(d) for d in VECTOR["random_draws_hex"]]
+    # The draws in the documented order, as one stream: the sealer may take them in one call or several.
+    stream = bytearray(b"".join(bytes.fromhex(d) for d in VECTOR["random_draws_hex"]))
 
     def rng(n: int) -> bytes:
-        draw = draws.pop(0)
-        assert len(draw) == n
+        assert len(stream) >= n
+        draw = bytes(stream[:n])
+        del stream[:n]
         return draw
 
     assert (sign.key_id, xkey.key_id, agency.key_id) == (
@@ -379,3 +391,40 @@ json_values = st.recursive(
 @settings(max_examples=150, deadline=None)
 def test_any_json_field_values_round_trip(fields):
     assert opener_for("school-0042").open(seal("school-0042", fields=fields)).fields == fields
+
+
+@given(message=st.binary(max_size=300), aad=st.binary(max_size=100), nonce=st.binary(min_size=24, max_size=24),
+       key=st.binary(min_size=32, max_size=32))
+@settings(max_examples=300, deadline=None)
+def test_direct_libsodium_encryption_equals_pynacls_public_function(message, aad, nonce, key):
+    # streams/crypto/aead.py calls libsodium through PyNaCl's own cffi binding; its output must be
+    # exactly what PyNaCl's public binding returns for the same inputs.
+    assert aead.encrypt(message, aad, nonce, key) == nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        message, aad, nonce, key)
+
+
+@pytest.mark.parametrize("args", [
+    (bytearray(b"m"), b"", bytes(24), bytes(32)),
+    (b"m", "aad", bytes(24), bytes(32)),
+    (b"m", b"", bytes(23), bytes(32)),
+    (b"m", b"", bytes(24), bytes(31)),
+    (b"m", b"", bytes(25), bytes(33)),
+])
+def test_direct_libsodium_encryption_refuses_what_pynacl_refuses(args):
+    with pytest.raises(TypeError):
+        nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(*args)
+    with pytest.raises(TypeError):
+        aead.encrypt(*args)
+
+
+@given(json_values)
+@settings(max_examples=300, deadline=None)
+def test_canonical_json_is_json_dumps_with_the_documented_options(value):
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        expected_bytes = expected.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: neither can encode it
+        with pytest.raises(ValueError):
+            canonical_json(value)
+        return
+    assert canonical_json(value) == expected_bytes

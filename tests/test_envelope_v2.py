@@ -118,11 +118,13 @@ def _vector_parties():
 
 def test_known_answer_vector_reproduces_byte_for_byte():
     sign, xkey, agency = _vector_parties()
-    draws = [bytes.fromhex(d) for d in VECTOR["random_draws_hex"]]
+    # The draws in the documented order, as one stream: the sealer may take them in one call or several.
+    stream = bytearray(b"".join(bytes.fromhex(d) for d in VECTOR["random_draws_hex"]))
 
     def rng(n: int) -> bytes:
-        draw = draws.pop(0)
-        assert len(draw) == n
+        assert len(stream) >= n
+        draw = bytes(stream[:n])
+        del stream[:n]
         return draw
 
     sealer = EnvelopeSealer(sign, xkey, random_bytes=rng)
@@ -130,7 +132,7 @@ def test_known_answer_vector_reproduces_byte_for_byte():
     args["sent_at"] = datetime.fromisoformat(args["sent_at"])
     args["deliver_by"] = datetime.fromisoformat(args["deliver_by"])
     data = sealer.seal(recipient_public_key=agency.public_key, **args)
-    assert not draws
+    assert not stream
     assert data.hex() == VECTOR["expected"]["envelope_hex"]
     assert envelope_sha256(data) == VECTOR["expected"]["envelope_sha256"]
     opened = EnvelopeOpener(agency.owner, Keyring(agency.owner, [agency]), {sign.key_id: sealer.router_keys()}).open(data)

@@ -128,6 +128,15 @@ def test_sealing_refuses_a_key_that_does_not_match_its_id():
                                       content=content(), created_at=T)
 
 
+def test_sealing_refuses_a_mismatched_key_id_after_the_key_was_used_with_its_own():
+    sealer = NoticeSealer(SIGN, XKEY)
+    seal(sealer)  # the unit's Box is now cached under its key id
+    with pytest.raises(ValueError, match="does not match"):
+        sealer.seal(unit_id="hau-shropshire", unit_key_id="0" * 16, unit_public_key=UNIT.public_key,
+                    content=content(), created_at=T)
+    opener().open(seal(sealer))
+
+
 def test_schema_is_valid_for_the_reference_avro_library():
     import avro.schema
 

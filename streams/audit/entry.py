@@ -31,6 +31,9 @@ _SCHEMAS = {
 }
 _FIELDS = {fmt: tuple(f["name"] for f in schema["fields"]) for fmt, schema in _SCHEMAS.items()}
 _FIELD_NAMES = _FIELDS[ENTRY_FORMAT_V2]  # every field a decoded entry has, whatever its format
+_ALLOWED = {fmt: frozenset(names) for fmt, names in _FIELDS.items()}
+_ONLY_V2 = tuple(name for name in _FIELD_NAMES if name not in _ALLOWED[ENTRY_FORMAT_V1])
+_FORMAT_BYTE = {fmt: bytes([fmt]) for fmt in _FIELDS}
 V1_KINDS = ("DELIVERY", "REFUSAL", "DUPLICATE", "RECEIPT", "POLICY_CHANGE")
 V2_KINDS = ("ESCALATION", "ESCALATION_CLOSED", "NON_DELIVERY", "REDRIVE")
 KINDS = V1_KINDS + V2_KINDS
@@ -55,11 +58,11 @@ def make_entry(kind: str, **fields: Any) -> dict[str, Any]:
     0x02 fields (level, action_id, notice_sha256) on a kind written as 0x01."""
     if kind not in KINDS:
         raise ValueError(f"unknown audit entry kind {kind!r}")
-    allowed = _FIELDS[entry_format(kind)]
-    unknown = set(fields) - set(allowed)
+    fmt = entry_format(kind)
+    unknown = fields.keys() - _ALLOWED[fmt]
     if unknown:
         raise ValueError(f"unknown audit entry fields for {kind}: {sorted(unknown)}")
-    entry: dict[str, Any] = {name: None for name in allowed}
+    entry: dict[str, Any] = dict.fromkeys(_FIELDS[fmt])
     entry["fields"] = []
     entry.update(fields)
     entry["kind"] = kind
@@ -73,11 +76,12 @@ def make_entry(kind: str, **fields: Any) -> dict[str, Any]:
 
 def encode_entry(entry: dict[str, Any]) -> bytes:
     fmt = entry_format(entry["kind"])
-    dropped = [name for name in set(_FIELD_NAMES) - set(_FIELDS[fmt]) if entry.get(name) is not None]
-    if dropped:
-        raise ValueError(f"a {entry['kind']} entry (format 0x01) has no field {sorted(dropped)}")
+    if fmt == ENTRY_FORMAT_V1:  # a 0x02 entry has every field
+        dropped = [name for name in _ONLY_V2 if entry.get(name) is not None]
+        if dropped:
+            raise ValueError(f"a {entry['kind']} entry (format 0x01) has no field {sorted(dropped)}")
     buf = io.BytesIO()
-    buf.write(bytes([fmt]))
+    buf.write(_FORMAT_BYTE[fmt])
     fastavro.schemaless_writer(buf, _SCHEMAS[fmt], {name: entry.get(name) for name in _FIELDS[fmt]})
     return buf.getvalue()
 

@@ -12,9 +12,11 @@ on the broker names the case; version-1 envelopes (case reference in clear) are 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+from json.encoder import encode_basestring
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +32,7 @@ import nacl.utils
 from streams.errors import CheckFailed
 from streams.resources import schema_file
 
+from . import aead
 from .keys import Keyring, PrivateKeyRecord, key_id, printable_key_id
 
 ENVELOPE_VERSION = 2          # what the sealer writes
@@ -120,11 +123,23 @@ def _aad_parts(event_id: str, recipient_agency: str, recipient_key_id: str, sche
     return FIELD_AAD_PREFIX + lp(event_id) + lp(recipient_agency) + lp(recipient_key_id), lp(schema_ref)
 
 
+# allow_nan=False: NaN/Infinity are not JSON, another client could not parse them. One encoder for
+# every call (json.dumps with options builds a new one each time).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(value: Any) -> bytes:
-    # allow_nan=False: NaN/Infinity are not JSON, another client could not parse them.
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    """json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    as UTF-8 (docs/envelope.md); a string, the usual field value, is encoded straight."""
+    if type(value) is str:
+        return encode_basestring(value).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
+
+
+@functools.lru_cache(maxsize=4096)
+def _lp_path(path: str) -> bytes:
+    """lp(path): the few paths of a policy's agreements come back with every envelope."""
+    return lp(path)
 
 
 def envelope_sha256(data: bytes) -> str:
@@ -189,22 +204,28 @@ class EnvelopeSealer:
         self._signing_public = signing_key_record.public_key
         self._exchange_public = exchange_key_record.public_key
         self._random = random_bytes
-        self._boxes: OrderedDict[bytes, nacl.public.Box] = OrderedDict()
+        # recipient public key -> (its Box, its key id as checked): one X25519 per recipient key
+        self._boxes: OrderedDict[bytes, tuple[nacl.public.Box, str]] = OrderedDict()
 
     def router_keys(self) -> RouterKeys:
         """The trust entry agencies configure for this router."""
         return RouterKeys(self._signing_public, {self.exchange_key_id: self._exchange_public})
 
-    def _box_for(self, recipient_public_key: bytes) -> nacl.public.Box:
-        box = self._boxes.get(recipient_public_key)
-        if box is None:
+    def _box_for(self, recipient_public_key: bytes, recipient_key_id: str) -> nacl.public.Box:
+        """The cached Box for a recipient key, after checking the key id names that key."""
+        cached = self._boxes.get(recipient_public_key)
+        if cached is None:
+            if key_id(recipient_public_key) != recipient_key_id:
+                raise ValueError(f"recipient public key does not match key id {recipient_key_id}")
             box = nacl.public.Box(self._exchange, nacl.public.PublicKey(recipient_public_key))
-            self._boxes[recipient_public_key] = box
+            self._boxes[recipient_public_key] = cached = (box, recipient_key_id)
             if len(self._boxes) > _BOX_CACHE_LIMIT:
                 self._boxes.popitem(last=False)
         else:
             self._boxes.move_to_end(recipient_public_key)
-        return box
+            if cached[1] != recipient_key_id:
+                raise ValueError(f"recipient public key does not match key id {recipient_key_id}")
+        return cached[0]
 
     def seal(
         self,
@@ -227,35 +248,35 @@ class EnvelopeSealer:
         deliver_by: datetime | None,
     ) -> bytes:
         """Return the SignedEnvelope bytes (the Kafka record value) for one recipient."""
-        if key_id(recipient_public_key) != recipient_key_id:
-            raise ValueError(f"recipient public key does not match key id {recipient_key_id}")
+        box = self._box_for(recipient_public_key, recipient_key_id)
         _require_aware("sent_at", sent_at)
         _require_aware("deliver_by", deliver_by)
-        box = self._box_for(recipient_public_key)
-
-        # Draw order (DEK, wrap nonce, [v2: case reference nonce], field nonces by sorted path) is
-        # fixed for the test vectors.
-        dek = self._random(DEK_BYTES)
-        wrapped_key = bytes(box.encrypt(dek, self._random(nacl.public.Box.NONCE_SIZE)))
-        case: dict[str, Any] = {"case_ref": case_ref}
-        if self.version == 2:
-            nonce = self._random(FIELD_NONCE_BYTES)
-            aad = case_ref_aad(event_id, recipient_agency, recipient_key_id, schema_ref)
-            ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(case_ref.encode("utf-8"), aad,
-                                                                                   nonce, dek)
-            case = {"sealed_case_ref": {"nonce": nonce, "ciphertext": ciphertext}}
-        aad_head, aad_tail = _aad_parts(event_id, recipient_agency, recipient_key_id, schema_ref)
-        encrypted = []
-        for path in sorted(fields):
+        paths = sorted(fields)
+        for path in paths:
             if not isinstance(path, str) or not path:
                 raise ValueError("field paths must be non-empty strings")
+
+        # The random bytes are drawn in one call and split in a fixed order (docs/envelope.md): DEK,
+        # wrap nonce, [v2: case reference nonce], field nonces by sorted path.
+        nonces = len(paths) + (1 if self.version == 2 else 0)
+        draw = self._random(DEK_BYTES + nacl.public.Box.NONCE_SIZE + FIELD_NONCE_BYTES * nonces)
+        dek, at = draw[:DEK_BYTES], DEK_BYTES + nacl.public.Box.NONCE_SIZE
+        wrapped_key = bytes(box.encrypt(dek, draw[DEK_BYTES:at]))
+        case: dict[str, Any] = {"case_ref": case_ref}
+        if self.version == 2:
+            nonce, at = draw[at:at + FIELD_NONCE_BYTES], at + FIELD_NONCE_BYTES
+            aad = case_ref_aad(event_id, recipient_agency, recipient_key_id, schema_ref)
+            case = {"sealed_case_ref": {"nonce": nonce, "ciphertext": aead.encrypt(case_ref.encode("utf-8"), aad,
+                                                                                  nonce, dek)}}
+        aad_head, aad_tail = _aad_parts(event_id, recipient_agency, recipient_key_id, schema_ref)
+        encrypted = []
+        for path in paths:
             try:
                 plaintext = canonical_json(fields[path])
             except (TypeError, ValueError):
                 raise ValueError(f"field {path!r}: value cannot be encoded as canonical JSON") from None
-            nonce = self._random(FIELD_NONCE_BYTES)
-            aad = aad_head + lp(path) + aad_tail
-            ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, dek)
+            nonce, at = draw[at:at + FIELD_NONCE_BYTES], at + FIELD_NONCE_BYTES
+            ciphertext = aead.encrypt(plaintext, aad_head + _lp_path(path) + aad_tail, nonce, dek)
             encrypted.append({"path": path, "nonce": nonce, "ciphertext": ciphertext})
 
         body = _avro_encode(

@@ -78,25 +78,30 @@ class NoticeSealer:
         self.signer_key_id = signing_key_record.key_id
         self.exchange_key_id = exchange_key_record.key_id
         self._random = random_bytes
-        self._boxes: OrderedDict[bytes, nacl.public.Box] = OrderedDict()
+        self._boxes: OrderedDict[bytes, tuple[nacl.public.Box, str]] = OrderedDict()  # key -> (Box, its key id)
 
-    def _box_for(self, public_key: bytes) -> nacl.public.Box:
-        box = self._boxes.get(public_key)
-        if box is None:
-            box = self._boxes[public_key] = nacl.public.Box(self._exchange, nacl.public.PublicKey(public_key))
+    def _box_for(self, public_key: bytes, unit_key_id: str) -> nacl.public.Box:
+        """The cached Box for a unit key, after checking the key id names that key."""
+        cached = self._boxes.get(public_key)
+        if cached is None:
+            if key_id(public_key) != unit_key_id:
+                raise ValueError(f"unit public key does not match key id {unit_key_id}")
+            cached = self._boxes[public_key] = (nacl.public.Box(self._exchange, nacl.public.PublicKey(public_key)),
+                                                unit_key_id)
             if len(self._boxes) > _BOX_CACHE_LIMIT:
                 self._boxes.popitem(last=False)
-        return box
+        elif cached[1] != unit_key_id:
+            raise ValueError(f"unit public key does not match key id {unit_key_id}")
+        return cached[0]
 
     def seal(self, *, unit_id: str, unit_key_id: str, unit_public_key: bytes, content: Mapping[str, Any],
              created_at: datetime) -> bytes:
         """The SignedNotice bytes (the record value on unit.<unit_id>) for one NoticeContent."""
-        if key_id(unit_public_key) != unit_key_id:
-            raise ValueError(f"unit public key does not match key id {unit_key_id}")
+        box = self._box_for(unit_public_key, unit_key_id)
         if created_at.tzinfo is None:
             raise ValueError("created_at must be timezone-aware")
         plaintext = _avro_encode(_CONTENT_SCHEMA, {"version": NOTICE_VERSION, **content})
-        sealed = bytes(self._box_for(unit_public_key).encrypt(plaintext, self._random(NONCE_BYTES)))
+        sealed = bytes(box.encrypt(plaintext, self._random(NONCE_BYTES)))
         body = _avro_encode(_BODY_SCHEMA, {
             "version": NOTICE_VERSION, "notice_id": content["notice_id"], "unit_id": unit_id,
             "recipient_key_id": unit_key_id, "sender_exchange_key_id": self.exchange_key_id,
