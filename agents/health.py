@@ -51,7 +51,7 @@ SUMMARY_EVERY = 60.0  # while the broker stays away, one line a minute says so
 class PartitionState:
     committed: int = -1
     end: int = 0
-    progress_at: float = field(default_factory=time.monotonic)
+    progress_at: float = field(default_factory=lambda: time.monotonic())
     state: str = "idle"
     mine: bool = False   # assigned to this worker (it routes it)
 
@@ -178,6 +178,8 @@ class Health:
                 state.committed, state.progress_at = position, now
             state.end = ends.get(tp, state.end)
             waiting = state.end > state.committed
+            if waiting and state.state == "idle":  # records just arrived: the stall clock starts now
+                state.progress_at = now
             stalled = waiting and now - state.progress_at > self.stall_seconds
             previous, state.state = state.state, ("stalled" if stalled else "moving" if waiting else "idle")
             owner = "this worker" if state.mine else "another worker"

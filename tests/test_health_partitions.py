@@ -1,0 +1,75 @@
+"""The partition states /ready reports (agents/health.py): a partition that was idle for a long time
+is not "stalled" the moment records arrive; one whose records wait past the threshold is."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import TopicPartition
+
+import agents.health as health_module
+from agents.health import Health
+from agents.supervision import Supervisor
+
+TOPIC = "case-events"
+
+
+class Offsets:
+    """The three answers the probe reads from Kafka (committed, end and beginning offsets) for one
+    partition, set by the test; the probe's own logic is what is under test."""
+
+    def __init__(self) -> None:
+        self.committed_offset, self.end = 0, 0
+
+        class Client:
+            async def force_metadata_update(self):
+                return True
+        self._client = Client()
+
+    def partitions_for_topic(self, topic):
+        return {0}
+
+    async def committed(self, tp):
+        return self.committed_offset
+
+    async def end_offsets(self, tps):
+        return {tp: self.end for tp in tps}
+
+    async def beginning_offsets(self, tps):
+        return {tp: 0 for tp in tps}
+
+
+def probe_at(monkeypatch, health: Health, offsets: Offsets, now: float) -> dict:
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: now)
+    asyncio.run(health._probe(offsets))
+    (state,) = [p for p in health.report()["partitions"] if p["topic"] == TOPIC]
+    return state
+
+
+def make_health(monkeypatch) -> Health:
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: 0.0)
+    return Health("127.0.0.1:1", "g", [TOPIC], Supervisor(app=None), assigned=lambda: [(TOPIC, 0)],
+                  checkpoint_interval=60, stall_seconds=60)
+
+
+def test_records_arriving_after_a_long_idle_spell_are_not_a_stall(monkeypatch):
+    health, offsets = make_health(monkeypatch), Offsets()
+    assert probe_at(monkeypatch, health, offsets, 1.0)["state"] == "idle"
+    offsets.end = 2                                   # 12 minutes of nothing, then two records
+    assert probe_at(monkeypatch, health, offsets, 721.0)["state"] == "moving"
+    offsets.committed_offset = 2                      # routed a moment later
+    assert probe_at(monkeypatch, health, offsets, 722.0)["state"] == "idle"
+    assert "stalled" not in str(health.report()["problems"])
+
+
+def test_records_that_wait_past_the_threshold_are_a_stall(monkeypatch):
+    health, offsets = make_health(monkeypatch), Offsets()
+    probe_at(monkeypatch, health, offsets, 1.0)
+    offsets.end = 2
+    assert probe_at(monkeypatch, health, offsets, 500.0)["state"] == "moving"
+    assert probe_at(monkeypatch, health, offsets, 559.0)["state"] == "moving"
+    stalled = probe_at(monkeypatch, health, offsets, 561.0)
+    assert stalled["state"] == "stalled" and stalled["lag"] == 2
+    assert f"partition {TOPIC}/0 is stalled" in health.report()["problems"]
+    offsets.committed_offset = 2
+    assert probe_at(monkeypatch, health, offsets, 562.0)["state"] == "idle"
