@@ -32,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from agents.deployment import DEMO_DIR, Deployment, WorkerProcess, prepare_deployment, worker_env
+from streams.errors import CheckFailed
 from streams.kafka import IDEMPOTENCE_VARIABLE
 from deploy.brokers import TansuBroker, wait_until_ready
 
@@ -57,6 +58,10 @@ def scenario(now: datetime) -> list[dict]:
         header["occurred_at"] = _iso(now - timedelta(hours=1))
         events.append(event)
     return events
+
+
+class DemoWorkerStopped(CheckFailed):
+    """The worker of `masb demo --keep` exited while the demo was meant to keep it running."""
 
 
 class Identities:
@@ -242,7 +247,7 @@ def _run(bootstrap: str, deployment: Deployment, started: float, keep: bool, ide
             say(f"PROBLEM: {problem}")
         say(f"demo {'completed' if ok else 'FAILED'} in {elapsed:.1f}s")
         if keep:
-            _keep_running(bootstrap, prefix, deployment, worker, identities)
+            return _keep_running(bootstrap, prefix, deployment, worker, identities, env, received) or (0 if ok else 1)
         else:
             say("to keep exploring: `masb demo --keep` leaves the broker and the worker running and prints "
                 "the settings that make every other masb command work against them")
@@ -251,10 +256,18 @@ def _run(bootstrap: str, deployment: Deployment, started: float, keep: bool, ide
         worker.stop()
 
 
-def _keep_running(bootstrap: str, prefix: str, deployment, worker, identities: Identities) -> None:
-    """Leave the broker and the worker running until Ctrl-C, with settings every command can use."""
+# The demo's topology: a second `masb worker` started from the env file must agree with it.
+TOPOLOGY_SETTINGS = ("MASB_PARTITIONS", "MASB_REPLICATION_FACTOR", "MASB_MIN_INSYNC_REPLICAS")
+
+
+def _keep_running(bootstrap: str, prefix: str, deployment, worker, identities: Identities, worker_settings: dict,
+                  received: dict) -> int | None:
+    """Leave the broker and the worker running until Ctrl-C (then KeyboardInterrupt: exit 130) or
+    SIGTERM (exit 143), with settings every command can use. The worker stopping by itself ends the
+    demo with a message and exit 1."""
     settings = {"MASB_BOOTSTRAP": bootstrap, "MASB_TOPIC_PREFIX": prefix,
                 "MASB_POLICY": str(deployment.policy_path.resolve()), "MASB_KEYS_DIR": str(deployment.keys_dir.resolve())}
+    settings.update({k: worker_settings[k] for k in TOPOLOGY_SETTINGS if k in worker_settings})
     if os.environ.get(IDEMPOTENCE_VARIABLE):
         settings[IDEMPOTENCE_VARIABLE] = os.environ[IDEMPOTENCE_VARIABLE]
     as_agency = ""
@@ -262,7 +275,8 @@ def _keep_running(bootstrap: str, prefix: str, deployment, worker, identities: I
         settings["MASB_KAFKA_CONFIG"] = str(identities.properties["masb-auditor"].resolve())
     env_file = deployment.workdir / "env"
     env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in settings.items()))
-    agency = deployment.policy.agencies[0].id
+    # An agency that received something, so that the suggested `consume` shows envelopes.
+    agency = max(sorted(received), key=lambda a: len(received[a]), default=deployment.policy.agencies[0].id)
     if identities.broker is not None:
         as_agency = f"MASB_KAFKA_CONFIG={identities.properties[f'masb-agency-{agency}'].resolve()} "
     key = next(deployment.keys_dir.glob(f"{agency}.exchange.*.key"), None)
@@ -274,14 +288,21 @@ def _keep_running(bootstrap: str, prefix: str, deployment, worker, identities: I
     say("  masb audit report --format html --out report.html   # who received what, when, and why")
     say("  masb policy explain $MASB_POLICY MARAC_REFERRAL worcestershire")
     say(f"worker metrics: {worker.url('/metrics')}")
+    if identities.broker is None:
+        say("(the embedded broker serves one worker: try a second `masb worker` on Apache Kafka, docs/operations.md)")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(1) and worker.proc.poll() is None:
             pass
     except KeyboardInterrupt:
-        pass
-    say("stopping the worker and the broker")
+        say("stopping the worker and the broker")
+        raise
+    if stop.is_set():
+        say("stopping the worker and the broker")
+        return 128 + signal.SIGTERM
+    raise DemoWorkerStopped(f"the demo's worker stopped by itself (exit {worker.proc.returncode}); its log: "
+                            f"{deployment.workdir / 'worker.log'}")
 
 
 def _print_summary(events, policy, received) -> None:

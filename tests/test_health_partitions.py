@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import TopicPartition
-
 import agents.health as health_module
 from agents.health import Health
 from agents.supervision import Supervisor
