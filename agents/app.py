@@ -13,6 +13,7 @@ import faust
 
 from pathlib import Path
 
+from agents import faust_fixes
 from agents.faults import Faults
 from agents.health import Health
 from agents.settings import Settings
@@ -127,6 +128,7 @@ class Runtime:
 
 def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     runtime = runtime or Runtime(settings)
+    faust_fixes.install()  # faust 0.15 loses records in a rebalance without it
     app = faust.App(
         runtime.topics.worker_app_id,
         broker=f"kafka://{settings.bootstrap}",

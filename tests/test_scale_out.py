@@ -71,7 +71,7 @@ def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp
     topics = Topics(prefix)
     env = {"MASB_PARTITIONS": str(PARTITIONS), "MASB_REPLICATION_FACTOR": "3", "MASB_MIN_INSYNC_REPLICAS": "2",
            "MASB_HEALTH_INTERVAL": "1", "MASB_STALL_SECONDS": "20",
-           "MASB_FAULT_INJECTION": "1"}  # /debug/asyncio, to diagnose a failure
+           "MASB_FAULT_INJECTION": "1", "MASB_WORKER_LOG_LEVEL": os.environ.get("MASB_WORKER_LOG_LEVEL", "warn")}
     workers = [WorkerProcess(worker_env(deployment, cluster.bootstrap, prefix,
                                         MASB_DATADIR=str(tmp_path / f"worker{i}-data"), **env), tmp_path / f"worker{i}.log")
                for i in range(WORKERS)]
@@ -122,16 +122,32 @@ def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp
         entitled = [s.agency_id for s in deployment.policy.routing("MARAC_REFERRAL", "worcestershire")]
         wanted = {e["header"]["event_id"] for e in events}
 
-        def everything_delivered() -> bool:
-            delivered = collections.Counter()
+        def missing_deliveries() -> tuple[list, collections.Counter]:
+            delivered, other = collections.Counter(), collections.Counter()
             for entry in (decode_entry(r.value) for r in records(cluster.bootstrap, topics.audit)):
                 if entry["kind"] == "DELIVERY":
                     delivered[(entry["event_id"], entry["agency_id"])] += 1
-            return all(delivered[(e, a)] >= 1 for e in wanted for a in entitled)
+                else:
+                    other[(entry["event_id"], entry["kind"])] += 1
+            return [(e, a) for e in wanted for a in entitled if not delivered[(e, a)]], other
 
         deadline = time.monotonic() + 240
-        while not everything_delivered():
+        while (missing := missing_deliveries())[0]:
             if time.monotonic() > deadline:
+                lost, other = missing
+                lost_events = {e for e, _ in lost}
+                (tmp_path / "missing.json").write_text(json.dumps({
+                    "missing_pairs": len(lost), "events": len(lost_events),
+                    "their_other_entries": [f"{e} {k} x{n}" for (e, k), n in other.items() if e in lost_events],
+                    "all_other_kinds": dict(collections.Counter(k for (_, k) in other.elements())),
+                    "dead_letters": len(records(cluster.bootstrap, topics.dead_letter)),
+                    "input_ends": {r.partition: r.offset for r in records(cluster.bootstrap, topics.case_events)}},
+                    indent=1))
+                (tmp_path / "cluster.json").write_text(json.dumps(asyncio.run(_partition_facts(
+                    cluster.bootstrap, [topics.case_events, topics.audit])), indent=1, default=str))
+                import shutil
+                for node_log in cluster.workdir.glob("node*/*.log"):
+                    shutil.copy(node_log, tmp_path / f"{node_log.parent.name}-{node_log.name}")
                 for i, worker in enumerate(survivors):  # where each survivor's tasks wait, for the record
                     with urllib.request.urlopen(worker.url("/debug/asyncio"), timeout=10) as response:
                         (tmp_path / f"survivor{i}-asyncio.txt").write_bytes(response.read())
@@ -230,3 +246,29 @@ def test_a_worker_refuses_a_cluster_whose_topics_disagree_with_its_partitions(ka
     assert result.returncode == 2, result.stderr
     assert f"topic {prefix}case-events has 2 partitions, but this deployment uses 3" in result.stderr
     assert "MASB_PARTITIONS" in result.stderr and "Traceback" not in result.stderr
+
+
+async def _partition_facts(bootstrap: str, topic_names: list[str]) -> dict:
+    """Leader, replicas, ISR, beginning and end offsets of each partition, for a failure's record."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.kafka import consumer
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    reader = consumer(bootstrap, group_id=None)
+    await admin.start()
+    await reader.start()
+    try:
+        described = await admin.describe_topics(topic_names)
+        facts = {}
+        for topic in described:
+            tps = [TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"]]
+            begins, ends = await reader.beginning_offsets(tps), await reader.end_offsets(tps)
+            facts[topic["topic"]] = [{"partition": p["partition"], "leader": p["leader"], "replicas": p["replicas"],
+                                      "isr": p["isr"], "begin": begins[tp], "end": ends[tp]}
+                                     for p, tp in zip(topic["partitions"], tps)]
+        return facts
+    finally:
+        await reader.stop()
+        await admin.close()

@@ -1,0 +1,115 @@
+"""A fix to faust-streaming 0.15's consumer that otherwise loses records in a rebalance.
+
+faust reads records in a background loop (``Consumer._drain_messages``) that hands each one to the
+streams and then marks its offset as read. When a rebalance begins, the flow is suspended while a
+record is being handed over; faust 0.15 abandons that hand-over but still marks the record, and
+every later record of the same fetch, as read. After the rebalance the partition is fetched again
+from its committed offset, and the records below the "read" mark are dropped as already seen,
+although no stream ever had them. Their offsets are then committed with the next records that
+are handled (a partition with no committed offset yet has no gap check at all), so they are never
+routed and never read again: found by tests/test_scale_out.py (a worker killed during a
+rebalance; some events reached no agency and left no audit entry).
+
+The fixed loop below is faust 0.15.3's, with one change: a record whose hand-over did not complete
+is not marked as read, and the rest of that fetch is left too. After the rebalance they are
+fetched again from the committed offset and handed over then; a record a stream already had is at
+worst routed twice, which the dedupe table and the partners' dedupe by event id absorb.
+
+Installed once per process by :func:`install`, only on the faust version it was written for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import cast
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING, Consumer
+from mode import Service
+
+log = logging.getLogger("masb.faust")
+
+FIXED_VERSIONS = ("0.15.3",)
+
+
+def install() -> bool:
+    """Replace ``Consumer._drain_messages``; False (and a warning) on another faust version."""
+    if faust.__version__ not in FIXED_VERSIONS:
+        log.warning("faust-streaming %s is not %s: its consumer is used unfixed (records may be lost in a "
+                    "rebalance; see agents/faust_fixes.py)", faust.__version__, " or ".join(FIXED_VERSIONS))
+        return False
+    Consumer._drain_messages = _drain_messages
+    return True
+
+
+async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised by the Kafka tests
+    callback = self.callback
+    getmany = self.getmany
+    consumer_should_stop = cast(Service, self)._stopped.is_set
+    fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    set_flag = self.diag.set_flag
+    unset_flag = self.diag.unset_flag
+    commit_every = self._commit_every
+    acks_enabled_for = self.app.topics.acks_enabled_for
+
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(CONSUMER_FETCHING)
+            ait = getmany(timeout=1.0)
+            await self.sleep(0)
+            if not self.should_stop:
+                try:
+                    await _hand_over(self, ait, callback, get_read_offset, set_read_offset, commit_every,
+                                     acks_enabled_for)
+                finally:
+                    aclose = getattr(ait, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                unset_flag(CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(CONSUMER_FETCHING)
+
+
+async def _hand_over(self, ait, callback, get_read_offset, set_read_offset, commit_every, acks_enabled_for) -> None:
+    """Hand one fetch's records to the streams, in order, until the flow is suspended."""
+    since_yield = 0
+    async for tp, message in ait:
+        since_yield += 1
+        if since_yield > 100:
+            await asyncio.sleep(0)
+            since_yield = 0
+        offset = message.offset
+        r_offset = get_read_offset(tp)
+        if r_offset is not None and offset < r_offset:
+            self.log.dev("DROPPED MESSAGE ROFF %r", offset)
+            continue
+        if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+            await self._add_gap(tp, r_offset + 1, offset)
+        if commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            await self.commit()
+        handover = callback(message)
+        outcome = await self.wait_first(handover, self.suspend_flow.wait())
+        if handover not in outcome.done:
+            # The flow was suspended (a rebalance began) or the consumer stopped before a stream
+            # had this record: it stays unread, and so does the rest of this fetch; they are
+            # fetched again from the committed offset after the rebalance.
+            return
+        set_read_offset(tp, offset)
