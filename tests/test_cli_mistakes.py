@@ -124,6 +124,13 @@ CASES = [
     ("dlq list, no broker", lambda r, d: ["dlq", "list", "--bootstrap", NO_BROKER], 3, ["127.0.0.1:1", "unavailable"]),
     ("dlq redrive, negative wait", lambda r, d: ["dlq", "redrive", "--bootstrap", NO_BROKER, "--wait", "-1"], 2,
      ["--wait"]),
+    ("a bootstrap port that is not a number", lambda r, d: ["dlq", "list", "--bootstrap", "127.0.0.1:abc"], 2,
+     ["--bootstrap 127.0.0.1:abc", "HOST:PORT"]),
+    ("a bootstrap port out of range", lambda r, d: ["audit", "report", "--bootstrap", "127.0.0.1:99999", "--policy",
+                                                    d.policy_path], 2, ["--bootstrap 127.0.0.1:99999", "HOST:PORT"]),
+    ("a bad address in a bootstrap list", lambda r, d: ["consume", "--bootstrap", "127.0.0.1:9092,kafka-2", "--policy",
+                                                        d.policy_path, "--agency", "nhs-worcs-acute", "--key",
+                                                        key(d, "nhs-worcs-acute")], 2, ["kafka-2", "HOST:PORT"]),
 ]
 
 
@@ -141,6 +148,17 @@ def test_a_mistake_is_one_clear_line_with_its_exit_code(setup, name, argv, code,
         assert word in err, err
     for value in PERSONAL:
         assert value not in err + result.stdout
+
+
+@pytest.mark.parametrize("command", [["audit", "verify"], ["worker", "--web-port", "0"], ["dlq", "list"]])
+def test_a_bad_masb_bootstrap_is_named_with_exit_2(setup, command):
+    root, deployment = setup
+    env = {"MASB_BOOTSTRAP": "127.0.0.1:70000", "MASB_POLICY": str(deployment.policy_path),
+           "MASB_KEYS_DIR": str(deployment.keys_dir)}
+    result = masb(*command, cwd=root, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("masb: MASB_BOOTSTRAP 127.0.0.1:70000: not HOST:PORT"), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
 def test_a_busy_web_port_is_named_before_the_worker_starts(setup):

@@ -86,7 +86,11 @@ def _as_masb_error(exc: Exception, args) -> MasbError | None:
     if isinstance(exc, MasbError):
         return exc
     if isinstance(exc, (KafkaError, TimeoutError)):
-        return broker_error(exc, bootstrap(args))
+        try:
+            server = bootstrap(args)
+        except MasbError:  # not an address at all: say what the client said about it
+            server = str(getattr(args, "bootstrap", None) or os.environ.get("MASB_BOOTSTRAP"))
+        return broker_error(exc, server)
     return None
 
 

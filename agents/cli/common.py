@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from agents.settings import DEFAULT_BOOTSTRAP, env_or
+from agents.settings import bootstrap_of, env_or
 from streams.errors import InvalidInput
 
 
@@ -51,7 +51,8 @@ def pseudonym_keys(args):
 
 
 def bootstrap(args) -> str:
-    return env_or(getattr(args, "bootstrap", None), "MASB_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+    """--bootstrap, MASB_BOOTSTRAP or the default, checked: HOST:PORT[,HOST:PORT...] (else exit 2)."""
+    return bootstrap_of(args)
 
 
 def topics(args):
