@@ -23,6 +23,20 @@ def env_or(value, name: str, default=None):
     return os.environ.get(name) or default
 
 
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s:,\[\]]+):([0-9]{1,5})", re.ASCII)
+
+
+def bootstrap_servers(value: str, name: str) -> str:
+    """``value`` if it is one or more comma-separated HOST:PORT ([IPv6]:PORT) with ports 1-65535;
+    else InvalidInput naming the setting (``name``: the flag or variable it came from) and the value."""
+    items = [item.strip() for item in str(value).split(",")]
+    for item in items:
+        match = _HOST_PORT.fullmatch(item)
+        if match is None or not 1 <= int(match.group(1)) <= 65535:
+            raise InvalidInput(f"{name} {value}: not HOST:PORT[,HOST:PORT...] (ports 1-65535)")
+    return str(value)
+
+
 def one_of(value: str, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise InvalidInput(f"{name}: must be one of {', '.join(choices)}")
@@ -41,6 +55,13 @@ def positive_number(value, name: str, kind=float, *, zero_ok: bool = False, maxi
         limits = f"{'0' if zero_ok else 'above 0'}{f' to {maximum:g}' if maximum is not None else ''}"
         raise InvalidInput(f"{name}: must be a {'whole ' if kind is int else ''}number in ASCII digits, {limits}")
     return kind(text)
+
+
+def bootstrap_of(args) -> str:
+    """The bootstrap servers: --bootstrap, else MASB_BOOTSTRAP, else the default; checked (exit 2)."""
+    flag = getattr(args, "bootstrap", None)
+    name = "--bootstrap" if flag not in (None, "") else "MASB_BOOTSTRAP"
+    return bootstrap_servers(env_or(flag, "MASB_BOOTSTRAP", DEFAULT_BOOTSTRAP), name)
 
 
 @dataclass
@@ -78,7 +99,7 @@ class Settings:
     @classmethod
     def from_args(cls, args) -> "Settings":
         return cls(
-            bootstrap=env_or(getattr(args, "bootstrap", None), "MASB_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+            bootstrap=bootstrap_of(args),
             policy_path=Path(env_or(getattr(args, "policy", None), "MASB_POLICY", "policy.yaml")),
             keys_dir=Path(env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", "keys")),
             topic_prefix=env_or(getattr(args, "topic_prefix", None), "MASB_TOPIC_PREFIX", ""),

@@ -18,6 +18,7 @@ EXIT_USAGE = 2        # bad flags or invalid input (a file, a policy, an event, 
 EXIT_UNAVAILABLE = 3  # the broker (or another service) could not be reached in time
 EXIT_DENIED = 4       # the broker refused the operation: authentication or authorization
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
+EXIT_TERMINATED = 143   # SIGTERM, after a clean stop: what a shell reports for a process SIGTERM ended
 EXIT_BUG = 70         # an unexpected error: a bug in MASB (EX_SOFTWARE)
 
 

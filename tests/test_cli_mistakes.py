@@ -49,6 +49,15 @@ def key(deployment, owner: str, kind: str = "exchange") -> str:
     return str(next(deployment.keys_dir.glob(f"{owner}.{kind}.*.key")))
 
 
+def key_id(deployment, owner: str, kind: str) -> str:
+    return Path(key(deployment, owner, kind)).name.split(".")[2]
+
+
+def report(d, *more) -> list:
+    """`audit report` against no broker: a flag checked before the log is read fails with 2, not 3."""
+    return ["audit", "report", "--bootstrap", NO_BROKER, "--policy", d.policy_path, *more]
+
+
 def _busy_port() -> socket.socket:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -124,6 +133,62 @@ CASES = [
     ("dlq list, no broker", lambda r, d: ["dlq", "list", "--bootstrap", NO_BROKER], 3, ["127.0.0.1:1", "unavailable"]),
     ("dlq redrive, negative wait", lambda r, d: ["dlq", "redrive", "--bootstrap", NO_BROKER, "--wait", "-1"], 2,
      ["--wait"]),
+    ("a bootstrap port that is not a number", lambda r, d: ["dlq", "list", "--bootstrap", "127.0.0.1:abc"], 2,
+     ["--bootstrap 127.0.0.1:abc", "HOST:PORT"]),
+    ("a bootstrap port out of range", lambda r, d: ["audit", "report", "--bootstrap", "127.0.0.1:99999", "--policy",
+                                                    d.policy_path], 2, ["--bootstrap 127.0.0.1:99999", "HOST:PORT"]),
+    ("a bad address in a bootstrap list", lambda r, d: ["consume", "--bootstrap", "127.0.0.1:9092,kafka-2", "--policy",
+                                                        d.policy_path, "--agency", "nhs-worcs-acute", "--key",
+                                                        key(d, "nhs-worcs-acute")], 2, ["kafka-2", "HOST:PORT"]),
+    # Output paths are checked before the log is read (the broker is never asked: exit 2, not 3).
+    ("audit report --out in a missing folder", lambda r, d: report(d, "--format", "html", "--out", r / "nope" / "r.html"),
+     2, ["--out", "nope/r.html", "not found"]),
+    ("audit report --out a directory", lambda r, d: report(d, "--out", r), 2, ["--out", "is a directory"]),
+    ("audit prove --out in a missing folder", lambda r, d: ["audit", "prove", "some-event", "--bootstrap", NO_BROKER,
+                                                            "--policy", d.policy_path, "--out", r / "nope" / "p.json"],
+     2, ["nope/p.json", "not found"]),
+    ("audit consistency --out a directory", lambda r, d: ["audit", "consistency", "1", "2", "--bootstrap", NO_BROKER,
+                                                          "--policy", d.policy_path, "--out", r], 2, ["is a directory"]),
+    ("audit export to an existing file", lambda r, d: ["audit", "export", r / "a-file", "--bootstrap", NO_BROKER,
+                                                       "--policy", d.policy_path], 2, ["a-file", "not a directory"]),
+    ("audit export under a missing folder", lambda r, d: ["audit", "export", r / "nope" / "a" / "b", "--bootstrap",
+                                                          NO_BROKER, "--policy", d.policy_path], 2,
+     ["nope/a/b", "folder", "not found"]),
+    ("witness keygen --out in a missing folder", lambda r, d: ["witness", "keygen", "--name", "witness.example.org/w",
+                                                               "--out", r / "nope" / "w.key"], 2, ["nope", "not found"]),
+    # Key generation checks everything before it makes a folder.
+    ("keys generate, an owner with a path", lambda r, d: ["keys", "generate", "--owner", "../evil", "--out", r / "k2"],
+     2, ["--owner ../evil", "party id"]),
+    ("keys generate, an owner with a slash", lambda r, d: ["keys", "generate", "--owner", "a/b", "--out", r / "k2"],
+     2, ["--owner a/b", "party id"]),
+    ("keys generate without --owner", lambda r, d: ["keys", "generate"], 2, ["needs --owner"]),
+    ("keys generate --kind pseudonym --owner", lambda r, d: ["keys", "generate", "--kind", "pseudonym", "--owner", "x",
+                                                             "--out", r / "k4"], 2, ["--owner", "pseudonym"]),
+    ("keys case-secrets --out in a missing folder", lambda r, d: ["keys", "case-secrets", "--out", r / "nope" / "k"],
+     2, ["nope/k", "not found"]),
+    # Report filters are checked before the log is read.
+    ("audit report --since a word", lambda r, d: report(d, "--since", "yesterday"), 2, ["--since yesterday", "ISO 8601"]),
+    ("audit report --since a day that does not exist", lambda r, d: report(d, "--since", "2026-02-30"), 2,
+     ["--since 2026-02-30", "ISO 8601"]),
+    ("audit report --since after --until", lambda r, d: report(d, "--since", "2026-03-02", "--until", "2026-03-01"), 2,
+     ["--since", "--until"]),
+    ("audit report --case-ref without a keys dir", lambda r, d: report(d, "--case-ref", "WM-ABC123456"), 2,
+     ["--case-ref", "--keys-dir"]),
+    ("audit report for an agency the policy does not know", lambda r, d: report(d, "--agency", "nobody"), 2,
+     ["agency nobody is not in the sharing policy"]),
+    ("audit report for an unknown event type", lambda r, d: report(d, "--event-type", "NOPE"), 2,
+     ["event type NOPE"]),
+    ("audit report for an unknown legal basis", lambda r, d: report(d, "--legal-basis", "NOPE"), 2,
+     ["legal basis NOPE"]),
+    ("keys revoke of a unit's only signing key", lambda r, d: ["keys", "revoke", "--policy", d.policy_path, "--owner",
+                                                               "hau-shropshire", "--key-id",
+                                                               key_id(d, "hau-shropshire", "signing"), "--output",
+                                                               r / "rv2.yaml"], 1,
+     ["rv2.yaml: line", "no active signing key", "only active key of hau-shropshire"]),
+    ("keys revoke --output in a missing folder", lambda r, d: ["keys", "revoke", "--policy", d.policy_path, "--owner",
+                                                               "hau-shropshire", "--key-id",
+                                                               key_id(d, "hau-shropshire", "signing"), "--output",
+                                                               r / "nope" / "rv2.yaml"], 2, ["nope", "not found"]),
 ]
 
 
@@ -131,16 +196,29 @@ CASES = [
 def test_a_mistake_is_one_clear_line_with_its_exit_code(setup, name, argv, code, words):
     root, deployment = setup
     env = {"MASB_POLICY": "", "MASB_BOOTSTRAP": "", "MASB_KEYS_DIR": ""}
+    before = sorted(root.rglob("*"))
     result = masb(*map(str, argv(root, deployment)), cwd=root, env=env)
     assert result.returncode == code, result.stderr
     err = result.stderr
-    assert "Traceback" not in err and "Unclosed" not in err, err
+    assert "Traceback" not in err and "Unclosed" not in err and ".tmp" not in err, err
+    assert sorted(root.rglob("*")) == before, "a failed command left files or folders behind"
     lines = [line for line in err.splitlines() if line.strip()]
     assert 1 <= len(lines) <= 4 and lines[0].startswith("masb: "), err
     for word in words:
         assert word in err, err
     for value in PERSONAL:
         assert value not in err + result.stdout
+
+
+@pytest.mark.parametrize("command", [["audit", "verify"], ["worker", "--web-port", "0"], ["dlq", "list"]])
+def test_a_bad_masb_bootstrap_is_named_with_exit_2(setup, command):
+    root, deployment = setup
+    env = {"MASB_BOOTSTRAP": "127.0.0.1:70000", "MASB_POLICY": str(deployment.policy_path),
+           "MASB_KEYS_DIR": str(deployment.keys_dir)}
+    result = masb(*command, cwd=root, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("masb: MASB_BOOTSTRAP 127.0.0.1:70000: not HOST:PORT"), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
 def test_a_busy_web_port_is_named_before_the_worker_starts(setup):
@@ -158,22 +236,66 @@ def test_usage_errors_exit_2_with_argparse_usage(setup):
     assert result.returncode == 2 and "--owner" in result.stderr and "Traceback" not in result.stderr
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("masb ingest did not start listening")
+
+
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "masb: interrupted"), (signal.SIGTERM, 0, None)])
+def test_ingest_stops_cleanly_ctrl_c_exits_130_and_sigterm_0(setup, signum, code, said):
+    """Ctrl-C is exit 130 like every long command; SIGTERM is how a service manager stops it (exit 0).
+    Ingest starts without a broker: its producer connects on the first request."""
+    root, deployment = setup
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "agents", "ingest", "--bootstrap", NO_BROKER, "--policy",
+                             str(deployment.policy_path), "--as", "hau-worcestershire", "--key",
+                             key(deployment, "hau-worcestershire", "signing"), "--keys-dir", str(deployment.keys_dir),
+                             "--port", str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_port(port, proc)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Unclosed" not in err, err
+    if said:
+        assert said in err, err
+
+
 @pytest.mark.tansu
-def test_ctrl_c_in_consume_follow_exits_130_without_a_traceback(setup, tansu):
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "masb: interrupted"),
+                                                (signal.SIGTERM, 143, "masb: terminated")])
+def test_ctrl_c_or_sigterm_in_consume_follow_stops_cleanly_without_a_traceback(setup, tansu, signum, code, said):
     import asyncio
 
     from streams.kafka import TopicSpec, ensure_topics
     from streams.topics import Topics
 
     root, deployment = setup
-    asyncio.run(ensure_topics(tansu, [TopicSpec(Topics("ctrlc.").partner("nhs-worcs-acute"))]))
+    prefix = f"ctrlc{int(signum)}."
+    asyncio.run(ensure_topics(tansu, [TopicSpec(Topics(prefix).partner("nhs-worcs-acute"))]))
     proc = subprocess.Popen([sys.executable, "-m", "agents", "consume", "--follow", "--bootstrap", tansu,
-                             "--topic-prefix", "ctrlc.", "--policy", str(deployment.policy_path), "--agency",
+                             "--topic-prefix", prefix, "--policy", str(deployment.policy_path), "--agency",
                              "nhs-worcs-acute", "--key", key(deployment, "nhs-worcs-acute")],
                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(4)  # reading, waiting for envelopes
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Unclosed" not in err, err
-    assert "masb: interrupted" in err
+    assert said in err

@@ -172,3 +172,18 @@ def test_worker_settings_from_the_environment_must_be_plain_positive_numbers(mon
         Settings.from_args(argparse.Namespace())
     monkeypatch.setenv(name, "6")
     Settings.from_args(argparse.Namespace())
+
+
+@pytest.mark.parametrize("value, ok", [("127.0.0.1:9092", True), ("kafka-0.kafka:9093,kafka-1.kafka:9093", True),
+                                       ("[::1]:9092", True), ("h:1, h:65535", True), ("127.0.0.1:abc", False),
+                                       ("127.0.0.1:99999", False), ("h:0", False), ("h", False), (":9092", False),
+                                       ("h:9092,", False), ("h:９０９２", False), ("h:+9", False)])
+def test_bootstrap_servers_must_be_host_port_with_ports_in_range(value, ok):
+    from agents.settings import bootstrap_servers
+    from streams.errors import InvalidInput
+
+    if ok:
+        assert bootstrap_servers(value, "--bootstrap") == value
+    else:
+        with pytest.raises(InvalidInput, match=r"^--bootstrap .*: not HOST:PORT"):
+            bootstrap_servers(value, "--bootstrap")

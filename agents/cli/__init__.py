@@ -6,7 +6,7 @@ module builds the parser and is the one place where failures become messages and
     0  OK                                      3  Kafka unavailable (connection, timeout)
     1  a check or verification found a problem 4  Kafka refused the operation (authentication, ACLs)
     2  usage error or invalid input            130 interrupted (Ctrl-C)
-    70 a bug in MASB: the traceback is printed, with a hint to report it
+    70 a bug in MASB: the traceback is printed 143 terminated (SIGTERM), after a clean stop
 
 Expected failures print one line (``masb: <what> ...``, naming the file, key, field or broker at
 fault) and at most a hint; ``--verbose`` adds the traceback. Settings come from flags first, then
@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
 
-from streams.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, MasbError
+from streams.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, MasbError
 
 GROUPS = ("demo", "worker", "publish", "ingest", "consume", "status", "keys", "policy", "schemas", "audit", "dlq",
           "witness", "acl")
@@ -54,16 +55,28 @@ def _quiet_client_libraries(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
+class Terminated(BaseException):
+    """SIGTERM: unwinds the command like Ctrl-C does, so that its Kafka clients are closed."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def run(args) -> int:
     """Run the parsed command; every failure becomes a message and an exit code."""
     verbose = args.verbose or os.environ.get("MASB_VERBOSE") == "1"
-    if args.command not in ("worker", "ingest"):  # those configure their own service logging
+    if args.command not in ("worker", "ingest"):  # those configure their own service logging and stop
         _quiet_client_libraries(verbose)
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args) or EXIT_OK
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED
+    except Terminated:
+        _say("terminated")
+        return EXIT_TERMINATED
     except Exception as exc:  # noqa: BLE001 - the one place where failures become exit codes
         error = _as_masb_error(exc, args)
         if error is None:
@@ -86,7 +99,11 @@ def _as_masb_error(exc: Exception, args) -> MasbError | None:
     if isinstance(exc, MasbError):
         return exc
     if isinstance(exc, (KafkaError, TimeoutError)):
-        return broker_error(exc, bootstrap(args))
+        try:
+            server = bootstrap(args)
+        except MasbError:  # not an address at all: say what the client said about it
+            server = str(getattr(args, "bootstrap", None) or os.environ.get("MASB_BOOTSTRAP"))
+        return broker_error(exc, server)
     return None
 
 

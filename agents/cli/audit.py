@@ -21,7 +21,17 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from agents.cli.common import Progress, UsageError, bootstrap, existing_dir, existing_file, kafka_flags, topics
+from agents.cli.common import (
+    Progress,
+    UsageError,
+    bootstrap,
+    existing_dir,
+    existing_file,
+    kafka_flags,
+    output_dir,
+    output_file,
+    topics,
+)
 from agents.cli.common import load_policy as load_policy_of
 from agents.settings import env_or
 from streams.audit.merkle import leaf_hash
@@ -85,7 +95,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("export", help="write the log and its checkpoints to a directory for offline audit")
     log_source(p)
-    p.add_argument("dir")
+    p.add_argument("dir", help="a new or empty directory (created if missing; its parent folder must exist)")
 
     p = sub.add_parser("shred", help="destroy a case's key (retention ended): its entries become unlinkable")
     kafka_flags(p)
@@ -122,6 +132,7 @@ def cmd_audit(args) -> int:
         return shred(args)
     if getattr(args, "from_export", None):
         existing_dir(args.from_export, "export directory")
+    check_outputs(args)  # before anything slow: a mistyped path fails at once
     policy = load_policy_of(args)
     origin = origin_of(args)
     verifiers = checkpoint_verifiers(policy, origin)
@@ -133,14 +144,28 @@ def cmd_audit(args) -> int:
         return verify_export_dir(args.from_export, verifiers, origin, trust)
     if args.action == "verify":
         return verify(bootstrap(args), topics(args), policy, origin, trust)
+    filters = report_filters(args, policy) if args.action == "report" else None
     log = load_log(args, bootstrap(args), topics(args))
     if args.action == "prove":
         return prove(args, log, verifiers, origin)
     if args.action == "consistency":
         return consistency(args, log, verifiers, origin)
     if args.action == "report":
-        return report(args, log, verifiers, origin, witness_quorum(policy))
+        return report(args, filters, log, verifiers, origin, witness_quorum(policy))
     return export(args, log, verifiers, origin, topics(args))
+
+
+def check_outputs(args) -> None:
+    """Where the command will write: a file in an existing folder, or a new or empty export folder."""
+    if getattr(args, "out", None):
+        output_file(args.out, "--out")
+    if args.action == "export":
+        from streams.audit.export import CHECKPOINTS_FILE, ENTRIES_FILE, MANIFEST_FILE
+
+        directory = output_dir(args.dir, "export directory")
+        held = [n for n in (ENTRIES_FILE, CHECKPOINTS_FILE, MANIFEST_FILE) if (directory / n).exists()]
+        if held:
+            raise UsageError(f"export directory {directory} already holds an export ({held[0]}); give a new directory")
 
 
 # -- what the auditor already trusts ------------------------------------------------------------
@@ -223,7 +248,10 @@ def load_log(args, bootstrap, topics) -> Log:
 
 def _write(text: str, out: str | None, what: str) -> None:
     if out:
-        Path(out).write_text(text, encoding="utf-8")
+        try:
+            Path(out).write_text(text, encoding="utf-8")
+        except OSError as exc:  # checked before the work began; changed since
+            raise UsageError(f"--out {out}: cannot write ({exc.strerror or type(exc).__name__})") from None
         print(f"masb: {what} written to {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -424,18 +452,37 @@ def _case_store(args):
     return asyncio.run(CaseKeyView.read(bootstrap(args), topics(args).case_keys, secrets))
 
 
-def report(args, log: Log, verifiers, origin, witnesses=None) -> int:
-    from streams.audit.report import RENDERERS, Filters, ReportError, build_report, parse_time, verify_for_report
+def report_filters(args, policy):
+    """The report's filters, checked before the log is read: dates that are dates, an agency the
+    policy knows, a known event type and legal basis, and the case key store for --case-ref (exit 2)."""
+    from streams.audit.report import Filters, parse_time
+    from streams.codec import EVENT_TYPES
+    from streams.policy.vocab import LEGAL_BASES
 
-    try:
-        filters = Filters(
-            case_ref=args.case_ref, agency=args.agency, event_type=args.event_type, legal_basis=args.legal_basis,
-            since=parse_time(args.since, "--since") if args.since else None,
-            until=parse_time(args.until, "--until") if args.until else None,
-        )
-        result = build_report(log.entries, filters, _case_store(args))
-    except ReportError as exc:
-        raise AuditCommandError(str(exc)) from None
+    since = parse_time(args.since, "--since") if args.since else None
+    until = parse_time(args.until, "--until") if args.until else None
+    if since and until and since >= until:
+        raise UsageError(f"--since {args.since} is not before --until {args.until}: nothing could match")
+    if args.agency is not None and policy.agency(args.agency) is None:
+        raise UsageError(f"agency {args.agency} is not in the sharing policy (version {policy.version})",
+                         hint="agency ids are listed under agencies: in the policy")
+    if args.event_type is not None and args.event_type not in EVENT_TYPES:
+        raise UsageError(f"event type {args.event_type} is not an event type MASB knows",
+                         hint=f"one of {', '.join(EVENT_TYPES)}")
+    if args.legal_basis is not None and args.legal_basis not in LEGAL_BASES:
+        raise UsageError(f"legal basis {args.legal_basis} is not a legal basis MASB knows",
+                         hint=f"one of {', '.join(LEGAL_BASES)}")
+    if args.case_ref is not None and _case_secrets(args) is None:
+        raise UsageError("--case-ref needs the case key store: give the router's keys dir (--keys-dir or "
+                         "MASB_KEYS_DIR) holding case-keys/", hint="case references are sealed in the log")
+    return Filters(case_ref=args.case_ref, agency=args.agency, event_type=args.event_type,
+                   legal_basis=args.legal_basis, since=since, until=until)
+
+
+def report(args, filters, log: Log, verifiers, origin, witnesses=None) -> int:
+    from streams.audit.report import RENDERERS, build_report, verify_for_report
+
+    result = build_report(log.entries, filters, _case_store(args))
     verification = verify_for_report(log.entries, log.checkpoints, verifiers, origin)
     if verification.checkpoint is not None and witnesses is not None and witnesses.members:
         # The witnesses of the policy whose cosignatures on the checkpoint relied on verify.

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from agents.settings import DEFAULT_BOOTSTRAP, env_or
+from agents.settings import bootstrap_of, env_or
 from streams.errors import InvalidInput
 
 
@@ -51,7 +51,8 @@ def pseudonym_keys(args):
 
 
 def bootstrap(args) -> str:
-    return env_or(getattr(args, "bootstrap", None), "MASB_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+    """--bootstrap, MASB_BOOTSTRAP or the default, checked: HOST:PORT[,HOST:PORT...] (else exit 2)."""
+    return bootstrap_of(args)
 
 
 def topics(args):
@@ -79,6 +80,39 @@ def existing_dir(path: str | os.PathLike, what: str) -> Path:
     if not path.is_dir():
         raise UsageError(f"{what} {path} is not a directory")
     return path
+
+
+def output_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` if a file can be written there: not a directory, in an existing writable folder;
+    else a UsageError naming it. Checked before any work, so that a typo fails at once."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory; give a file name")
+    _writable_folder(path, what)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{what} {path} is not writable")
+    return path
+
+
+def output_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` if it is a directory, or can be made one: its parent folder exists and is writable
+    (an output folder is created, never its parents: a mistyped path fails instead of growing a
+    tree). Call ``.mkdir(exist_ok=True)`` only once every other input is checked."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path} is a file, not a directory")
+    if not path.exists():
+        _writable_folder(path, what)
+    return path
+
+
+def _writable_folder(path: Path, what: str) -> None:
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"{what} {path}: folder {folder} not found" if not folder.exists()
+                         else f"{what} {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: folder {folder} is not writable")
 
 
 def policy_path(args) -> Path:

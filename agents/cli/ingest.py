@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from agents.cli.common import (
@@ -62,8 +63,36 @@ def cmd_ingest(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     print(f"masb ingest: unit {service.unit_id}, policy version {policy.version}, "
           f"POST http://{args.host}:{args.port}/events", file=sys.stderr, flush=True)
+    app = build_ingest_app(service)
+    stopped_by: list[int] = []
+    app.on_startup.append(lambda app: _stop_on_signals(stopped_by))
+    signal.signal(signal.SIGINT, lambda signum, frame: _interrupted(stopped_by))  # until the server runs
     try:
-        web.run_app(build_ingest_app(service), host=args.host, port=args.port, print=None, access_log=None)
+        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=False)
     except OSError as exc:  # the port is taken or the address is not this host's
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    return 0
+    if stopped_by == [signal.SIGINT]:
+        raise KeyboardInterrupt  # stopped cleanly; Ctrl-C is exit 130 like every long command (docs/cli.md)
+    return 0  # SIGTERM: how a service manager stops it, a normal end
+
+
+def _interrupted(stopped_by: list[int]) -> None:
+    stopped_by.append(signal.SIGINT)
+    raise KeyboardInterrupt
+
+
+async def _stop_on_signals(stopped_by: list[int]) -> None:
+    """SIGINT or SIGTERM: stop serving and close the Kafka producer (aiohttp's graceful exit),
+    remembering which signal it was."""
+    import asyncio
+
+    from aiohttp.web_runner import GracefulExit
+
+    def stop(signum: int) -> None:
+        if not stopped_by:
+            stopped_by.append(signum)
+        raise GracefulExit()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)

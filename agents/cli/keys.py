@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agents.cli.common import UsageError, existing_file, print_json
+from agents.cli.common import UsageError, existing_file, output_dir, output_file, print_json
 from streams.errors import CheckFailed
 
 
@@ -18,13 +18,17 @@ def register(sub) -> None:
     for action, text in (("generate", "new key pairs for a party (private files 0600)"),
                          ("rotate", "a new key pair beside the old one, and what to change in the policy")):
         q = ksub.add_parser(action, help=text)
-        q.add_argument("--owner", help="unit, agency or router id (not for --kind pseudonym)")
+        q.add_argument("--owner", help="unit, agency or router id as in the policy (needed for signing, exchange "
+                                       "and both; refused with --kind pseudonym)")
         q.add_argument("--kind", choices=["signing", "exchange", "both", "pseudonym"], default="both",
-                       help="pseudonym: the case pseudonym key the units and the router share (docs/keys.md)")
-        q.add_argument("--out", default="keys", help="directory for the private key files (written 0600)")
+                       help="signing, exchange, both (default), or pseudonym: the case pseudonym key the units "
+                            "and the router share, owned by no one (docs/keys.md)")
+        q.add_argument("--out", default="keys", help="directory for the private key files (written 0600; created "
+                                                     "if missing, its parent folder must exist)")
     q = ksub.add_parser("case-secrets", help="the router's case-key secrets (index.key, wrap.key), made once and "
                                             "copied to every worker host")
-    q.add_argument("--out", default="keys", help="the router's keys directory (they go into its case-keys/)")
+    q.add_argument("--out", default="keys", help="the router's keys directory (they go into its case-keys/; "
+                                                 "created if missing, its parent folder must exist)")
     q = ksub.add_parser("export-public", help="the public record of a private key file, to put in the policy")
     q.add_argument("key_file", help="the private key file")
     q = ksub.add_parser("revoke", help="mark a key revoked in the policy (comments and layout kept)")
@@ -53,6 +57,7 @@ def _case_secrets(args) -> int:
     from streams.audit.case_keys import CASE_KEYS_DIR, INDEX_FILE
     from streams.audit.shared_case_keys import WRAP_FILE, CaseKeySecrets
 
+    output_dir(args.out, "--out")
     directory = Path(args.out) / CASE_KEYS_DIR
     existed = [name for name in (INDEX_FILE, WRAP_FILE) if (directory / name).exists()]
     secrets = CaseKeySecrets.create(directory)
@@ -65,14 +70,21 @@ def _case_secrets(args) -> int:
 def _generate(args) -> int:
     from streams.crypto.keys import generate_key, public_record, write_private_key
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a directory for the private key files")
-    out.mkdir(parents=True, exist_ok=True)
+    from streams.policy.parse import ID_PATTERN
+
+    # Everything is checked before the folder is made: a refused command leaves nothing behind.
+    if args.kind == "pseudonym" and args.owner is not None:
+        raise UsageError("--owner is not for --kind pseudonym: the case pseudonym key is shared by the units and "
+                         "the router, owned by no one (docs/keys.md)")
+    if args.kind != "pseudonym" and not args.owner:
+        raise UsageError(f"keys {args.action} --kind {args.kind} needs --owner (the unit, agency or router id)")
+    if args.kind != "pseudonym" and not ID_PATTERN.fullmatch(args.owner):
+        raise UsageError(f"--owner {args.owner}: not a party id (1-64 lowercase letters, digits or hyphens, not "
+                         "starting or ending with a hyphen, as in the policy)")
+    out = output_dir(args.out, "--out")
+    out.mkdir(exist_ok=True)
     if args.kind == "pseudonym":
         return _generate_pseudonym_key(args, out)
-    if not args.owner:
-        raise UsageError(f"keys {args.action} --kind {args.kind} needs --owner (the unit, agency or router id)")
     kinds = ["signing", "exchange"] if args.kind == "both" else [args.kind]
     for kind in kinds:
         record = generate_key(args.owner, kind)
@@ -101,10 +113,11 @@ def _generate_pseudonym_key(args, out: Path) -> int:
 
 def _revoke_key(args) -> int:
     """Mark one key revoked by editing only its status and policy_version (comments and layout kept)."""
-    from streams.policy import PolicyError, diff, load_policy
+    from streams.policy import PolicyError, diff, load_policy, load_policy_text
     from streams.policy.revoke import RevokeError, revoke_key_text
 
     path = existing_file(args.policy, "policy file")
+    out = output_file(args.out_policy, "--output") if args.out_policy else path
     try:
         edit = revoke_key_text(path.read_text(encoding="utf-8"), args.owner, args.key_id)
     except RevokeError as exc:
@@ -116,18 +129,17 @@ def _revoke_key(args) -> int:
         old_policy = load_policy(path)
     except PolicyError:
         old_policy = None  # e.g. two active keys while replacing one: only the result must pass the checks
-    out = Path(args.out_policy) if args.out_policy else path
+    try:  # checked before anything is written; problems name the file it is meant for
+        new_policy = load_policy_text(edit.text, out.name)
+    except PolicyError as exc:
+        raise CheckFailed(f"refused: with key {args.key_id} revoked the policy fails its checks; "
+                          f"nothing written\n{exc}",
+                          hint=f"to replace the only active key of {args.owner}, add its new key as active "
+                               "first (docs/operations.md)") from None
     fd, temp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(edit.text)
-        try:
-            new_policy = load_policy(temp_name)
-        except PolicyError as exc:
-            raise CheckFailed(f"refused: with key {args.key_id} revoked the policy fails its checks; "
-                              f"nothing written\n{exc}",
-                              hint="to replace an agency's only active key, add the new key as active first "
-                                   "(docs/operations.md)") from None
         os.chmod(temp_name, path.stat().st_mode & 0o777)
         os.replace(temp_name, out)
     finally:

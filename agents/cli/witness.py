@@ -41,7 +41,7 @@ def cmd_witness(args) -> int:
 
 
 def _keygen(args) -> int:
-    from agents.cli.common import UsageError
+    from agents.cli.common import UsageError, output_file
     from streams.audit.checkpoint import CheckpointError
     from streams.audit.cosignature import cosigner_signer_key, generate_cosigner
 
@@ -49,6 +49,9 @@ def _keygen(args) -> int:
         signer = generate_cosigner(args.name)
     except CheckpointError as exc:
         raise UsageError(f"--name: {exc}") from None
+    if os.path.lexists(args.out):
+        raise UsageError(f"{args.out} already exists; refusing to overwrite a key")
+    output_file(args.out, "--out")
     try:
         fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

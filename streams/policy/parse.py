@@ -63,6 +63,16 @@ def load_policy(path: str | Path) -> Policy:
     return _Parser(document.line_of, path.name).parse(document.data)
 
 
+def load_policy_text(text: str, name: str) -> Policy:
+    """A policy from YAML text, read as strictly as ``load_policy``; problems name ``name`` (the
+    file the text is meant for, e.g. an edited policy not yet written). Raises PolicyError."""
+    try:
+        document = yamlin.load(text, name)
+    except yamlin.YamlConfigError as exc:
+        raise PolicyError(exc.problems) from None
+    return _Parser(document.line_of, name).parse(document.data)
+
+
 def parse_policy(document: Mapping[str, Any]) -> Policy:
     """Validate a policy document (the YAML as plain data); raises PolicyError listing every problem."""
     return _Parser().parse(document)

@@ -57,7 +57,8 @@ def parse_time(text: str, what: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ReportError(f"{what}: not an ISO 8601 date or date-time") from None
+        raise ReportError(f"{what} {text}: not an ISO 8601 date or date-time (such as 2026-03-01 or "
+                          "2026-03-01T09:00:00Z)") from None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
