@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.cli.common import UsageError
-from agents.settings import env_or
+from agents.settings import bootstrap_servers, env_or
 
 
 def register(sub) -> None:
@@ -26,5 +26,7 @@ def cmd_demo(args) -> int:
 
     if args.secure and args.bootstrap:
         raise UsageError("--secure starts its own locked-down Apache Kafka; it cannot be combined with --bootstrap")
-    return run_demo(bootstrap=None if args.secure else env_or(args.bootstrap, "MASB_BOOTSTRAP", None),
-                    workdir=Path(args.workdir), keep=args.keep, secure=args.secure)
+    bootstrap = None if args.secure else env_or(args.bootstrap, "MASB_BOOTSTRAP", None)
+    if bootstrap is not None:
+        bootstrap = bootstrap_servers(bootstrap, "--bootstrap" if args.bootstrap else "MASB_BOOTSTRAP")
+    return run_demo(bootstrap=bootstrap, workdir=Path(args.workdir), keep=args.keep, secure=args.secure)
