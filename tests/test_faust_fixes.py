@@ -1,0 +1,76 @@
+"""agents/faust_fixes.py: a record whose hand-over to the streams a rebalance interrupts is not
+marked as read (faust 0.15 marked it, and later dropped it unrouted when it was fetched again)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+
+import faust
+from faust.transport.consumer import Consumer
+from mode import Service
+
+from agents import faust_fixes
+from agents.faust_fixes import _hand_over
+
+TP = ("case-events", 4)
+
+
+class FetchLoop(Service):
+    """The parts of faust's consumer the hand-over uses: the flow's suspend event, the read offsets
+    and the commit counters; mode's real wait_first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = asyncio.Event()
+        self.read_offset: dict = defaultdict(lambda: None)
+        self._n_acked = 0
+        self.handed: list[int] = []
+
+    async def _add_gap(self, tp, start, end):  # pragma: no cover - no gaps in these fetches
+        raise AssertionError("no gap expected")
+
+
+async def fetch(offsets):
+    for offset in offsets:
+        yield TP, SimpleNamespace(offset=offset, topic=TP[0])
+
+
+def run_hand_over(suspend_at: int | None) -> FetchLoop:
+    async def go() -> FetchLoop:
+        loop = FetchLoop()
+
+        async def callback(message):
+            if message.offset == suspend_at:  # a rebalance begins while this record is handed over
+                loop.suspend_flow.set()
+                await asyncio.sleep(3600)
+            loop.handed.append(message.offset)
+
+        await _hand_over(loop, fetch(range(5)), callback, loop.read_offset.__getitem__,
+                         loop.read_offset.__setitem__, None, lambda topic: True)
+        return loop
+    return asyncio.run(go())
+
+
+def test_a_fetch_handed_over_whole_marks_its_last_record_read():
+    loop = run_hand_over(suspend_at=None)
+    assert loop.handed == [0, 1, 2, 3, 4] and loop.read_offset[TP] == 4
+
+
+def test_records_a_rebalance_interrupted_stay_unread_so_they_are_fetched_and_handed_over_again():
+    loop = run_hand_over(suspend_at=2)
+    assert loop.handed == [0, 1]
+    assert loop.read_offset[TP] == 1  # faust 0.15 marked 4: 2, 3 and 4 were then dropped as already seen
+
+
+def test_the_fix_is_installed_on_the_pinned_faust_only(monkeypatch):
+    original = Consumer._drain_messages
+    try:
+        monkeypatch.setattr(faust, "__version__", "0.15.3")
+        assert faust_fixes.install() and Consumer._drain_messages is faust_fixes._drain_messages
+        Consumer._drain_messages = original
+        monkeypatch.setattr(faust, "__version__", "0.16.0")
+        assert not faust_fixes.install() and Consumer._drain_messages is original
+    finally:
+        Consumer._drain_messages = original
