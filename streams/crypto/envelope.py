@@ -335,6 +335,25 @@ class OpenedEnvelope:
     envelope_sha256: str
 
 
+
+def check_router_signature(verifiers: Mapping[str, nacl.signing.VerifyKey], signed: dict, prefix: bytes,
+                           what: str) -> str:
+    """The signer key id of a signed record (``signer_key_id``, ``signature``, ``body``) whose Ed25519
+    signature over ``prefix + body`` by a trusted router key verifies. UnknownSigner (key not in
+    ``verifiers``), MalformedEnvelope (signature not 64 bytes) or BadSignature otherwise; ``what``
+    names the record in the last ("notice signature")."""
+    signer_id = signed["signer_key_id"]
+    verifier = verifiers.get(signer_id)
+    if verifier is None:
+        raise UnknownSigner(f"signer key {printable_key_id(signer_id)} is not a trusted router key")
+    if len(signed["signature"]) != SIGNATURE_BYTES:
+        raise MalformedEnvelope("signature must be 64 bytes")
+    try:
+        verifier.verify(prefix + signed["body"], signed["signature"])
+    except nacl.exceptions.BadSignatureError:
+        raise BadSignature(f"{what} by router key {signer_id} does not verify") from None
+    return signer_id
+
 class EnvelopeOpener:
     """Verifies and decrypts envelopes addressed to ``agency_id`` (verification order: docs/envelope.md)."""
 
@@ -375,17 +394,8 @@ class EnvelopeOpener:
         version = signed["version"]
         if version not in READABLE_VERSIONS:
             raise MalformedEnvelope(f"signed envelope version is not one of {', '.join(map(str, READABLE_VERSIONS))}")
-        signer_id = signed["signer_key_id"]
-        verifier = self._verifiers.get(signer_id)
-        if verifier is None:
-            raise UnknownSigner(f"signer key {printable_key_id(signer_id)} is not a trusted router key")
-        if len(signed["signature"]) != SIGNATURE_BYTES:
-            raise MalformedEnvelope("signature must be 64 bytes")
+        signer_id = check_router_signature(self._verifiers, signed, SIGNATURE_PREFIXES[version], "signature")
         body_bytes = signed["body"]
-        try:
-            verifier.verify(SIGNATURE_PREFIXES[version] + body_bytes, signed["signature"])
-        except nacl.exceptions.BadSignatureError:
-            raise BadSignature(f"signature by router key {signer_id} does not verify") from None
 
         body = _avro_decode(_BODY_SCHEMAS[version], body_bytes, "envelope body")
         if body["version"] != version:

@@ -32,8 +32,7 @@ import nacl.utils
 from streams.resources import schema_file
 
 from .envelope import (
-    SIGNATURE_BYTES,
-    BadSignature,
+    check_router_signature,
     KeyUnwrapFailed,
     MalformedEnvelope,
     RouterKeys,
@@ -139,16 +138,7 @@ class NoticeOpener:
         signed = _avro_decode(_SIGNED_SCHEMA, data, "signed notice")
         if signed["version"] != NOTICE_VERSION:
             raise MalformedEnvelope(f"unsupported signed notice version {signed['version']}")
-        signer_id = signed["signer_key_id"]
-        verifier = self._verifiers.get(signer_id)
-        if verifier is None:
-            raise UnknownSigner(f"signer key {printable_key_id(signer_id)} is not a trusted router key")
-        if len(signed["signature"]) != SIGNATURE_BYTES:
-            raise MalformedEnvelope("signature must be 64 bytes")
-        try:
-            verifier.verify(NOTICE_SIGNATURE_PREFIX + signed["body"], signed["signature"])
-        except nacl.exceptions.BadSignatureError:
-            raise BadSignature(f"notice signature by router key {signer_id} does not verify") from None
+        signer_id = check_router_signature(self._verifiers, signed, NOTICE_SIGNATURE_PREFIX, "notice signature")
         body = _avro_decode(_BODY_SCHEMA, signed["body"], "notice body")
         if body["version"] != NOTICE_VERSION:
             raise MalformedEnvelope(f"unsupported notice body version {body['version']}")
