@@ -13,7 +13,7 @@ import faust
 
 from agents import metrics
 from agents.router import replacement_for
-from agents.sending import AcknowledgedSender, Message, crash_stops_worker, forget
+from agents.sending import Message, acknowledged_batches
 from streams.routing import INTERNAL_ERROR, InputRecord, Refusal
 
 log = logging.getLogger("masb.receipts")
@@ -46,29 +46,20 @@ def install(app: faust.App, runtime) -> None:
 
     @app.agent(source, name="receipts")
     async def record_receipts(stream):
-        sender = AcknowledgedSender(runtime.settings.bootstrap)
-        await sender.start()
-        supervisor.beat("receipts")
-        try:
-            async for events in stream.take_events(BATCH, within=BATCH_WINDOW_SECONDS):
-                messages, kinds = [], []
-                try:
-                    for event in events:
-                        m = event.message
-                        made, made_kinds = decide(runtime, InputRecord(m.topic, m.partition, m.offset,
-                                                                       event.key, event.value))
-                        messages += made
-                        kinds += made_kinds
-                    if hold is not None:
-                        await hold("receipts")
-                    await sender.send_all(messages, lambda msg, err: replacement_for(runtime, msg, err))
-                except BaseException as exc:
-                    forget(events)  # stopping, or a crash: never committed, so read again
-                    crash_stops_worker(runtime, "receipts", exc)
-                    raise
-                for kind in kinds:
-                    metrics.AUDIT_ENTRIES.labels(kind).inc()
-        finally:
-            await sender.stop()
+        await acknowledged_batches(stream, runtime, "receipts", receipts_batch, batch=BATCH,
+                                   within=BATCH_WINDOW_SECONDS)
+
+    async def receipts_batch(events, sender) -> None:
+        messages, kinds = [], []
+        for event in events:
+            m = event.message
+            made, made_kinds = decide(runtime, InputRecord(m.topic, m.partition, m.offset, event.key, event.value))
+            messages += made
+            kinds += made_kinds
+        if hold is not None:
+            await hold("receipts")
+        await sender.send_all(messages, lambda msg, err: replacement_for(runtime, msg, err))
+        for kind in kinds:
+            metrics.AUDIT_ENTRIES.labels(kind).inc()
 
     supervisor.watch_agent(record_receipts, "receipts")

@@ -15,7 +15,7 @@ import logging
 import faust
 
 from agents import metrics
-from agents.sending import AcknowledgedSender, Message, crash_stops_worker, forget
+from agents.sending import Message, acknowledged_batches
 from streams.audit.entry import encode_entry
 from streams.kafka import read_topic
 from streams.redrive import RedriveError, dead_letter_sha256, decode_request, plan_redrive, why_not_redrivable
@@ -67,25 +67,16 @@ def install(app: faust.App, runtime) -> None:
 
     @app.agent(source, name="redrive")
     async def redrive_dead_letters(stream):
-        sender = AcknowledgedSender(runtime.settings.bootstrap)
-        await sender.start()
-        supervisor.beat("redrive")
-        try:
-            async for events in stream.take_events(BATCH, within=BATCH_WINDOW_SECONDS):
-                messages: list[Message] = []
-                try:
-                    for event in events:
-                        m = event.message
-                        messages += await decide(runtime, event.value, f"{m.topic}/{m.partition}/{m.offset}")
-                    await sender.send_all(messages, _never_refused)
-                except BaseException as exc:
-                    forget(events)  # stopping, or a crash: never committed, so read again
-                    crash_stops_worker(runtime, "redrive", exc)
-                    raise
-                if messages:
-                    metrics.AUDIT_ENTRIES.labels("REDRIVE").inc(len(messages) // 2)
-        finally:
-            await sender.stop()
+        await acknowledged_batches(stream, runtime, "redrive", redrive_batch, batch=BATCH, within=BATCH_WINDOW_SECONDS)
+
+    async def redrive_batch(events, sender) -> None:
+        messages: list[Message] = []
+        for event in events:
+            m = event.message
+            messages += await decide(runtime, event.value, f"{m.topic}/{m.partition}/{m.offset}")
+        await sender.send_all(messages, _never_refused)
+        if messages:
+            metrics.AUDIT_ENTRIES.labels("REDRIVE").inc(len(messages) // 2)
 
     supervisor.watch_agent(redrive_dead_letters, "redrive")
 

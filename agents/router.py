@@ -25,7 +25,7 @@ import faust
 import faust.streams as faust_streams
 
 from agents import metrics
-from agents.sending import AcknowledgedSender, Message, crash_stops_worker, forget, until_done
+from agents.sending import AcknowledgedSender, Message, acknowledged_batches, until_done
 from streams.routing import INTERNAL_ERROR, Admitted, InputRecord, Refusal
 
 log = logging.getLogger("masb.router")
@@ -151,52 +151,44 @@ def install(app: faust.App, runtime) -> None:
     async def route(stream):
         # The router's own producer (plain aiokafka): its sends are awaited per batch, before the
         # batch's offsets can be committed, so Faust's per-message send machinery is not needed.
-        sender = AcknowledgedSender(runtime.settings.bootstrap, linger_ms=2, max_batch_size=512 * 1024)
-        await sender.start()
-        supervisor.beat("router")
-        try:
-            await route_batches(stream, sender)
-        finally:
-            await sender.stop()
+        supervisor.doing("router", "waiting for records")
+        await acknowledged_batches(stream, runtime, "router", route_batch, batch=runtime.settings.router_batch,
+                                   within=BATCH_WINDOW_SECONDS, linger_ms=2, max_batch_size=512 * 1024)
 
     supervisor.watch_agent(route, "router")
 
-    async def route_batches(stream, sender: AcknowledgedSender) -> None:
+    async def route_batch(events, sender: AcknowledgedSender) -> None:
+        started = time.perf_counter()
+        batch = BatchRouter(runtime, seen)
+        try:
+            partitions = {event.message.partition for event in events}
+            supervisor.doing("router", f"reading the case keys of partitions {sorted(partitions)}")
+            await until_done("reading case keys", lambda: case_keys.load(partitions))
+            supervisor.doing("router", f"deciding {len(events)} records")
+            for event in events:
+                message = event.message
+                batch.decide_safely(InputRecord(message.topic, message.partition, message.offset,
+                                                event.key, event.value), event)
+            if hold is not None:
+                await hold("router")
+            # The keys of new cases reach Kafka before any entry sealed with them: a worker
+            # that routes the case later (after a crash or a rebalance) finds the same key.
+            supervisor.doing("router", f"sending {len(batch.messages)} records")
+            await send_case_keys(sender, runtime, case_keys.new_records())
+            case_keys.confirm_new()
+            await sender.send_all(batch.messages, lambda m, e: replacement_for(runtime, m, e))
+        except BaseException:
+            case_keys.discard_new()  # the batch is abandoned (acknowledged_batches): routed again
+            raise
+        # Only now, with every delivery acknowledged, remember the events as routed. A table
+        # write goes to the changelog partition of the event being processed, which Faust
+        # knows only inside per-event iteration; in a batch we name that event ourselves.
+        for event_key, (digest, event) in batch.routed.items():
+            with current_event(event):
+                seen[event_key] = digest
+        for metric, labels, amount in batch.counters:
+            (metric.labels(*labels) if labels else metric).inc(amount)
         supervisor.doing("router", "waiting for records")
-        async for events in stream.take_events(runtime.settings.router_batch, within=BATCH_WINDOW_SECONDS):
-            started = time.perf_counter()
-            batch = BatchRouter(runtime, seen)
-            try:
-                partitions = {event.message.partition for event in events}
-                supervisor.doing("router", f"reading the case keys of partitions {sorted(partitions)}")
-                await until_done("reading case keys", lambda: case_keys.load(partitions))
-                supervisor.doing("router", f"deciding {len(events)} records")
-                for event in events:
-                    message = event.message
-                    batch.decide_safely(InputRecord(message.topic, message.partition, message.offset,
-                                                    event.key, event.value), event)
-                if hold is not None:
-                    await hold("router")
-                # The keys of new cases reach Kafka before any entry sealed with them: a worker
-                # that routes the case later (after a crash or a rebalance) finds the same key.
-                supervisor.doing("router", f"sending {len(batch.messages)} records")
-                await send_case_keys(sender, runtime, case_keys.new_records())
-                case_keys.confirm_new()
-                await sender.send_all(batch.messages, lambda m, e: replacement_for(runtime, m, e))
-            except BaseException as exc:
-                case_keys.discard_new()
-                forget(events)  # stopping, or a crash: never committed, so routed again
-                crash_stops_worker(runtime, "router", exc)
-                raise
-            # Only now, with every delivery acknowledged, remember the events as routed. A table
-            # write goes to the changelog partition of the event being processed, which Faust
-            # knows only inside per-event iteration; in a batch we name that event ourselves.
-            for event_key, (digest, event) in batch.routed.items():
-                with current_event(event):
-                    seen[event_key] = digest
-            for metric, labels, amount in batch.counters:
-                (metric.labels(*labels) if labels else metric).inc(amount)
-            supervisor.doing("router", "waiting for records")
-            per_event = (time.perf_counter() - started) / max(1, len(events))
-            for _ in events:
-                metrics.ROUTING_SECONDS.observe(per_event)
+        per_event = (time.perf_counter() - started) / max(1, len(events))
+        for _ in events:
+            metrics.ROUTING_SECONDS.observe(per_event)

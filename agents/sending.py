@@ -203,3 +203,26 @@ class AcknowledgedSender:
             await asyncio.wait_for(self.producer.client.close(), 2)
         except Exception:  # noqa: BLE001 - the connections are going away anyway
             pass
+
+
+async def acknowledged_batches(stream, runtime, name: str, handle, *, batch: int, within: float,
+                               **sender_options) -> None:
+    """The body of a batch agent: each batch taken from ``stream`` (at most ``batch`` events, or
+    what arrived within ``within`` seconds) goes to ``await handle(events, sender)``, which sends
+    what it makes through ``sender`` (an AcknowledgedSender, started here and stopped on exit) and
+    returns once the broker acknowledged it: only then may the batch's offsets be committed.
+    Stopping or a crash abandons the batch uncommitted (:func:`forget`), and a crash stops the
+    worker (:func:`crash_stops_worker`); ``name`` is the agent's task name for the supervisor."""
+    sender = AcknowledgedSender(runtime.settings.bootstrap, **sender_options)
+    await sender.start()
+    runtime.supervisor.beat(name)
+    try:
+        async for events in stream.take_events(batch, within=within):
+            try:
+                await handle(events, sender)
+            except BaseException as exc:
+                forget(events)  # stopping, or a crash: never committed, so read again
+                crash_stops_worker(runtime, name, exc)
+                raise
+    finally:
+        await sender.stop()

@@ -16,7 +16,7 @@ import re
 import faust
 
 from agents.router import send_case_keys
-from agents.sending import AcknowledgedSender, crash_stops_worker, forget, until_done
+from agents.sending import acknowledged_batches, until_done
 
 log = logging.getLogger("masb.shredding")
 
@@ -44,33 +44,24 @@ def install(app: faust.App, runtime) -> None:
 
     @app.agent(source, name="case-key-shreds")
     async def shred(stream):
-        sender = AcknowledgedSender(runtime.settings.bootstrap)
-        await sender.start()
-        runtime.supervisor.beat("case-key-shreds")
-        try:
-            async for events in stream.take_events(100, within=0.05):
-                try:
-                    partitions = {event.message.partition for event in events}
-                    await until_done("reading case keys", lambda: case_keys.load(partitions))
-                    done, records = [], []
-                    for event in events:
-                        lookup = parse_request(event.value)
-                        if lookup is None:
-                            log.warning("ignored a malformed shred request at %s/%d/%d", event.message.topic,
-                                        event.message.partition, event.message.offset)
-                            continue
-                        records += case_keys.shred(event.message.partition, lookup)
-                        done.append((event.message.partition, lookup))
-                    await send_case_keys(sender, runtime, records)
-                    for partition, lookup in done:
-                        case_keys.forget(partition, lookup)
-                    if records:
-                        log.warning("destroyed %d case key(s) on request", len(records) // 2)
-                except BaseException as exc:
-                    forget(events)
-                    crash_stops_worker(runtime, "case-key-shreds", exc)
-                    raise
-        finally:
-            await sender.stop()
+        await acknowledged_batches(stream, runtime, "case-key-shreds", shred_batch, batch=100, within=0.05)
+
+    async def shred_batch(events, sender) -> None:
+        partitions = {event.message.partition for event in events}
+        await until_done("reading case keys", lambda: case_keys.load(partitions))
+        done, records = [], []
+        for event in events:
+            lookup = parse_request(event.value)
+            if lookup is None:
+                log.warning("ignored a malformed shred request at %s/%d/%d", event.message.topic,
+                            event.message.partition, event.message.offset)
+                continue
+            records += case_keys.shred(event.message.partition, lookup)
+            done.append((event.message.partition, lookup))
+        await send_case_keys(sender, runtime, records)
+        for partition, lookup in done:
+            case_keys.forget(partition, lookup)
+        if records:
+            log.warning("destroyed %d case key(s) on request", len(records) // 2)
 
     runtime.supervisor.watch_agent(shred, "case-key-shreds")
