@@ -201,11 +201,15 @@ def running_deployment(bootstrap: str, workdir: Path, topic_prefix: str | None =
     deployment = deployment or prepare_deployment(workdir, template)
     prefix = topic_prefix or f"t{uuid.uuid4().hex[:10]}."
     worker = WorkerProcess(worker_env(deployment, bootstrap, prefix, **env), workdir / "worker.log")
+    running = None
     try:
         worker.wait_healthy()
-        yield Running(bootstrap, deployment, Topics(prefix), worker)
+        running = Running(bootstrap, deployment, Topics(prefix), worker)
+        yield running
     finally:
         worker.stop()
+        if running is not None and running.worker is not worker:  # a test restarted it: stop that one too
+            running.worker.stop()
 
 
 def replace_file(path: Path, text: str) -> None:
