@@ -159,7 +159,7 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
         settings.bootstrap, app.conf.id, [runtime.topics.case_events, runtime.topics.receipts], runtime.supervisor,
         assigned=lambda: assigned_partitions(app),
         checkpoint_interval=settings.checkpoint_interval, interval=settings.health_interval,
-        stall_seconds=settings.stall_seconds,
+        stall_seconds=settings.stall_seconds, wedged_seconds=settings.wedged_seconds,
     )
     runtime.supervisor.run("health-monitor", runtime.health.run)
     runtime.faults = Faults() if settings.fault_injection else None

@@ -88,7 +88,7 @@ class CheckpointState:
 class Health:
     def __init__(self, bootstrap: str, group_id: str, input_topics: Iterable[str], supervisor, *,
                  assigned: Callable[[], Iterable[tuple[str, int]]], checkpoint_interval: float,
-                 interval: float = 5.0, stall_seconds: float = 60.0) -> None:
+                 interval: float = 5.0, stall_seconds: float = 60.0, wedged_seconds: float = 300.0) -> None:
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.input_topics = set(input_topics)
@@ -96,6 +96,7 @@ class Health:
         self.assigned = assigned
         self.interval = interval
         self.stall_seconds = stall_seconds
+        self.wedged_seconds = wedged_seconds
         self.broker_ok: bool | None = None  # None until the first probe
         self.broker_since = time.monotonic()
         self.broker_error: str | None = None
@@ -194,12 +195,32 @@ class Health:
                 PARTITION_LAG.labels(*labels).set(max(0, state.end - state.committed))
                 PARTITION_STALLED.labels(*labels).set(1 if stalled else 0)
                 PARTITION_PROGRESS_AGE.labels(*labels).set(now - state.progress_at)
+        self._restart_if_wedged(now)
         for key in set(self.partitions) - set(tps):  # the topic shrank or went away
             del self.partitions[key]
         for key in self._gauged - mine:  # revoked: another worker reports it now
             for gauge in (PARTITION_LAG, PARTITION_STALLED, PARTITION_PROGRESS_AGE):
                 gauge.remove(key[0], str(key[1]))
         self._gauged = mine
+
+    def _restart_if_wedged(self, now: float) -> None:
+        # Records of this worker's own partitions have waited `wedged_seconds`, the broker answered
+        # all along, and the router had nothing to do all that time: its Kafka consumer is wedged
+        # (aiokafka can stay stuck after a group coordinator dies mid-rebalance, aiokafka#1154), and
+        # only a new process gets the records moving. The service manager restarts the worker.
+        if not self.wedged_seconds or not self.broker_ok:
+            return
+        router = self.supervisor.tasks.get("router")
+        if router is None or router.doing != "waiting for records":
+            return
+        for (topic, partition), state in sorted(self.partitions.items()):
+            waited = now - state.progress_at
+            if (state.mine and state.state == "stalled" and waited > self.wedged_seconds
+                    and self.broker_since <= state.progress_at and router.doing_since <= state.progress_at):
+                self.supervisor.give_up("router", f"has been waiting for records for {waited:.0f}s while "
+                                        f"{state.end - state.committed} wait on its partition {topic}/{partition} "
+                                        "(a wedged Kafka consumer)")
+                return
 
     # -- reporting ---------------------------------------------------------------------------
     def report(self) -> dict:

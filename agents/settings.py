@@ -90,6 +90,7 @@ class Settings:
     log_level: str = "warn"
     health_interval: float = 5.0         # seconds between probes of the broker and the input partitions
     stall_seconds: float = 60.0          # records waiting this long behind an unmoving offset = stalled
+    wedged_seconds: float = 300.0        # own records stalled this long while the router idles: restart (0 = never)
     stop_deadline: float = 10.0          # seconds SIGTERM may take before the worker exits regardless
     fault_injection: bool = False        # POST /debug/... endpoints that break the worker on purpose (tests)
     table_store: str = "rocksdb"         # dedupe table and deadline book: rocksdb (bounded memory) or memory
@@ -120,6 +121,8 @@ class Settings:
             log_level=getattr(args, "log_level", None) or "warn",
             health_interval=positive_number(env_or(None, "MASB_HEALTH_INTERVAL", 5.0), "MASB_HEALTH_INTERVAL"),
             stall_seconds=positive_number(env_or(None, "MASB_STALL_SECONDS", 60.0), "MASB_STALL_SECONDS"),
+            wedged_seconds=positive_number(env_or(None, "MASB_WEDGED_SECONDS", 300.0), "MASB_WEDGED_SECONDS",
+                                           zero_ok=True),
             stop_deadline=positive_number(env_or(None, "MASB_STOP_DEADLINE", 10.0), "MASB_STOP_DEADLINE"),
             fault_injection=env_or(None, "MASB_FAULT_INJECTION", "0") == "1",
             table_store=one_of(env_or(None, "MASB_TABLE_STORE", "rocksdb"), "MASB_TABLE_STORE", ("rocksdb", "memory")),

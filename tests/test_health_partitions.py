@@ -71,3 +71,49 @@ def test_records_that_wait_past_the_threshold_are_a_stall(monkeypatch):
     assert f"partition {TOPIC}/0 is stalled" in health.report()["problems"]
     offsets.committed_offset = 2
     assert probe_at(monkeypatch, health, offsets, 562.0)["state"] == "idle"
+
+
+def wedged_worker(monkeypatch, router_doing="waiting for records"):
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: 0.0)
+    supervisor = Supervisor(app=None)
+    supervisor.doing("router", router_doing)
+    given_up = []
+    monkeypatch.setattr(supervisor, "give_up", lambda name, why=None: given_up.append((name, why)))
+    health = Health("127.0.0.1:1", "g", [TOPIC], supervisor, assigned=lambda: [(TOPIC, 0)],
+                    checkpoint_interval=60, stall_seconds=60, wedged_seconds=300)
+    health._broker(True, None)
+    return health, given_up
+
+
+def test_a_worker_whose_records_wait_while_its_router_idles_stops_to_be_restarted(monkeypatch):
+    health, given_up = wedged_worker(monkeypatch)
+    offsets = Offsets()
+    probe_at(monkeypatch, health, offsets, 1.0)
+    offsets.end = 5
+    probe_at(monkeypatch, health, offsets, 10.0)
+    probe_at(monkeypatch, health, offsets, 300.0)
+    assert given_up == []                              # stalled, not yet wedged
+    probe_at(monkeypatch, health, offsets, 311.0)
+    ((name, why),) = given_up
+    assert name == "router" and "5 wait on its partition case-events/0" in why
+
+
+def test_a_busy_router_or_a_broker_that_was_away_is_not_a_wedged_consumer(monkeypatch):
+    health, given_up = wedged_worker(monkeypatch, router_doing="sending 12 records")
+    offsets = Offsets()
+    probe_at(monkeypatch, health, offsets, 1.0)
+    offsets.end = 5
+    probe_at(monkeypatch, health, offsets, 10.0)
+    probe_at(monkeypatch, health, offsets, 400.0)
+    assert given_up == []                              # the router is at work: a stall, not a wedge
+
+    health, given_up = wedged_worker(monkeypatch)
+    probe_at(monkeypatch, health, offsets := Offsets(), 1.0)
+    offsets.end = 5
+    probe_at(monkeypatch, health, offsets, 10.0)
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: 200.0)
+    health._broker(False, "KafkaConnectionError")      # the broker went away and came back
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: 250.0)
+    health._broker(True, None)
+    probe_at(monkeypatch, health, offsets, 400.0)
+    assert given_up == []

@@ -70,11 +70,20 @@ def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp
     prefix = "scale."
     topics = Topics(prefix)
     env = {"MASB_PARTITIONS": str(PARTITIONS), "MASB_REPLICATION_FACTOR": "3", "MASB_MIN_INSYNC_REPLICAS": "2",
-           "MASB_HEALTH_INTERVAL": "1", "MASB_STALL_SECONDS": "20",
+           "MASB_HEALTH_INTERVAL": "1", "MASB_STALL_SECONDS": "20", "MASB_WEDGED_SECONDS": "40",
            "MASB_FAULT_INJECTION": "1", "MASB_WORKER_LOG_LEVEL": os.environ.get("MASB_WORKER_LOG_LEVEL", "warn")}
-    workers = [WorkerProcess(worker_env(deployment, cluster.bootstrap, prefix,
-                                        MASB_DATADIR=str(tmp_path / f"worker{i}-data"), **env), tmp_path / f"worker{i}.log")
-               for i in range(WORKERS)]
+    envs = [worker_env(deployment, cluster.bootstrap, prefix, MASB_DATADIR=str(tmp_path / f"worker{i}-data"), **env)
+            for i in range(WORKERS)]
+    workers = [WorkerProcess(envs[i], tmp_path / f"worker{i}.log") for i in range(WORKERS)]
+
+    def restart_stopped(survivors: list) -> None:
+        # What systemd (Restart=on-failure) or Kubernetes does: a worker that stopped itself (a
+        # wedged consumer, docs/operations.md "Health") is started again, on its own data.
+        for i, worker in enumerate(survivors):
+            if worker.proc.poll() not in (None, 0):
+                n = workers.index(worker)
+                workers[n] = survivors[i] = WorkerProcess(envs[n], tmp_path / f"worker{n}-restarted.log")
+                survivors[i].wait_healthy(120)
     try:
         for worker in workers:
             worker.wait_healthy(120)
@@ -133,6 +142,7 @@ def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp
 
         deadline = time.monotonic() + 240
         while (missing := missing_deliveries())[0]:
+            restart_stopped(survivors)
             if time.monotonic() > deadline:
                 lost, other = missing
                 lost_events = {e for e, _ in lost}
