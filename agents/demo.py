@@ -24,15 +24,13 @@ import os
 import json
 import shlex
 import shutil
-import signal
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from agents.deployment import DEMO_DIR, Deployment, WorkerProcess, prepare_deployment, worker_env
-from streams.errors import CheckFailed
+from streams.errors import CheckFailed, InvalidInput
 from streams.kafka import IDEMPOTENCE_VARIABLE
 from deploy.brokers import TansuBroker, wait_until_ready
 
@@ -58,6 +56,25 @@ def scenario(now: datetime) -> list[dict]:
         header["occurred_at"] = _iso(now - timedelta(hours=1))
         events.append(event)
     return events
+
+
+PID_FILE = "demo.pid"  # the demo process using a workdir: a second demo must not wipe it
+
+
+def _running_demo(workdir: Path) -> int | None:
+    try:
+        pid = int((workdir / PID_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
 
 
 class DemoWorkerStopped(CheckFailed):
@@ -145,7 +162,15 @@ def run_demo(bootstrap: str | None, workdir: Path, keep: bool = False, secure: b
 
 
 def _fresh_deployment(workdir: Path) -> Deployment:
+    if workdir.exists() and not workdir.is_dir():
+        raise InvalidInput(f"--workdir {workdir} is a file; the demo needs a folder of its own there")
+    running = _running_demo(workdir)
+    if running is not None:
+        raise InvalidInput(f"a demo is already running in {workdir} (process {running}); stop it first, "
+                           "or give this one another --workdir")
     shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    (workdir / PID_FILE).write_text(str(os.getpid()))
     deployment = prepare_deployment(workdir)
     say(f"generated keys in {deployment.keys_dir}; policy version {deployment.policy.version} "
         f"with {len(deployment.policy.agencies)} agencies and {len(deployment.policy.agreements)} agreements")
@@ -290,17 +315,12 @@ def _keep_running(bootstrap: str, prefix: str, deployment, worker, identities: I
     say(f"worker metrics: {worker.url('/metrics')}")
     if identities.broker is None:
         say("(the embedded broker serves one worker: try a second `masb worker` on Apache Kafka, docs/operations.md)")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        while not stop.wait(1) and worker.proc.poll() is None:
-            pass
-    except KeyboardInterrupt:
+        while worker.proc.poll() is None:
+            time.sleep(1)
+    except BaseException:  # Ctrl-C, or SIGTERM (agents/cli raises for it): stop both, exit 130 or 143
         say("stopping the worker and the broker")
         raise
-    if stop.is_set():
-        say("stopping the worker and the broker")
-        return 128 + signal.SIGTERM
     raise DemoWorkerStopped(f"the demo's worker stopped by itself (exit {worker.proc.returncode}); its log: "
                             f"{deployment.workdir / 'worker.log'}")
 

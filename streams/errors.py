@@ -19,6 +19,7 @@ EXIT_UNAVAILABLE = 3  # the broker (or another service) could not be reached in 
 EXIT_DENIED = 4       # the broker refused the operation: authentication or authorization
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
 EXIT_TERMINATED = 143   # SIGTERM, after a clean stop: what a shell reports for a process SIGTERM ended
+EXIT_BROKEN_PIPE = 141  # the reader of standard output went away (`masb consume | head`), as SIGPIPE reports
 EXIT_BUG = 70         # an unexpected error: a bug in MASB (EX_SOFTWARE)
 
 
@@ -67,3 +68,17 @@ class AccessDenied(MasbError):
     """The broker refused an operation to this principal (exit 4)."""
 
     exit_code = EXIT_DENIED
+
+
+def why_unreadable(exc: BaseException) -> str:
+    """A person's words for why a file could not be read: "not found", "is a directory",
+    "permission denied", "not UTF-8 text", else the exception's class name."""
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return f"cannot be read ({type(exc).__name__})"

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.errors import InvalidInput
+from streams.errors import InvalidInput, why_unreadable
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
@@ -245,7 +245,7 @@ def _read_secret(path: str, name: str, where: str) -> str:
     except FileNotFoundError:
         raise KafkaSettingsError(f"{where}{name} {path}: not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise KafkaSettingsError(f"{where}{name} {path}: cannot be read ({type(exc).__name__})") from None
+        raise KafkaSettingsError(f"{where}{name} {path}: {why_unreadable(exc)}") from None
     secret = text.rstrip("\r\n")
     if not secret:
         raise KafkaSettingsError(f"{where}{name} {path}: is empty")
@@ -321,5 +321,5 @@ def read_properties(path: str | os.PathLike) -> dict[str, str]:
     except FileNotFoundError:
         raise KafkaSettingsError(f"{CONFIG_VARIABLE} {path}: not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise KafkaSettingsError(f"{CONFIG_VARIABLE} {path}: cannot be read ({type(exc).__name__})") from None
+        raise KafkaSettingsError(f"{CONFIG_VARIABLE} {path}: {why_unreadable(exc)}") from None
     return parse_properties(text)

@@ -135,6 +135,15 @@ CASES = [
      ["--wait"]),
     ("a bootstrap port that is not a number", lambda r, d: ["dlq", "list", "--bootstrap", "127.0.0.1:abc"], 2,
      ["--bootstrap 127.0.0.1:abc", "HOST:PORT"]),
+    ("an ingest port out of range", lambda r, d: ["ingest", "--as", "hau-worcestershire", "--key",
+                                                  key(d, "hau-worcestershire", "signing"), "--port", "99999"], 2,
+     ["ingest: argument --port: '99999' is not a port number"]),
+    ("a trusted checkpoint file that does not exist", lambda r, d: ["audit", "verify", "--trusted-checkpoint",
+                                                                    str(r / "nope.note"), "--bootstrap", NO_BROKER,
+                                                                    "--policy", str(d.policy_path)], 2,
+     ["trusted checkpoint", "nope.note: not found"]),
+    ("a demo folder that is a file", lambda r, d: ["demo", "--workdir", str(r / "a-file")], 2,
+     ["--workdir", "a-file is a file"]),
     ("a demo bootstrap port that is not a number", lambda r, d: ["demo", "--bootstrap", "127.0.0.1:x", "--workdir",
                                                                  str(r / "demo")], 2,
      ["--bootstrap 127.0.0.1:x", "HOST:PORT"]),
@@ -237,6 +246,25 @@ def test_usage_errors_exit_2_with_argparse_usage(setup):
     root, _ = setup
     result = masb("keys", "generate", cwd=root)
     assert result.returncode == 2 and "--owner" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["audit", "report", "--format", "pdf"], ["status"], ["keys", "generate", "--kind", "x"]])
+def test_a_usage_error_is_one_masb_line_and_a_hint_like_every_other_error(setup, argv):
+    root, _ = setup
+    result = masb(*argv, cwd=root)
+    first, *rest = result.stderr.splitlines()
+    assert result.returncode == 2 and first.startswith(f"masb: {' '.join(argv[:2] if argv[0] != 'status' else argv[:1])}")
+    assert rest == [f"  see `masb {' '.join(argv[:2] if argv[0] != 'status' else argv[:1])} --help`"]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_141(setup):
+    root, deployment = setup
+    proc = subprocess.Popen([sys.executable, "-m", "agents", "policy", "explain", str(deployment.policy_path),
+                             "MARAC_REFERRAL", "worcestershire"], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # `| head -c 0`: the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
 
 
 def _free_port() -> int:

@@ -58,7 +58,9 @@ def finish(proc, timeout=60) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def test_the_env_file_and_the_suggested_consume_work_and_ctrl_c_exits_130(tmp_path):
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "masb: interrupted"),
+                                                 (signal.SIGTERM, 143, "masb: terminated")])
+def test_the_env_file_and_the_suggested_consume_work_and_ctrl_c_exits_130(tmp_path, signum, code, said):
     workdir = tmp_path / "demo"
     proc, out = start_demo(workdir)
     try:
@@ -71,10 +73,15 @@ def test_the_env_file_and_the_suggested_consume_work_and_ctrl_c_exits_130(tmp_pa
                                   text=True, timeout=60)
         assert consumed.returncode == 0, consumed.stderr
         assert re.search(r"\b[1-9]\d* events decrypted", consumed.stderr), consumed.stderr
+        # A second demo in the same folder would wipe the keys and settings of this one: refused.
+        second = subprocess.run([sys.executable, "-m", "agents", "demo", "--workdir", str(workdir)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and f"a demo is already running in {workdir}" in second.stderr
+        assert (workdir / "env").exists()
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        code, err = finish(proc)
-    assert code == 130 and "masb: interrupted" in err and "Traceback" not in err, err
+        os.killpg(proc.pid, signum)
+        returned, err = finish(proc)
+    assert returned == code and said in err and "Traceback" not in err, err
 
 
 def test_a_worker_that_dies_ends_the_demo_with_exit_1_and_says_so(tmp_path):

@@ -7,6 +7,7 @@ module builds the parser and is the one place where failures become messages and
     1  a check or verification found a problem 4  Kafka refused the operation (authentication, ACLs)
     2  usage error or invalid input            130 interrupted (Ctrl-C)
     70 a bug in MASB: the traceback is printed 143 terminated (SIGTERM), after a clean stop
+                                               141 the reader of stdout went away (`| head`)
 
 Expected failures print one line (``masb: <what> ...``, naming the file, key, field or broker at
 fault) and at most a hint; ``--verbose`` adds the traceback. Settings come from flags first, then
@@ -23,16 +24,24 @@ import signal
 import sys
 import traceback
 
-from streams.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, MasbError
+from streams.errors import EXIT_BROKEN_PIPE, EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, MasbError
 
 GROUPS = ("demo", "worker", "publish", "ingest", "consume", "status", "keys", "policy", "schemas", "audit", "dlq",
           "witness", "acl")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in the form of every other error: one line, then a hint."""
+
+    def error(self, message: str):
+        _say(f"{self.prog.removeprefix('masb ')}: {message}\nsee `{self.prog} --help`")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="masb", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="masb", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show tracebacks and debug logging of the client libraries (env MASB_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -70,7 +79,13 @@ def run(args) -> int:
         _quiet_client_libraries(verbose)
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        return args.func(args) or EXIT_OK
+        code = args.func(args) or EXIT_OK
+        sys.stdout.flush()  # here, where a reader that went away is an answer, not a shutdown error
+        return code
+    except BrokenPipeError:
+        # The reader went away (`masb consume | head`): stop quietly, as other tools do on SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED

@@ -189,3 +189,25 @@ class Progress:
             self._bar.close()
         if self.count:
             print(f"{self.what}: {self.count:,} done", file=sys.stderr, flush=True)
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1-65535 (0 for "any free port" where a flag allows it, see port_or_zero)."""
+    return _port(text, 1)
+
+
+def port_or_zero(text: str) -> int:
+    """argparse type: a TCP port, or 0 for any free port."""
+    return _port(text, 0)
+
+
+def _port(text: str, lowest: int) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not lowest <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number ({lowest}-65535)")
+    return value

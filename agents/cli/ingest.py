@@ -12,6 +12,7 @@ from agents.cli.common import (
     existing_file,
     kafka_flags,
     load_policy,
+    port_number,
     pseudonym_flag,
     pseudonym_keys,
     topics,
@@ -27,7 +28,7 @@ def register(sub) -> None:
     pseudonym_flag(p)
     p.add_argument("--keys-dir", help="directory holding the case pseudonym key if --pseudonym-key is not given")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: the case system's host)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--port", type=port_number, default=8080, help="port to listen on (default 8080)")
     p.add_argument("--token-file", help="file holding a bearer token that requests must present")
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default 1 MiB)")
     p.add_argument("--send-timeout", type=float, default=None,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from streams.atomic import atomic_write
-from streams.errors import CheckFailed
+from streams.errors import CheckFailed, InvalidInput, why_unreadable
 
 from .checkpoint import (
     MAX_NOTE_BYTES,
@@ -113,7 +113,7 @@ def load_trusted_checkpoint(path: str | os.PathLike[str], log_verifiers: Sequenc
         with open(path, "rb") as handle:
             data = handle.read(MAX_NOTE_BYTES + 1)
     except OSError as exc:
-        raise TrustError(f"trusted checkpoint {path}: cannot be read ({type(exc).__name__})") from None
+        raise InvalidInput(f"trusted checkpoint {path}: {why_unreadable(exc)}") from None
     try:
         opened = open_witnessed_checkpoint(data, log_verifiers, origin)
     except CheckpointError as exc:
