@@ -145,6 +145,10 @@ def cmd_audit(args) -> int:
     if args.action == "verify":
         return verify(bootstrap(args), topics(args), policy, origin, trust)
     filters = report_filters(args, policy) if args.action == "report" else None
+    if args.action in ("prove", "consistency") and args.index and not args.no_index:
+        from streams.audit.tiles import check_index_folder
+
+        check_index_folder(args.index)  # before the log is read
     log = load_log(args, bootstrap(args), topics(args))
     if args.action == "prove":
         return prove(args, log, verifiers, origin)

@@ -59,6 +59,17 @@ class NotAnIndex(InvalidInput):
     """The folder given as the index holds something else, or cannot be written (exit 2)."""
 
 
+def check_index_folder(directory: str | os.PathLike) -> None:
+    """NotAnIndex unless ``directory`` is missing, empty, or holds a proof index: cheap (no tile is
+    read), so a command can check its --index before any slow work."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotAnIndex(f"{directory} is not a folder: give an empty or new folder to --index")
+    if directory.is_dir() and not (directory / STATE_FILE).exists() and \
+            any(p.name != ".lock" for p in directory.iterdir()):
+        raise NotAnIndex(f"{directory} is not a proof index (no {STATE_FILE}): give an empty or new folder to --index")
+
+
 def tile_path(level: int, index: int, width: int = TILE_WIDTH) -> str:
     """C2SP tlog-tiles path of a tile: tile/<L>/<N>[.p/<W>]."""
     groups = [f"{index % 1000:03d}"]
@@ -106,11 +117,7 @@ class TileIndex:
         index = cls(directory)
         state = index.directory / STATE_FILE
         if not state.exists():
-            if index.directory.is_dir() and any(p.name != ".lock" for p in index.directory.iterdir()):
-                raise NotAnIndex(f"{index.directory} is not a proof index (no {STATE_FILE}): give an empty or new "
-                                 "folder to --index")
-            if index.directory.exists() and not index.directory.is_dir():
-                raise NotAnIndex(f"{index.directory} is not a folder: give an empty or new folder to --index")
+            check_index_folder(index.directory)
             return index
         try:
             doc = json.loads(state.read_bytes())
