@@ -29,6 +29,7 @@ def setup(tmp_path_factory):
     deployment = prepare_deployment(root / "deployment")
     (root / "event.json").write_text(json.dumps(EVENT, indent=1))
     (root / "a-file").write_text("not a directory")
+    (root / "empty.yaml").write_text("")
     typo = deployment.policy_path.read_text().replace("agreements:", "agreemnts:", 1)
     (root / "typo.yaml").write_text(typo)
     (root / "bad-date.yaml").write_text(re.sub(r"effective_from: \S+", "effective_from: 2026-13-01",
@@ -145,6 +146,9 @@ CASES = [
     ("a proof index folder that holds other files, named before the log is read",
      lambda r, d: ["audit", "prove", "00000000-0000-4000-8000-000000000000", "--index", str(r), "--bootstrap",
                    NO_BROKER, "--policy", str(d.policy_path)], 2, ["is not a proof index"]),
+    ("a negative --max", lambda r, d: ["consume", "--agency", "nhs-worcs-acute", "--key",
+                                       key(d, "nhs-worcs-acute"), "--max", "-1"], 2, ["argument --max", "0 or more"]),
+    ("an empty policy file", lambda r, d: ["policy", "check", str(r / "empty.yaml")], 1, ["the document is empty"]),
     ("a demo folder that is a file", lambda r, d: ["demo", "--workdir", str(r / "a-file")], 2,
      ["--workdir", "a-file is a file"]),
     ("a demo bootstrap port that is not a number", lambda r, d: ["demo", "--bootstrap", "127.0.0.1:x", "--workdir",

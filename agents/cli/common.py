@@ -211,3 +211,18 @@ def _port(text: str, lowest: int) -> int:
     if not lowest <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number ({lowest}-65535)")
     return value
+
+
+def non_negative(kind):
+    """argparse type: a number of ``kind`` (int or float) that is 0 or more."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of 0 or more")
+        return value
+    return parse

@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 
-from agents.cli.common import UsageError, bootstrap, existing_file, kafka_flags, load_policy, topics
+from agents.cli.common import UsageError, bootstrap, existing_file, kafka_flags, load_policy, non_negative, topics
 from streams.errors import CheckFailed
 
 
@@ -21,8 +21,8 @@ def register(sub) -> None:
                    help="the agency's (or unit's) private exchange key file (repeat for rotated keys)")
     p.add_argument("--policy", help="sharing policy YAML, for the router's public keys (env MASB_POLICY)")
     p.add_argument("--follow", action="store_true", help="keep waiting for new envelopes (Ctrl-C to stop)")
-    p.add_argument("--idle-timeout", type=float, default=None, help="with --follow: stop after this many idle seconds")
-    p.add_argument("--max", type=int, default=0, help="stop after this many events")
+    p.add_argument("--idle-timeout", type=non_negative(float), default=None, help="with --follow: stop after this many idle seconds")
+    p.add_argument("--max", type=non_negative(int), default=0, help="stop after this many events (0: no limit)")
     p.add_argument("--ack", action="store_true",
                    help="send a RECEIVED receipt for each event decrypted (recorded in the exchange log)")
     p.set_defaults(func=cmd_consume)

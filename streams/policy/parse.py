@@ -91,7 +91,7 @@ def _is_http_url(value: Any) -> bool:
 
 
 def _describe(value: Any) -> str:
-    return type(value).__name__
+    return "nothing (the document is empty)" if value is None else type(value).__name__
 
 
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
