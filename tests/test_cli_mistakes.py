@@ -337,3 +337,11 @@ def test_ctrl_c_or_sigterm_in_consume_follow_stops_cleanly_without_a_traceback(s
     assert proc.returncode == code, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Unclosed" not in err, err
     assert said in err
+
+
+def test_version_names_the_installed_package(setup):
+    root, _ = setup
+    from importlib.metadata import version
+
+    result = masb("--version", cwd=root)
+    assert result.returncode == 0 and result.stdout.strip() == f"masb {version('masb')}"

@@ -38,10 +38,20 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("masb")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     parser = _Parser(prog="masb", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"masb {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show tracebacks and debug logging of the client libraries (env MASB_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
