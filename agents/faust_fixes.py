@@ -33,14 +33,44 @@ log = logging.getLogger("masb.faust")
 FIXED_VERSIONS = ("0.15.3",)
 
 
+_ORIGINAL = {"perform_seek": Consumer.perform_seek, "_new_offset": Consumer._new_offset}
+
+
 def install() -> bool:
-    """Replace ``Consumer._drain_messages``; False (and a warning) on another faust version."""
+    """Replace ``Consumer._drain_messages`` and guard ``_new_offset``; False (and a warning) on
+    another faust version."""
     if faust.__version__ not in FIXED_VERSIONS:
         log.warning("faust-streaming %s is not %s: its consumer is used unfixed (records may be lost in a "
                     "rebalance; see agents/faust_fixes.py)", faust.__version__, " or ".join(FIXED_VERSIONS))
         return False
     Consumer._drain_messages = _drain_messages
+    Consumer.perform_seek = _perform_seek
+    Consumer._new_offset = _new_offset
     return True
+
+
+# The second fix: faust checks that the acknowledged offsets it is about to commit start where the
+# committed offset is ("no gap at the head"), but skips the check when the partition has no
+# committed offset yet, so a record never acknowledged at the start of a partition is committed
+# past. Here the start is the partition's earliest offset, read when it is assigned, and nothing is
+# committed while an earlier record is unacknowledged: a record lost on the way makes the partition
+# stall (reported by /ready, healed by the wedged-consumer restart), never vanish.
+
+async def _perform_seek(self) -> None:
+    await _ORIGINAL["perform_seek"](self)
+    floors = self.__dict__.setdefault("_masb_floors", {})
+    floors.clear()
+    fresh = [tp for tp in self.assignment() if self._committed_offset.get(tp) is None]
+    if fresh:
+        floors.update(await self.earliest_offsets(*fresh))
+
+
+def _new_offset(self, tp):
+    acked = self._acked[tp]
+    floor = self.__dict__.get("_masb_floors", {}).get(tp)
+    if acked and self._committed_offset[tp] is None and floor is not None and min(acked) > floor:
+        return None  # records from `floor` on were never acknowledged: wait for them
+    return _ORIGINAL["_new_offset"](self, tp)
 
 
 async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised by the Kafka tests

@@ -65,12 +65,34 @@ def test_records_a_rebalance_interrupted_stay_unread_so_they_are_fetched_and_han
 
 
 def test_the_fix_is_installed_on_the_pinned_faust_only(monkeypatch):
-    original = Consumer._drain_messages
+    names = ("_drain_messages", "perform_seek", "_new_offset")
+    original = {name: getattr(Consumer, name) for name in names}
     try:
         monkeypatch.setattr(faust, "__version__", "0.15.3")
         assert faust_fixes.install() and Consumer._drain_messages is faust_fixes._drain_messages
-        Consumer._drain_messages = original
+        assert Consumer._new_offset is faust_fixes._new_offset
+        for name in names:
+            setattr(Consumer, name, original[name])
         monkeypatch.setattr(faust, "__version__", "0.16.0")
-        assert not faust_fixes.install() and Consumer._drain_messages is original
+        assert not faust_fixes.install() and Consumer._drain_messages is original["_drain_messages"]
     finally:
-        Consumer._drain_messages = original
+        for name in names:
+            setattr(Consumer, name, original[name])
+
+
+def offsets_book(acked: list[int], committed=None, floor=None):
+    from intervaltree import IntervalTree
+
+    book = SimpleNamespace(_acked=defaultdict(list, {TP: list(acked)}), _committed_offset=defaultdict(lambda: None),
+                           _gap=defaultdict(IntervalTree), _acked_index=defaultdict(set, {TP: set(acked)}))
+    book._committed_offset[TP] = committed
+    if floor is not None:
+        book._masb_floors = {TP: floor}
+    return book
+
+
+def test_nothing_is_committed_past_a_record_never_acknowledged_at_the_head_of_a_new_partition():
+    assert faust_fixes._new_offset(offsets_book([10, 11, 12], floor=0), TP) is None  # 0-9 never acknowledged
+    assert faust_fixes._new_offset(offsets_book([0, 1, 2], floor=0), TP) == 3
+    # faust 0.15 alone commits past them: it skips the check when nothing was committed yet
+    assert faust_fixes._ORIGINAL["_new_offset"](offsets_book([10, 11, 12]), TP) == 13
