@@ -117,3 +117,20 @@ def test_a_busy_router_or_a_broker_that_was_away_is_not_a_wedged_consumer(monkey
     health._broker(True, None)
     probe_at(monkeypatch, health, offsets, 400.0)
     assert given_up == []
+
+
+def test_a_router_that_routed_other_partitions_after_the_stall_began_still_counts_as_idle(monkeypatch):
+    """The stall began, the router then routed another partition's batch and has idled since: once
+    both last longer than the threshold, the consumer is wedged."""
+    health, given_up = wedged_worker(monkeypatch)
+    offsets = Offsets()
+    probe_at(monkeypatch, health, offsets, 1.0)
+    offsets.end = 5
+    probe_at(monkeypatch, health, offsets, 10.0)
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: 20.0)
+    health.supervisor.doing("router", "sending 3 records")
+    health.supervisor.doing("router", "waiting for records")
+    probe_at(monkeypatch, health, offsets, 315.0)
+    assert given_up == []                              # idle for 295 s only
+    probe_at(monkeypatch, health, offsets, 321.0)
+    assert [name for name, _ in given_up] == ["router"]
