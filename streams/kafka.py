@@ -205,8 +205,8 @@ class TopologyMismatch(InvalidInput):
 
 async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], security: KafkaSecurity | None = None) -> None:
     """Create the topics that do not exist yet; refuse (TopologyMismatch) if an existing topic that
-    must have an exact partition count has another one, or a replication factor exceeds the number
-    of brokers. Existing topics are otherwise left as they are.
+    must have an exact partition count has another one, or a topic to create needs more replicas
+    than the cluster has live brokers. Existing topics are otherwise left as they are.
 
     On a locked-down cluster the worker has no CREATE right: the topics are provisioned up front
     (`masb acl apply`), and a missing one is AccessDenied naming it (docs/security.md).
@@ -215,17 +215,20 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], security: Ka
     client = admin(bootstrap, security=security)
     await start_client(client, bootstrap, security)
     try:
-        with kafka_operation(bootstrap, "DESCRIBE", "the cluster", security):
-            brokers = len((await client.describe_cluster()).get("brokers") or [])
-        wanted = max((s.replication for s in specs), default=1)
-        if brokers and wanted > brokers:
-            raise TopologyMismatch(f"replication factor {wanted} needs {wanted} brokers, but the cluster at {bootstrap} "
-                                   f"has {brokers}", hint="set MASB_REPLICATION_FACTOR (and MASB_MIN_INSYNC_REPLICAS) "
-                                                          "to fit the cluster; 1 for a single broker")
         with kafka_operation(bootstrap, "DESCRIBE", "the cluster's topics", security):
             existing = set(await client.list_topics())
             await _check_partitions(client, [s for s in specs if s.exact_partitions and s.name in existing])
         missing = [s for s in specs if s.name not in existing]
+        # Only a topic to create needs as many live brokers as replicas: a worker restarting while one
+        # broker of the cluster is down must still start on the topics that exist.
+        wanted = max((s.replication for s in missing), default=1)
+        if wanted > 1:
+            with kafka_operation(bootstrap, "DESCRIBE", "the cluster", security):
+                brokers = len((await client.describe_cluster()).get("brokers") or [])
+            if brokers and wanted > brokers:
+                raise TopologyMismatch(f"replication factor {wanted} needs {wanted} brokers, but the cluster at "
+                                       f"{bootstrap} has {brokers}", hint="set MASB_REPLICATION_FACTOR (and "
+                                       "MASB_MIN_INSYNC_REPLICAS) to fit the cluster; 1 for a single broker")
         for spec in missing:  # one at a time: a race with another creator is not an error
             with kafka_operation(bootstrap, "CREATE", f"topic {spec.name}", security):
                 await _create_topic(client, spec)

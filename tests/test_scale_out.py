@@ -282,3 +282,19 @@ async def _partition_facts(bootstrap: str, topic_names: list[str]) -> dict:
     finally:
         await reader.stop()
         await admin.close()
+
+
+def test_a_worker_refuses_to_create_topics_with_more_replicas_than_brokers(kafka, tmp_path):
+    """Creating a topic needs as many live brokers as replicas: refused at start with one line (a
+    worker restarting while one broker is down, on topics that exist, starts: the scale-out test)."""
+    import subprocess
+    import sys
+
+    deployment = prepare_deployment(tmp_path / "deployment")
+    env = worker_env(deployment, kafka, f"replicas{os.urandom(3).hex()}.", MASB_REPLICATION_FACTOR="3",
+                     MASB_MIN_INSYNC_REPLICAS="2")
+    result = subprocess.run([sys.executable, "-m", "agents", "worker", "--web-port", "0"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "replication factor 3 needs 3 brokers, but the cluster at" in result.stderr and "has 1" in result.stderr
+    assert "Traceback" not in result.stderr
