@@ -204,8 +204,8 @@ class Health:
         self._gauged = mine
 
     def _restart_if_wedged(self, now: float) -> None:
-        # Records of this worker's own partitions have waited `wedged_seconds`, the broker answered
-        # all along, and the router has had nothing to do for as long: its Kafka consumer is wedged
+        # Records of this worker's own partitions have waited `wedged_seconds`, the broker has answered
+        # for as long, and so long has the router had nothing to do: its Kafka consumer is wedged
         # (aiokafka can stay stuck after a group coordinator dies mid-rebalance, aiokafka#1154), and
         # only a new process gets the records moving. The service manager restarts the worker.
         if not self.wedged_seconds or not self.broker_ok:
@@ -216,7 +216,7 @@ class Health:
         for (topic, partition), state in sorted(self.partitions.items()):
             waited = now - state.progress_at
             if (state.mine and state.state == "stalled" and waited > self.wedged_seconds
-                    and self.broker_since <= state.progress_at and now - router.doing_since > self.wedged_seconds):
+                    and now - self.broker_since > self.wedged_seconds and now - router.doing_since > self.wedged_seconds):
                 self.supervisor.give_up("router", f"has been waiting for records for {waited:.0f}s while "
                                         f"{state.end - state.committed} wait on its partition {topic}/{partition} "
                                         "(a wedged Kafka consumer)")

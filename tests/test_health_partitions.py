@@ -134,3 +134,19 @@ def test_a_router_that_routed_other_partitions_after_the_stall_began_still_count
     assert given_up == []                              # idle for 295 s only
     probe_at(monkeypatch, health, offsets, 321.0)
     assert [name for name, _ in given_up] == ["router"]
+
+
+def test_a_stall_that_began_with_a_broker_outage_is_a_wedge_once_the_broker_has_answered_long_enough(monkeypatch):
+    health, given_up = wedged_worker(monkeypatch)
+    offsets = Offsets()
+    probe_at(monkeypatch, health, offsets, 1.0)
+    offsets.end = 5
+    probe_at(monkeypatch, health, offsets, 10.0)     # the stall begins as a broker stops ...
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: 10.5)
+    health._broker(False, "KafkaConnectionError")
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: 11.0)
+    health._broker(True, None)                       # ... and the cluster answers again at once
+    probe_at(monkeypatch, health, offsets, 305.0)
+    assert given_up == []
+    probe_at(monkeypatch, health, offsets, 312.0)
+    assert [name for name, _ in given_up] == ["router"]
