@@ -32,6 +32,7 @@ from streams.audit.verify import verify_log
 from streams.auditing import DEFAULT_ORIGIN, checkpoint_verifiers, read_log
 from streams.crypto.envelope import EnvelopeError
 from streams.crypto.keys import Keyring
+from streams.errors import CheckFailed
 from streams.crypto.pseudonym import PseudonymKeys
 from streams.partner import opener_for
 from streams.kafka import read_topic
@@ -76,14 +77,22 @@ def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp
             for i in range(WORKERS)]
     workers = [WorkerProcess(envs[i], tmp_path / f"worker{i}.log") for i in range(WORKERS)]
 
-    def restart_stopped(survivors: list) -> None:
+    def restart_stopped(survivors: list, until_healthy: bool = False) -> None:
         # What systemd (Restart=on-failure) or Kubernetes does: a worker that stopped itself (a
         # wedged consumer, docs/operations.md "Health") is started again, on its own data.
         for i, worker in enumerate(survivors):
-            if worker.proc.poll() not in (None, 0):
-                n = workers.index(worker)
-                workers[n] = survivors[i] = WorkerProcess(envs[n], tmp_path / f"worker{n}-restarted.log")
-                survivors[i].wait_healthy(120)
+            while True:
+                if worker.proc.poll() not in (None, 0):
+                    n = workers.index(worker)
+                    worker = workers[n] = survivors[i] = WorkerProcess(
+                        envs[n], tmp_path / f"worker{n}-restarted-{time.monotonic_ns()}.log")
+                if not until_healthy:
+                    break
+                try:
+                    worker.wait_healthy(120)
+                    break
+                except CheckFailed:  # it stopped itself meanwhile: start it again
+                    continue
     try:
         for worker in workers:
             worker.wait_healthy(120)
@@ -178,6 +187,7 @@ def test_three_workers_through_a_killed_worker_and_a_stopped_broker(cluster, tmp
             assert set(opened) == wanted
 
         # The log verifies, covered by checkpoints; no two checkpoints share a size.
+        restart_stopped(survivors, until_healthy=True)
         for worker in survivors:
             urllib.request.urlopen(urllib.request.Request(worker.url("/audit/checkpoint"), data=b"", method="POST"),
                                    timeout=5).close()
