@@ -50,9 +50,9 @@ def install() -> bool:
 
 
 # The second fix: faust checks that the acknowledged offsets it is about to commit start where the
-# committed offset is ("no gap at the head"), but lets one missing record through, and skips the
-# check when the partition has no committed offset yet, so a record never acknowledged at the head
-# is committed past. Here the start is the partition's earliest offset, read when it is assigned, and nothing is
+# committed offset is ("no gap at the head"), but skips the check when the partition has no
+# committed offset yet, so a record never acknowledged at the start of a partition is committed
+# past. Here the start is the partition's earliest offset, read when it is assigned, and nothing is
 # committed while an earlier record is unacknowledged: a record lost on the way makes the partition
 # stall (reported by /ready, healed by the wedged-consumer restart), never vanish.
 
@@ -67,15 +67,9 @@ async def _perform_seek(self) -> None:
 
 def _new_offset(self, tp):
     acked = self._acked[tp]
-    if acked:
-        committed = self._committed_offset[tp]
-        start = committed if committed is not None else self.__dict__.get("_masb_floors", {}).get(tp)
-        # faust lets one unacknowledged record at the head through (`min(acked) - committed > 1`);
-        # here none is, unless faust recorded it as a gap (offsets the broker never delivers).
-        if start is not None and min(acked) > start:
-            gaps = self._gap[tp]
-            if any(not gaps.overlaps(offset) for offset in range(start, min(acked))):
-                return None  # a record from `start` on was never acknowledged: wait for it
+    floor = self.__dict__.get("_masb_floors", {}).get(tp)
+    if acked and self._committed_offset[tp] is None and floor is not None and min(acked) > floor:
+        return None  # records from `floor` on were never acknowledged: wait for them
     return _ORIGINAL["_new_offset"](self, tp)
 
 

@@ -96,15 +96,3 @@ def test_nothing_is_committed_past_a_record_never_acknowledged_at_the_head_of_a_
     assert faust_fixes._new_offset(offsets_book([0, 1, 2], floor=0), TP) == 3
     # faust 0.15 alone commits past them: it skips the check when nothing was committed yet
     assert faust_fixes._ORIGINAL["_new_offset"](offsets_book([10, 11, 12]), TP) == 13
-
-
-def test_nor_past_a_single_record_never_acknowledged_after_the_committed_offset():
-    assert faust_fixes._new_offset(offsets_book([11, 12], committed=10), TP) is None   # 10 never acknowledged
-    assert faust_fixes._new_offset(offsets_book([10, 11, 12], committed=10), TP) == 13
-    assert faust_fixes._ORIGINAL["_new_offset"](offsets_book([11, 12], committed=10), TP) == 13  # faust 0.15
-
-
-def test_a_gap_faust_recorded_is_not_waited_for():
-    book = offsets_book([11, 12], committed=10)
-    book._gap[TP].addi(10, 11)  # offset 10 is one the broker never delivers (a transaction marker)
-    assert faust_fixes._new_offset(book, TP) == 13
