@@ -59,7 +59,7 @@ def records(bootstrap: str, topic: str, committed_only: bool = False) -> list:
     return asyncio.run(go())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # a fresh cluster for each run: the test stops one of its brokers
 def cluster():
     with KafkaCluster(nodes=3) as running:
         yield running
