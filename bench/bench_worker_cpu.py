@@ -52,6 +52,7 @@ from streams.crypto.keys import Keyring  # noqa: E402
 from streams.crypto.pseudonym import PseudonymKeys  # noqa: E402
 from streams.kafka import consumer, producer  # noqa: E402
 from streams.publisher import prepare  # noqa: E402
+from bench_pipeline import publish_all  # noqa: E402  (bench/ is on sys.path)
 from streams.topics import Topics  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -104,16 +105,6 @@ def output_sizes(deployment) -> list[int]:
         key, value = make_records(deployment, 1)[0]
         deliveries = router.deliver(router.admit(InputRecord("size.case-events", 0, 0, key, value)))
     return [len(d.envelope) for d in deliveries] + [len(d.audit_entry) for d in deliveries]
-
-
-async def publish_all(bootstrap: str, topic: str, records) -> None:
-    p = producer(bootstrap, linger_ms=20, max_batch_size=256 * 1024)
-    await p.start()
-    try:
-        futures = [await p.send(topic, value=value, key=key) for key, value in records]
-        await asyncio.gather(*futures)
-    finally:
-        await p.stop()
 
 
 async def end_offset_sum(bootstrap: str, topics: list[str]) -> int:
