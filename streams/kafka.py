@@ -354,6 +354,10 @@ async def _read(reader: AIOKafkaConsumer, topic: str, from_offsets, follow: bool
     idle_since = loop.time()
     while True:
         batch = await reader.getmany(timeout_ms=500 if (follow or remaining) else 200)
+        if not batch and remaining:
+            # A poll can move the position without yielding a record: a transaction's commit marker
+            # (the checkpoint topic's last offset) is skipped, not returned.
+            remaining = {tp for tp in remaining if await reader.position(tp) < end[tp]}
         if not batch:
             if not follow and not remaining:
                 # Past the end offsets seen at the start and nothing more came: done. (Some
