@@ -11,7 +11,9 @@ routed and never read again: found by tests/test_scale_out.py (a worker killed d
 rebalance; some events reached no agency and left no audit entry).
 
 The fixed loop below is faust 0.15.3's, with one change: a record whose hand-over did not complete
-is not marked as read, and the rest of that fetch is left too. After the rebalance they are
+before the flow was suspended or the partitions were sought is not marked as read (a record handed
+over into a stream's queue while the flow is suspended is emptied out with the queue when the flow
+resumes), and the rest of that fetch is left too. After the rebalance they are
 fetched again from the committed offset and handed over then; a record a stream already had is at
 worst routed twice, which the dedupe table and the partners' dedupe by event id absorb.
 
@@ -50,26 +52,47 @@ def install() -> bool:
 
 
 # The second fix: faust checks that the acknowledged offsets it is about to commit start where the
-# committed offset is ("no gap at the head"), but skips the check when the partition has no
-# committed offset yet, so a record never acknowledged at the start of a partition is committed
-# past. Here the start is the partition's earliest offset, read when it is assigned, and nothing is
-# committed while an earlier record is unacknowledged: a record lost on the way makes the partition
-# stall (reported by /ready, healed by the wedged-consumer restart), never vanish.
+# committed offset is ("no gap at the head"), but off by one: a committed offset is the next record
+# to read, and faust lets one unacknowledged record through (``min(acked) - committed > 1``); with
+# no committed offset yet it does not check at all. Here nothing is committed while the record at
+# the committed offset (or, for a partition never committed, at its earliest offset, read when it
+# is assigned) is unacknowledged: a record lost on the way makes the partition stall (reported by
+# /ready, healed by the wedged-consumer restart), never vanish.
+#
+# A partition never committed is also sought to its earliest offset when assigned (faust seeks
+# only partitions with a committed offset), so records abandoned in a rebalance are fetched again.
+
+def _seek_generation(consumer) -> int:
+    """Odd while a seek runs; moves on at its start and end (a hand-over spanning either is void)."""
+    return consumer.__dict__.get("_masb_seek_generation", 0)
+
+
+def _next_seek_generation(consumer) -> None:
+    consumer.__dict__["_masb_seek_generation"] = _seek_generation(consumer) + 1
+
 
 async def _perform_seek(self) -> None:
-    await _ORIGINAL["perform_seek"](self)
-    floors = self.__dict__.setdefault("_masb_floors", {})
-    floors.clear()
-    fresh = [tp for tp in self.assignment() if self._committed_offset.get(tp) is None]
-    if fresh:
-        floors.update(await self.earliest_offsets(*fresh))
+    _next_seek_generation(self)
+    try:
+        await _ORIGINAL["perform_seek"](self)
+        floors = self.__dict__.setdefault("_masb_floors", {})
+        floors.clear()
+        fresh = [tp for tp in self.assignment() if self._committed_offset.get(tp) is None]
+        if fresh:
+            floors.update(await self.earliest_offsets(*fresh))
+            for tp, earliest in floors.items():
+                await self.seek(tp, earliest)
+    finally:
+        _next_seek_generation(self)
 
 
 def _new_offset(self, tp):
     acked = self._acked[tp]
-    floor = self.__dict__.get("_masb_floors", {}).get(tp)
-    if acked and self._committed_offset[tp] is None and floor is not None and min(acked) > floor:
-        return None  # records from `floor` on were never acknowledged: wait for them
+    if acked:
+        committed = self._committed_offset[tp]
+        head = committed if committed is not None else self.__dict__.get("_masb_floors", {}).get(tp)
+        if head is not None and min(acked) > head:
+            return None  # the record at `head` was never acknowledged: wait for it
     return _ORIGINAL["_new_offset"](self, tp)
 
 
@@ -120,6 +143,7 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
 async def _hand_over(self, ait, callback, get_read_offset, set_read_offset, commit_every, acks_enabled_for) -> None:
     """Hand one fetch's records to the streams, in order, until the flow is suspended."""
     since_yield = 0
+    generation = _seek_generation(self)
     async for tp, message in ait:
         since_yield += 1
         if since_yield > 100:
@@ -137,9 +161,10 @@ async def _hand_over(self, ait, callback, get_read_offset, set_read_offset, comm
             await self.commit()
         handover = callback(message)
         outcome = await self.wait_first(handover, self.suspend_flow.wait())
-        if handover not in outcome.done:
-            # The flow was suspended (a rebalance began) or the consumer stopped before a stream
-            # had this record: it stays unread, and so does the rest of this fetch; they are
-            # fetched again from the committed offset after the rebalance.
+        if handover not in outcome.done or self.suspend_flow.is_set() or _seek_generation(self) != generation:
+            # The flow was suspended (a rebalance began), the consumer stopped, or the partitions
+            # were sought while this record was handed over: a stream may not have it, or has it in
+            # a queue that resuming the flow empties. It stays unread, and so does the rest of this
+            # fetch; they are fetched again from the committed offset after the rebalance.
             return
         set_read_offset(tp, offset)

@@ -37,14 +37,17 @@ async def fetch(offsets):
         yield TP, SimpleNamespace(offset=offset, topic=TP[0])
 
 
-def run_hand_over(suspend_at: int | None) -> FetchLoop:
+def run_hand_over(suspend_at: int | None, *, completes: bool = False, seek_at: int | None = None) -> FetchLoop:
     async def go() -> FetchLoop:
         loop = FetchLoop()
 
         async def callback(message):
             if message.offset == suspend_at:  # a rebalance begins while this record is handed over
                 loop.suspend_flow.set()
-                await asyncio.sleep(3600)
+                if not completes:
+                    await asyncio.sleep(3600)
+            if message.offset == seek_at:  # the partitions are sought while it is handed over
+                faust_fixes._next_seek_generation(loop)
             loop.handed.append(message.offset)
 
         await _hand_over(loop, fetch(range(5)), callback, loop.read_offset.__getitem__,
@@ -62,6 +65,19 @@ def test_records_a_rebalance_interrupted_stay_unread_so_they_are_fetched_and_han
     loop = run_hand_over(suspend_at=2)
     assert loop.handed == [0, 1]
     assert loop.read_offset[TP] == 1  # faust 0.15 marked 4: 2, 3 and 4 were then dropped as already seen
+
+
+def test_a_record_handed_over_while_the_flow_is_suspended_stays_unread():
+    # The stream has it in its queue, which resuming the flow empties: it must be fetched again.
+    loop = run_hand_over(suspend_at=2, completes=True)
+    assert loop.handed == [0, 1, 2] and loop.read_offset[TP] == 1
+
+
+def test_a_record_handed_over_while_the_partitions_are_sought_stays_unread():
+    # A seek resets the read offsets to the committed ones; marking this record after it would
+    # drop the record when it is fetched again.
+    loop = run_hand_over(suspend_at=None, seek_at=3)
+    assert loop.handed == [0, 1, 2, 3] and loop.read_offset[TP] == 2
 
 
 def test_the_fix_is_installed_on_the_pinned_faust_only(monkeypatch):
@@ -96,3 +112,11 @@ def test_nothing_is_committed_past_a_record_never_acknowledged_at_the_head_of_a_
     assert faust_fixes._new_offset(offsets_book([0, 1, 2], floor=0), TP) == 3
     # faust 0.15 alone commits past them: it skips the check when nothing was committed yet
     assert faust_fixes._ORIGINAL["_new_offset"](offsets_book([10, 11, 12]), TP) == 13
+
+
+def test_nothing_is_committed_past_the_unacknowledged_record_at_the_committed_offset():
+    # A committed offset names the next record to read: 31 here, never acknowledged.
+    assert faust_fixes._new_offset(offsets_book([32, 33], committed=31), TP) is None
+    assert faust_fixes._new_offset(offsets_book([31, 32, 33], committed=31), TP) == 34
+    # faust 0.15 alone lets one such record through (its check is `min(acked) - committed > 1`)
+    assert faust_fixes._ORIGINAL["_new_offset"](offsets_book([32, 33], committed=31), TP) == 34
