@@ -174,6 +174,9 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> faust.App:
     checkpointer.install(app, runtime)
     policy_watch.install(app, runtime)
     web.install(app, runtime)
+    # Every input agent handles its records through agents.sending.acknowledged_batches: their
+    # offsets are committed only as far as records were handled (the commit guard, faust_fixes).
+    faust_fixes.guard(topic for agent in app.agents.values() for topic in agent.channel.topics)
     # faust creates no topic here (topic_allow_declare=False): a table's changelog exists only if
     # topic_specs() (and the ACL plan) know the table.
     unlisted = sorted(set(app.tables) - set(WORKER_TABLES))

@@ -1,4 +1,4 @@
-"""A fix to faust-streaming 0.15's consumer that otherwise loses records in a rebalance.
+"""Fixes to faust-streaming 0.15's consumer, which otherwise loses records in a rebalance.
 
 faust reads records in a background loop (``Consumer._drain_messages``) that hands each one to the
 streams and then marks its offset as read. When a rebalance begins, the flow is suspended while a
@@ -10,7 +10,8 @@ are handled (a partition with no committed offset yet has no gap check at all), 
 routed and never read again: found by tests/test_scale_out.py (a worker killed during a
 rebalance; some events reached no agency and left no audit entry).
 
-The fixed loop below is faust 0.15.3's, with one change: a record whose hand-over did not complete
+Three fixes, found one loss at a time by the scale-out test; the third (the commit guard) makes
+any other such loss a stall instead. The fixed loop below is faust 0.15.3's, with one change: a record whose hand-over did not complete
 before the flow was suspended or the partitions were sought is not marked as read (a record handed
 over into a stream's queue while the flow is suspended is emptied out with the queue when the flow
 resumes), and the rest of that fetch is left too. After the rebalance they are
@@ -39,8 +40,8 @@ _ORIGINAL = {"perform_seek": Consumer.perform_seek, "_new_offset": Consumer._new
 
 
 def install() -> bool:
-    """Replace ``Consumer._drain_messages`` and guard ``_new_offset``; False (and a warning) on
-    another faust version."""
+    """Replace ``Consumer._drain_messages``, ``perform_seek`` and ``_new_offset`` (the commit
+    guard, for the topics given to :func:`guard`); False (and a warning) on another faust version."""
     if faust.__version__ not in FIXED_VERSIONS:
         log.warning("faust-streaming %s is not %s: its consumer is used unfixed (records may be lost in a "
                     "rebalance; see agents/faust_fixes.py)", faust.__version__, " or ".join(FIXED_VERSIONS))
@@ -51,49 +52,67 @@ def install() -> bool:
     return True
 
 
-# The second fix: faust checks that the acknowledged offsets it is about to commit start where the
-# committed offset is ("no gap at the head"), but off by one: a committed offset is the next record
-# to read, and faust lets one unacknowledged record through (``min(acked) - committed > 1``); with
-# no committed offset yet it does not check at all. Here nothing is committed while the record at
-# the committed offset (or, for a partition never committed, at its earliest offset, read when it
-# is assigned) is unacknowledged: a record lost on the way makes the partition stall (reported by
-# /ready, healed by the wedged-consumer restart), never vanish.
-#
-# A partition never committed is also sought to its earliest offset when assigned (faust seeks
-# only partitions with a committed offset), so records abandoned in a rebalance are fetched again.
-
-def _seek_generation(consumer) -> int:
-    """Odd while a seek runs; moves on at its start and end (a hand-over spanning either is void)."""
-    return consumer.__dict__.get("_masb_seek_generation", 0)
-
-
-def _next_seek_generation(consumer) -> None:
-    consumer.__dict__["_masb_seek_generation"] = _seek_generation(consumer) + 1
-
+# The second fix: faust seeks only partitions that have a committed offset when they are assigned,
+# so records of a never-committed partition abandoned in a rebalance are not fetched again. Here
+# such a partition of a guarded topic is sought to its earliest offset (its floor, below).
 
 async def _perform_seek(self) -> None:
-    _next_seek_generation(self)
-    try:
-        await _ORIGINAL["perform_seek"](self)
-        floors = self.__dict__.setdefault("_masb_floors", {})
-        floors.clear()
-        fresh = [tp for tp in self.assignment() if self._committed_offset.get(tp) is None]
-        if fresh:
-            floors.update(await self.earliest_offsets(*fresh))
-            for tp, earliest in floors.items():
-                await self.seek(tp, earliest)
-    finally:
-        _next_seek_generation(self)
+    await _ORIGINAL["perform_seek"](self)
+    floors = self.__dict__.setdefault("_masb_floors", {})
+    floors.clear()
+    fresh = [tp for tp in self.assignment() if tp.topic in _GUARDED and self._committed_offset.get(tp) is None]
+    if fresh:
+        floors.update(await self.earliest_offsets(*fresh))
+        for tp, earliest in floors.items():
+            await self.seek(tp, earliest)
 
 
 def _new_offset(self, tp):
-    acked = self._acked[tp]
-    if acked:
-        committed = self._committed_offset[tp]
-        head = committed if committed is not None else self.__dict__.get("_masb_floors", {}).get(tp)
-        if head is not None and min(acked) > head:
-            return None  # the record at `head` was never acknowledged: wait for it
+    if tp.topic in _GUARDED:
+        return _handled_offset(self, tp)
     return _ORIGINAL["_new_offset"](self, tp)
+
+
+# The third fix, the commit guard: faust commits past records never acknowledged (its check for an
+# unacknowledged record at the committed offset is off by one, as a committed offset names the next
+# record to read; it does not check at all on a partition never committed; and it counts offsets it
+# skipped as done). For the topics of MASB's input agents, the offset to commit comes instead from
+# MASB's own record of the records its agents handled (agents.sending.acknowledged_batches): an
+# offset is committed only when every record from the committed offset (or, for a partition never
+# committed, its earliest offset) up to it was handled in this process. A record lost on any path
+# through faust stalls its partition (reported by /ready, healed by the wedged-consumer restart)
+# instead of being committed past.
+
+_GUARDED: set[str] = set()
+_HANDLED: dict = {}  # TP -> offsets handled in this process and not yet committed
+
+
+def guard(topics) -> None:
+    """Commit offsets of these topics only as far as :func:`handled` says records were handled."""
+    _GUARDED.update(topics)
+
+
+def handled(messages) -> None:
+    """Record that these messages' records were handled: their outputs are acknowledged by Kafka."""
+    for message in messages:
+        _HANDLED.setdefault(message.tp, set()).add(message.offset)
+
+
+def _handled_offset(self, tp):
+    committed = self._committed_offset[tp]
+    head = committed if committed is not None else self.__dict__.get("_masb_floors", {}).get(tp)
+    done = _HANDLED.get(tp)
+    if head is None or not done:
+        return None
+    if min(done) < head:  # committed (here or by another worker): forget them
+        done = _HANDLED[tp] = {o for o in done if o >= head}
+        # faust's own acknowledgements are not used for this topic: keep them from growing
+        self._acked[tp][:] = [o for o in self._acked[tp] if o >= head]
+        self._acked_index[tp] = {o for o in self._acked_index[tp] if o >= head}
+    offset = head
+    while offset in done:
+        offset += 1
+    return offset if offset > head else None
 
 
 async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised by the Kafka tests
@@ -143,7 +162,6 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
 async def _hand_over(self, ait, callback, get_read_offset, set_read_offset, commit_every, acks_enabled_for) -> None:
     """Hand one fetch's records to the streams, in order, until the flow is suspended."""
     since_yield = 0
-    generation = _seek_generation(self)
     async for tp, message in ait:
         since_yield += 1
         if since_yield > 100:
@@ -161,10 +179,10 @@ async def _hand_over(self, ait, callback, get_read_offset, set_read_offset, comm
             await self.commit()
         handover = callback(message)
         outcome = await self.wait_first(handover, self.suspend_flow.wait())
-        if handover not in outcome.done or self.suspend_flow.is_set() or _seek_generation(self) != generation:
-            # The flow was suspended (a rebalance began), the consumer stopped, or the partitions
-            # were sought while this record was handed over: a stream may not have it, or has it in
-            # a queue that resuming the flow empties. It stays unread, and so does the rest of this
-            # fetch; they are fetched again from the committed offset after the rebalance.
+        if handover not in outcome.done or self.suspend_flow.is_set():
+            # The flow was suspended (a rebalance began) or the consumer stopped while this record
+            # was handed over: a stream may not have it, or has it in a queue that resuming the flow
+            # empties. It stays unread, and so does the rest of this fetch; they are fetched again
+            # from the committed offset after the rebalance.
             return
         set_read_offset(tp, offset)

@@ -31,6 +31,7 @@ from aiokafka.errors import (
     UnsupportedForMessageFormatError,
 )
 
+from agents import faust_fixes
 from agents.supervision import backoff
 from streams.kafka import producer, start_client
 
@@ -224,5 +225,6 @@ async def acknowledged_batches(stream, runtime, name: str, handle, *, batch: int
                 forget(events)  # stopping, or a crash: never committed, so read again
                 crash_stops_worker(runtime, name, exc)
                 raise
+            faust_fixes.handled(event.message for event in events)  # their offsets may be committed
     finally:
         await sender.stop()

@@ -1,5 +1,5 @@
 """agents/faust_fixes.py: a record whose hand-over to the streams a rebalance interrupts is not
-marked as read (faust 0.15 marked it, and later dropped it unrouted when it was fetched again)."""
+marked as read, and the commit guard commits only as far as records were handled."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ async def fetch(offsets):
         yield TP, SimpleNamespace(offset=offset, topic=TP[0])
 
 
-def run_hand_over(suspend_at: int | None, *, completes: bool = False, seek_at: int | None = None) -> FetchLoop:
+def run_hand_over(suspend_at: int | None, *, completes: bool = False) -> FetchLoop:
     async def go() -> FetchLoop:
         loop = FetchLoop()
 
@@ -46,8 +46,6 @@ def run_hand_over(suspend_at: int | None, *, completes: bool = False, seek_at: i
                 loop.suspend_flow.set()
                 if not completes:
                     await asyncio.sleep(3600)
-            if message.offset == seek_at:  # the partitions are sought while it is handed over
-                faust_fixes._next_seek_generation(loop)
             loop.handed.append(message.offset)
 
         await _hand_over(loop, fetch(range(5)), callback, loop.read_offset.__getitem__,
@@ -73,13 +71,6 @@ def test_a_record_handed_over_while_the_flow_is_suspended_stays_unread():
     assert loop.handed == [0, 1, 2] and loop.read_offset[TP] == 1
 
 
-def test_a_record_handed_over_while_the_partitions_are_sought_stays_unread():
-    # A seek resets the read offsets to the committed ones; marking this record after it would
-    # drop the record when it is fetched again.
-    loop = run_hand_over(suspend_at=None, seek_at=3)
-    assert loop.handed == [0, 1, 2, 3] and loop.read_offset[TP] == 2
-
-
 def test_the_fix_is_installed_on_the_pinned_faust_only(monkeypatch):
     names = ("_drain_messages", "perform_seek", "_new_offset")
     original = {name: getattr(Consumer, name) for name in names}
@@ -96,27 +87,64 @@ def test_the_fix_is_installed_on_the_pinned_faust_only(monkeypatch):
             setattr(Consumer, name, original[name])
 
 
-def offsets_book(acked: list[int], committed=None, floor=None):
+def offsets_book(acked: list[int], committed=None, floor=None, tp=TP):
     from intervaltree import IntervalTree
 
-    book = SimpleNamespace(_acked=defaultdict(list, {TP: list(acked)}), _committed_offset=defaultdict(lambda: None),
-                           _gap=defaultdict(IntervalTree), _acked_index=defaultdict(set, {TP: set(acked)}))
-    book._committed_offset[TP] = committed
+    book = SimpleNamespace(_acked=defaultdict(list, {tp: list(acked)}), _committed_offset=defaultdict(lambda: None),
+                           _gap=defaultdict(IntervalTree), _acked_index=defaultdict(set, {tp: set(acked)}))
+    book._committed_offset[tp] = committed
     if floor is not None:
-        book._masb_floors = {TP: floor}
+        book._masb_floors = {tp: floor}
     return book
 
 
-def test_nothing_is_committed_past_a_record_never_acknowledged_at_the_head_of_a_new_partition():
-    assert faust_fixes._new_offset(offsets_book([10, 11, 12], floor=0), TP) is None  # 0-9 never acknowledged
-    assert faust_fixes._new_offset(offsets_book([0, 1, 2], floor=0), TP) == 3
+class Partition(tuple):
+    """faust's TP: a (topic, partition) named tuple."""
+
+    topic = property(lambda self: self[0])
+
+
+GUARDED = Partition(("g.case-events", 0))
+OTHER = Partition(("g.other", 0))
+
+
+def commit_point(handled: list[int], committed=None, floor=None, acked=None):
+    """The offset the guard lets faust commit after the router handled these offsets (faust's own
+    acknowledgements, ``acked``, default to the same offsets)."""
+    faust_fixes._HANDLED.pop(GUARDED, None)
+    faust_fixes.guard([GUARDED.topic])
+    faust_fixes.handled(SimpleNamespace(tp=GUARDED, offset=o) for o in handled)
+    book = offsets_book(handled if acked is None else acked, committed, floor, tp=GUARDED)
+    return faust_fixes._new_offset(book, GUARDED), book
+
+
+def test_the_guard_commits_only_as_far_as_records_were_handled_from_the_committed_offset():
+    # A committed offset names the next record to read: 31 here, never handled.
+    assert commit_point([32, 33], committed=31)[0] is None
+    assert commit_point([31, 32, 33, 35], committed=31)[0] == 34  # 34 never handled either
+    # faust 0.15 alone commits past 31 (its check is `min(acked) - committed > 1`) and past 34
+    assert faust_fixes._ORIGINAL["_new_offset"](offsets_book([32, 33], committed=31), TP) == 34
+
+
+def test_the_guard_commits_nothing_of_a_never_committed_partition_until_its_first_record_is_handled():
+    assert commit_point([10, 11, 12], floor=0)[0] is None  # 0-9 never handled
+    assert commit_point([0, 1, 2], floor=0)[0] == 3
+    assert commit_point([0, 1, 2])[0] is None  # no floor read yet: nothing is known to be done
     # faust 0.15 alone commits past them: it skips the check when nothing was committed yet
     assert faust_fixes._ORIGINAL["_new_offset"](offsets_book([10, 11, 12]), TP) == 13
 
 
-def test_nothing_is_committed_past_the_unacknowledged_record_at_the_committed_offset():
-    # A committed offset names the next record to read: 31 here, never acknowledged.
-    assert faust_fixes._new_offset(offsets_book([32, 33], committed=31), TP) is None
-    assert faust_fixes._new_offset(offsets_book([31, 32, 33], committed=31), TP) == 34
-    # faust 0.15 alone lets one such record through (its check is `min(acked) - committed > 1`)
-    assert faust_fixes._ORIGINAL["_new_offset"](offsets_book([32, 33], committed=31), TP) == 34
+def test_the_guard_ignores_what_faust_counts_as_acknowledged():
+    # faust's acknowledgements say 31-33 (a record it marked read and skipped counts as done there)
+    assert commit_point([32, 33], committed=31, acked=[31, 32, 33])[0] is None
+
+
+def test_the_guard_forgets_what_was_committed():
+    offset, book = commit_point([40, 41, 42, 43], committed=42, acked=[40, 41, 42, 43])
+    assert offset == 44
+    assert faust_fixes._HANDLED[GUARDED] == {42, 43} and book._acked[GUARDED] == [42, 43]
+
+
+def test_topics_not_guarded_keep_fausts_commit_rule():
+    book = offsets_book([5, 6, 7], committed=5, tp=OTHER)
+    assert faust_fixes._new_offset(book, OTHER) == 8
