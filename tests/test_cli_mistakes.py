@@ -315,6 +315,33 @@ def test_ingest_stops_cleanly_ctrl_c_exits_130_and_sigterm_0(setup, signum, code
         assert said in err, err
 
 
+def test_ingest_says_where_it_listens_only_once_it_does(setup):
+    root, deployment = setup
+    args = [sys.executable, "-m", "agents", "ingest", "--bootstrap", NO_BROKER, "--policy", str(deployment.policy_path),
+            "--as", "hau-worcestershire", "--key", key(deployment, "hau-worcestershire", "signing"),
+            "--keys-dir", str(deployment.keys_dir), "--port"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = subprocess.run(args + [str(port)], cwd=root, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines() and refused.stderr.splitlines()[0].startswith(
+        f"masb: cannot listen on 127.0.0.1:{port}"), refused.stderr
+    assert "POST http" not in refused.stderr
+    port = _free_port()
+    proc = subprocess.Popen(args + [str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_port(port, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert f"POST http://127.0.0.1:{port}/events" in err, err
+
+
 @pytest.mark.tansu
 @pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "masb: interrupted"),
                                                 (signal.SIGTERM, 143, "masb: terminated")])

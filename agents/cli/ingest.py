@@ -62,14 +62,17 @@ def cmd_ingest(args) -> int:
         max_body_bytes=args.max_body_bytes or MAX_BODY_BYTES,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    print(f"masb ingest: unit {service.unit_id}, policy version {policy.version}, "
-          f"POST http://{args.host}:{args.port}/events", file=sys.stderr, flush=True)
     app = build_ingest_app(service)
+
+    def listening(_aiohttp_banner: str) -> None:  # aiohttp calls it once the port is bound
+        print(f"masb ingest: unit {service.unit_id}, policy version {policy.version}, "
+              f"POST http://{args.host}:{args.port}/events", file=sys.stderr, flush=True)
+
     stopped_by: list[int] = []
     app.on_startup.append(lambda app: _stop_on_signals(stopped_by))
     signal.signal(signal.SIGINT, lambda signum, frame: _interrupted(stopped_by))  # until the server runs
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=False)
+        web.run_app(app, host=args.host, port=args.port, print=listening, access_log=None, handle_signals=False)
     except OSError as exc:  # the port is taken or the address is not this host's
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     if stopped_by == [signal.SIGINT]:
