@@ -14,6 +14,7 @@ import argparse
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import nacl.signing
@@ -39,6 +40,14 @@ REFUSALS = ("MALFORMED", "UNKNOWN_SCHEMA", "BAD_SIGNATURE", "UNIT_NOT_ALLOWED")
 
 
 def synthetic_log(events: int, store: CaseKeyStore, seed: int = 7) -> tuple[list[bytes], list[str]]:
+    """The entries of ``events`` events (about 6.3 entries each) and a checkpoint every 1,000 entries,
+    signed by KEY for ORIGIN. ``store``: anything with ``seal(case_ref, event_id)`` (the file store, or
+    the shared one: bench_audit_commands.py)."""
+    entries = synthetic_entries(events, store, seed)
+    return entries, [note for note, _ in signed_checkpoints(entries, ORIGIN, KEY)]
+
+
+def synthetic_entries(events: int, store, seed: int = 7) -> list[bytes]:
     rnd = random.Random(seed)
     step = timedelta(days=14) / events
     entries = [encode_entry(make_entry("POLICY_CHANGE", recorded_at=T0, policy_version=1, policy_digest="ab" * 32,
@@ -67,12 +76,18 @@ def synthetic_log(events: int, store: CaseKeyStore, seed: int = 7) -> tuple[list
                 entries.append(encode_entry(make_entry(
                     "RECEIPT", recorded_at=when, event_id=event_id, agency_id=agency, policy_version=1,
                     envelope_sha256=envelope, recipient_key_id="k2", reason=f"RECEIVED at {when.isoformat()}")))
-    notes, cr = [], CompactRange()
+    return entries
+
+
+def signed_checkpoints(entries: list[bytes], origin: str, key: nacl.signing.SigningKey,
+                       every: int = 1000) -> Iterator[tuple[str, CompactRange]]:
+    """(signed note, the tree at its size) every ``every`` entries and at the end. The tree is the
+    live one: use it before taking the next item."""
+    cr = CompactRange()
     for entry in entries:
         cr.append(leaf_hash(entry))
-        if cr.size % 1000 == 0 or cr.size == len(entries):
-            notes.append(sign_checkpoint(Checkpoint(ORIGIN, cr.size, cr.root()), ORIGIN, KEY))
-    return entries, notes
+        if cr.size % every == 0 or cr.size == len(entries):
+            yield sign_checkpoint(Checkpoint(origin, cr.size, cr.root()), origin, key), cr
 
 
 def main() -> None:
