@@ -34,6 +34,9 @@ _FIELD_NAMES = _FIELDS[ENTRY_FORMAT_V2]  # every field a decoded entry has, what
 _ALLOWED = {fmt: frozenset(names) for fmt, names in _FIELDS.items()}
 _ONLY_V2 = tuple(name for name in _FIELD_NAMES if name not in _ALLOWED[ENTRY_FORMAT_V1])
 _FORMAT_BYTE = {fmt: bytes([fmt]) for fmt in _FIELDS}
+# 0x02's fields are 0x01's with fields appended: a decoded 0x01 entry gets the rest as None, in order.
+_V1_PREFIX_OF_V2 = _FIELD_NAMES[:len(_FIELDS[ENTRY_FORMAT_V1])] == _FIELDS[ENTRY_FORMAT_V1]
+_ONLY_V2_NONE = dict.fromkeys(_FIELD_NAMES[len(_FIELDS[ENTRY_FORMAT_V1]):])
 V1_KINDS = ("DELIVERY", "REFUSAL", "DUPLICATE", "RECEIPT", "POLICY_CHANGE")
 V2_KINDS = ("ESCALATION", "ESCALATION_CLOSED", "NON_DELIVERY", "REDRIVE")
 KINDS = V1_KINDS + V2_KINDS
@@ -91,16 +94,23 @@ def decode_entry(data: bytes) -> dict[str, Any]:
     schema = _SCHEMAS.get(data[0]) if data else None
     if schema is None:
         raise AuditEntryError("not an audit entry of format 0x01 or 0x02")
-    buf = io.BytesIO(data[1:])
+    buf = io.BytesIO(data)
+    buf.seek(1)
     try:
         decoded = fastavro.schemaless_reader(buf, schema)
     except Exception as exc:
         raise AuditEntryError(f"undecodable audit entry: {type(exc).__name__}") from None
-    if buf.read(1):
+    if buf.tell() != len(data):
         raise AuditEntryError("trailing bytes after audit entry")
-    if data[0] == ENTRY_FORMAT_V2 and decoded["kind"] in V1_KINDS:
-        # One encoding per entry: a kind 0x01 can express is only valid as 0x01.
-        raise AuditEntryError(f"a {decoded['kind']} entry must be of format 0x01")
+    if data[0] == ENTRY_FORMAT_V2:
+        if decoded["kind"] in V1_KINDS:
+            # One encoding per entry: a kind 0x01 can express is only valid as 0x01.
+            raise AuditEntryError(f"a {decoded['kind']} entry must be of format 0x01")
+        if tuple(decoded) == _FIELD_NAMES:
+            return decoded
+    elif _V1_PREFIX_OF_V2 and len(decoded) == len(_FIELDS[ENTRY_FORMAT_V1]):
+        decoded.update(_ONLY_V2_NONE)
+        return decoded
     entry = dict.fromkeys(_FIELD_NAMES)
     entry.update(decoded)
     return entry

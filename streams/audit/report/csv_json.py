@@ -51,10 +51,11 @@ def _csv_safe(value: Any) -> str:
 
 def render_csv(report: Report) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
-    writer.writeheader()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    columns = CSV_COLUMNS[1:]
     for section, rows in (("delivery", report.deliveries), ("refusal", report.refusals),
                           ("policy_change", report.policy_changes)):
-        for row in rows:
-            writer.writerow({"section": section, **{k: _csv_safe(v) for k, v in row.items()}})
+        # One list per row in column order (a column the row lacks is empty); no dict per row.
+        writer.writerows([section, *[_csv_safe(row[c]) if c in row else "" for c in columns]] for row in rows)
     return out.getvalue()
