@@ -116,27 +116,32 @@ def median(timings: list[Timing]) -> Timing:
 
 
 def commands(bootstrap: str, topics: Topics, deployment, formats: list[str], repeats: int, out_dir: Path,
-             entries: int) -> dict[str, Timing]:
+             entries: int, pool: int) -> dict[str, Timing]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MASB_")}
     common = ["--bootstrap", bootstrap, "--topic-prefix", topics.prefix, "--policy", str(deployment.policy_path)]
     runs: dict[str, list[str]] = {"verify": ["audit", "verify", *common, "--no-state"]}
     for fmt in formats:
         runs[f"report {fmt}"] = ["audit", "report", *common, "--keys-dir", str(deployment.keys_dir),
                                  "--format", fmt, "--out", str(out_dir / f"report.{fmt}")]
+    envs = {name: env for name in runs}
+    if pool > 1:  # the report as the pool decodes it (MASB_REPORT_WORKERS): wall and total CPU
+        name = f"report {formats[0]}, {pool} decoders"
+        runs[name] = runs[f"report {formats[0]}"]
+        envs[name] = {**env, "MASB_REPORT_WORKERS": str(pool)}
     timings: dict[str, list[Timing]] = {name: [] for name in runs}
     for repeat in range(repeats):  # interleaved: a slow spell of the shared machine hits every command
         for name, argv in runs.items():
-            timings[name].append(run_command(argv, env))
+            timings[name].append(run_command(argv, envs[name]))
             t = timings[name][-1]
             print(f"  repeat {repeat + 1}: {name:<12} {t.wall:7.2f} s wall {t.cpu:7.2f} s CPU "
                   f"({t.cpu / entries * 1e6:6.2f} us/entry)", file=sys.stderr, flush=True)
     return {name: median(ts) for name, ts in timings.items()}
 
 
-def cpu_split(bootstrap: str, topics: Topics, deployment, entries_count: int) -> list[tuple[str, float, float]]:
+def cpu_split(bootstrap: str, topics: Topics, deployment, entries_count: int,
+              pool: int) -> list[tuple[str, float, float]]:
     """The work of both commands in this process, step by step: (step, CPU seconds of this process
     and its decoding workers, wall seconds)."""
-    from streams.audit.decoding import default_workers
     from streams.audit.entry import decode_entry
     from streams.audit.report import Filters, build_report, render_csv, render_json, verify_for_report
     from streams.audit.shared_case_keys import CaseKeyView
@@ -165,9 +170,8 @@ def cpu_split(bootstrap: str, topics: Topics, deployment, entries_count: int) ->
     step("decode the entries alone (decode_entry)", lambda: [decode_entry(d) for _, d in snapshot.entries])
     step("build the report, 1 process (decode, cases, rows)",
          lambda: build_report(snapshot.entries, Filters(), view, workers=1))
-    workers = default_workers(len(snapshot.entries))
-    report = step(f"build the report, decoding in {workers} processes",
-                  lambda: build_report(snapshot.entries, Filters(), view))
+    report = step(f"build the report, decoding in {pool} processes",
+                  lambda: build_report(snapshot.entries, Filters(), view, workers=pool))
     step("render CSV", lambda: render_csv(report))
     step("render JSON", lambda: render_json(report))
     return steps
@@ -180,6 +184,9 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=["csv", "json"], choices=["csv", "json", "html"])
     ap.add_argument("--checkpoint-every", type=int, default=1000, help="entries between signed checkpoints")
     ap.add_argument("--no-split", action="store_true", help="skip the in-process CPU split")
+    ap.add_argument("--pool", type=int, default=len(os.sched_getaffinity(0)),
+                    help="also run the first format's report decoding in this many processes (default: the cores; "
+                         "1: not)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed bench still stops its broker
     with tempfile.TemporaryDirectory(prefix="audit-commands-") as tmp, KafkaBroker(heap="1g") as broker:
@@ -187,8 +194,8 @@ def main() -> None:
         deployment = prepare_deployment(workdir)
         topics = Topics(f"ac-{uuid.uuid4().hex[:6]}.")
         n = write_log(broker.bootstrap, topics, deployment, args.entries, args.checkpoint_every)
-        medians = commands(broker.bootstrap, topics, deployment, args.formats, args.repeats, workdir, n)
-        steps = [] if args.no_split else cpu_split(broker.bootstrap, topics, deployment, n)
+        medians = commands(broker.bootstrap, topics, deployment, args.formats, args.repeats, workdir, n, args.pool)
+        steps = [] if args.no_split else cpu_split(broker.bootstrap, topics, deployment, n, args.pool)
     verify = medians["verify"]
     print(f"\n`masb audit` over {n:,} entries in Apache Kafka (median of {args.repeats}; separate processes, "
           "start-up included)")

@@ -19,7 +19,7 @@ from streams.audit.merkle import CompactRange, leaf_hash
 from streams.audit.proof import ProofError, check_proof, make_consistency_proof, make_inclusion_proof, \
     parse_proof_file
 from streams.audit.report import Filters, ReportError, build_report, render_csv, render_html, render_json, \
-    verify_for_report
+    report_document, verify_for_report
 from streams.audit.report.aggregate import buckets_for, counts_over_time, top_series
 from streams.audit.verify import verify_log
 
@@ -157,6 +157,30 @@ def test_report_counts_each_exchange_once_and_keeps_sections(log, store) -> None
     assert {r["case"] for r in report.deliveries} == set(CASES)
 
 
+def test_a_sealed_case_copied_onto_the_next_entry_of_another_event_is_not_shown(store) -> None:
+    original = decode_entry(delivery(store, 1, CASES[0], "health"))
+    copied = dict(original, event_id="00000000-0000-4000-8000-000000000002", agency_id="idva")
+    copied["exchange_id"] = "ef" * 16
+    same_event = dict(original, agency_id="childrens", exchange_id="12" * 16)
+    entries = [encode_entry(e) for e in (original, copied, same_event)]
+    report = build_report(list(enumerate(entries)), Filters(), store)
+    assert [r["case"] for r in report.deliveries] == [CASES[0], "unreadable", CASES[0]]
+
+
+def test_a_large_log_decoded_in_worker_processes_gives_the_same_report(store) -> None:
+    from streams.audit.decoding import CHUNK, _fork
+
+    assert _fork() is not None  # on Linux, with no other thread: the workers really run
+    entries = [delivery(store, n, CASES[n % 2], ["health", "idva", "childrens"][n % 3]) for n in range(2 * CHUNK + 99)]
+    entries.insert(CHUNK + 7, b"\x01not avro")  # in the second chunk: the note names its place
+    pairs = list(enumerate(entries, start=1000))
+    here, workers = (build_report(pairs, Filters(), store, workers=n) for n in (1, 2))
+    assert render_csv(workers) == render_csv(here) and len(here.deliveries) == 2 * CHUNK + 99
+    assert workers.notes == here.notes and len(here.notes) == 1
+    assert here.notes[0].startswith(f"entry {CHUNK + 8} (position {CHUNK + 1007}): undecodable audit entry")
+    assert workers.summary() == here.summary()
+
+
 def test_report_filters(log, store) -> None:
     entries, _ = log
     pairs = list(enumerate(entries))
@@ -189,6 +213,7 @@ def test_report_formats_escape_everything(log, store) -> None:
     assert next(r for r in rows if r["entry"] == "13")["fields"].startswith("'=")  # no spreadsheet formula
     doc = json.loads(render_json(report))
     assert doc["summary"]["exchanges"] == 11 and doc["format"] == "masb-audit-report"
+    assert render_json(report) == json.dumps(report_document(report), indent=2) + "\n"  # the documented layout
 
 
 def receipt(n: int, agency: str, after: timedelta, status: str = "RECEIVED") -> bytes:

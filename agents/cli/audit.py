@@ -145,6 +145,8 @@ def cmd_audit(args) -> int:
     if args.action == "verify":
         return verify(bootstrap(args), topics(args), policy, origin, trust)
     filters = report_filters(args, policy) if args.action == "report" else None
+    if args.action == "report":
+        report_workers()  # a bad MASB_REPORT_WORKERS fails before the log is read
     if args.action in ("prove", "consistency") and args.index and not args.no_index:
         from streams.audit.tiles import check_index_folder
 
@@ -483,10 +485,21 @@ def report_filters(args, policy):
                    legal_basis=args.legal_basis, since=since, until=until)
 
 
+def report_workers() -> int | None:
+    """MASB_REPORT_WORKERS: processes that decode the log's entries for a report (1: this process
+    only; unset: streams/audit/decoding.py decides from the log's size and the cores)."""
+    value = env_or(None, "MASB_REPORT_WORKERS", None)
+    if value is None:
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        raise UsageError(f"MASB_REPORT_WORKERS={value}: not a whole number of processes (1 or more)")
+    return int(value)
+
+
 def report(args, filters, log: Log, verifiers, origin, witnesses=None) -> int:
     from streams.audit.report import RENDERERS, build_report, verify_for_report
 
-    result = build_report(log.entries, filters, _case_store(args))
+    result = build_report(log.entries, filters, _case_store(args), workers=report_workers())
     verification = verify_for_report(log.entries, log.checkpoints, verifiers, origin)
     if verification.checkpoint is not None and witnesses is not None and witnesses.members:
         # The witnesses of the policy whose cosignatures on the checkpoint relied on verify.

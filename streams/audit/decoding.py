@@ -33,12 +33,15 @@ def _fork():
 
 
 def default_workers(entries: int) -> int:
-    """How many processes decode ``entries`` entries: the cores this process may use (at most
-    MAX_WORKERS) for a log of PARALLEL_FROM entries or more, else 1 (decode here)."""
+    """How many processes decode ``entries`` entries: for a log of PARALLEL_FROM entries or more,
+    one per core this process may use but one (left to this process, which builds the report from
+    what they decode; at most MAX_WORKERS); else, and on 2 cores or fewer, 1 (decode here). On 2
+    cores a worker costs more CPU (pickling both ways) than it saves time (bench_audit_commands.py)."""
     if entries < PARALLEL_FROM or _fork() is None:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(MAX_WORKERS, cores))
+    workers = min(MAX_WORKERS, cores - 1)
+    return workers if workers >= 2 else 1
 
 
 def _decode_chunk(datas: list[bytes]) -> list[dict[str, Any] | str]:

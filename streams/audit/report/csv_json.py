@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import secrets
+from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
 from .model import FORMAT, Report, iso, masb_version
@@ -33,8 +35,47 @@ def report_document(report: Report) -> dict[str, Any]:
     }
 
 
+ROW_LISTS = ("deliveries", "refusals", "policy_changes")
+
+
 def render_json(report: Report) -> str:
-    return json.dumps(report_document(report), indent=2, sort_keys=False) + "\n"
+    """``json.dumps(report_document(report), indent=2)`` byte for byte, with the row lists (all
+    but a few lines of a large report) written by _rows: json's indenting encoder is pure Python."""
+    doc = report_document(report)
+    marks = {name: f"masb-rows-{secrets.token_hex(16)}" for name in ROW_LISTS}  # unguessable: never in a value
+    text = json.dumps({k: marks.get(k, v) for k, v in doc.items()}, indent=2, sort_keys=False)
+    for name, mark in marks.items():
+        text = text.replace(json.dumps(mark), _rows(doc[name]), 1)
+    return text + "\n"
+
+
+def _rows(rows: list[dict[str, Any]]) -> str:
+    """A list of row dicts as json.dumps(indent=2) writes it two levels deep (a top-level key's value)."""
+    if not rows:
+        return "[]"
+    return "[\n" + ",\n".join("    " + _row(row) for row in rows) + "\n  ]"
+
+
+def _row(row: dict[str, Any]) -> str:
+    """One row three levels deep. Strings, ints, None and lists of strings are written here as
+    json.dumps writes them; any other row goes through json.dumps itself."""
+    parts = []
+    for key, value in row.items():
+        kind = type(value)
+        if type(key) is not str:
+            return json.dumps(row, indent=2).replace("\n", "\n    ")
+        if kind is str:
+            text = _string(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        elif value is None:
+            text = "null"
+        elif kind is list and all(type(item) is str for item in value):
+            text = ("[\n" + ",\n".join("        " + _string(item) for item in value) + "\n      ]") if value else "[]"
+        else:
+            return json.dumps(row, indent=2).replace("\n", "\n    ")
+        parts.append(f"      {_string(key)}: {text}")
+    return "{\n" + ",\n".join(parts) + "\n    }" if parts else "{}"
 
 
 CSV_COLUMNS = ["section", "entry", "position", "recorded_at", "exchange_id", "event_id", "event_type", "case",
