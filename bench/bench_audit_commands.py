@@ -1,7 +1,7 @@
 """`masb audit report` against `masb audit verify` per entry, as a user runs them, on one Apache Kafka.
 
     MASB_KAFKA_LIB=... .venv/bin/python bench/bench_audit_commands.py [--entries 200000] [--repeats 3]
-                                                                     [--formats csv json]
+                                      [--formats csv json] [--pool N] [--baseline DIR] [--no-split]
 
 Starts one Apache Kafka (KRaft, deploy/brokers.py), makes a deployment (deploy/demo's policy with
 fresh keys, agents/deployment.py), and writes bench_report.py's synthetic log of about ``--entries``
@@ -14,7 +14,10 @@ each ``--repeats`` times (median), over the same log on the same broker:
     masb audit verify                      (--no-state: every repeat does the same work)
     masb audit report --format csv|json    (--keys-dir: case references opened; --out a file)
 
-and prints wall time and CPU time (the child's user+system) per entry, and report/verify of each.
+and prints wall time and CPU time (the child's user+system, its decoding workers included) per
+entry, and report/verify of each. With ``--pool N`` (default: the cores) the first format's report
+runs once more with MASB_REPORT_WORKERS=N (total CPU against wall time); with ``--baseline DIR``
+every command runs also from another checkout (a worktree of main), for before and after in one run.
 Below that, the pure-CPU split of the same work in this process: reading the log from Kafka,
 decoding the entries, building the report (decode included), verifying, rendering, so a reader
 sees where the time goes. Every process started (broker, commands) is stopped, also on failure or
@@ -97,12 +100,13 @@ def write_log(bootstrap: str, topics: Topics, deployment, entries_wanted: int, e
     return asyncio.run(write())
 
 
-def run_command(args: list[str], env: dict[str, str]) -> Timing:
-    """One `masb ...` process: its wall time and CPU time; refuses a failing command."""
+def run_command(args: list[str], env: dict[str, str], cwd: str | None = None) -> Timing:
+    """One `masb ...` process (the code of the checkout ``cwd``, default this one): its wall time
+    and CPU time; refuses a failing command."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "agents", *args], env=env, capture_output=True, text=True,
-                          timeout=3600)
+                          timeout=3600, cwd=cwd)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -116,7 +120,7 @@ def median(timings: list[Timing]) -> Timing:
 
 
 def commands(bootstrap: str, topics: Topics, deployment, formats: list[str], repeats: int, out_dir: Path,
-             entries: int, pool: int) -> dict[str, Timing]:
+             entries: int, pool: int, baseline: str | None = None) -> dict[str, Timing]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MASB_")}
     common = ["--bootstrap", bootstrap, "--topic-prefix", topics.prefix, "--policy", str(deployment.policy_path)]
     runs: dict[str, list[str]] = {"verify": ["audit", "verify", *common, "--no-state"]}
@@ -128,12 +132,17 @@ def commands(bootstrap: str, topics: Topics, deployment, formats: list[str], rep
         name = f"report {formats[0]}, {pool} decoders"
         runs[name] = runs[f"report {formats[0]}"]
         envs[name] = {**env, "MASB_REPORT_WORKERS": str(pool)}
+    places = {name: None for name in runs}
+    if baseline:  # the same commands from another checkout (its agents/ and streams/ come first on sys.path)
+        for name in list(runs):
+            runs[f"{name} [baseline]"], envs[f"{name} [baseline]"] = runs[name], envs[name]
+            places[f"{name} [baseline]"] = baseline
     timings: dict[str, list[Timing]] = {name: [] for name in runs}
     for repeat in range(repeats):  # interleaved: a slow spell of the shared machine hits every command
         for name, argv in runs.items():
-            timings[name].append(run_command(argv, envs[name]))
+            timings[name].append(run_command(argv, envs[name], places[name]))
             t = timings[name][-1]
-            print(f"  repeat {repeat + 1}: {name:<12} {t.wall:7.2f} s wall {t.cpu:7.2f} s CPU "
+            print(f"  repeat {repeat + 1}: {name:<28} {t.wall:7.2f} s wall {t.cpu:7.2f} s CPU "
                   f"({t.cpu / entries * 1e6:6.2f} us/entry)", file=sys.stderr, flush=True)
     return {name: median(ts) for name, ts in timings.items()}
 
@@ -184,6 +193,8 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=["csv", "json"], choices=["csv", "json", "html"])
     ap.add_argument("--checkpoint-every", type=int, default=1000, help="entries between signed checkpoints")
     ap.add_argument("--no-split", action="store_true", help="skip the in-process CPU split")
+    ap.add_argument("--baseline", metavar="DIR", help="also run every command from this other checkout (e.g. a "
+                                                       "worktree of main): before and after in one run")
     ap.add_argument("--pool", type=int, default=len(os.sched_getaffinity(0)),
                     help="also run the first format's report decoding in this many processes (default: the cores; "
                          "1: not)")
@@ -194,16 +205,18 @@ def main() -> None:
         deployment = prepare_deployment(workdir)
         topics = Topics(f"ac-{uuid.uuid4().hex[:6]}.")
         n = write_log(broker.bootstrap, topics, deployment, args.entries, args.checkpoint_every)
-        medians = commands(broker.bootstrap, topics, deployment, args.formats, args.repeats, workdir, n, args.pool)
+        medians = commands(broker.bootstrap, topics, deployment, args.formats, args.repeats, workdir, n, args.pool,
+                           args.baseline)
         steps = [] if args.no_split else cpu_split(broker.bootstrap, topics, deployment, n, args.pool)
     verify = medians["verify"]
     print(f"\n`masb audit` over {n:,} entries in Apache Kafka (median of {args.repeats}; separate processes, "
           "start-up included)")
-    print(f"{'command':<16} {'wall s':>8} {'CPU s':>8} {'wall us/entry':>14} {'CPU us/entry':>13} "
+    print(f"{'command':<28} {'wall s':>8} {'CPU s':>8} {'wall us/entry':>14} {'CPU us/entry':>13} "
           f"{'report/verify (wall, CPU)':>26}")
     for name, t in medians.items():
-        ratio = "" if name == "verify" else f"{t.wall / verify.wall:.2f}x, {t.cpu / verify.cpu:.2f}x"
-        print(f"{name:<16} {t.wall:>8.2f} {t.cpu:>8.2f} {t.wall / n * 1e6:>14.2f} {t.cpu / n * 1e6:>13.2f} "
+        base = medians["verify [baseline]"] if name.endswith("[baseline]") else verify
+        ratio = "" if name.startswith("verify") else f"{t.wall / base.wall:.2f}x, {t.cpu / base.cpu:.2f}x"
+        print(f"{name:<28} {t.wall:>8.2f} {t.cpu:>8.2f} {t.wall / n * 1e6:>14.2f} {t.cpu / n * 1e6:>13.2f} "
               f"{ratio:>26}")
     print("target: report at least half as fast per entry as verify (report/verify at most 2x)")
     if steps:
