@@ -240,6 +240,13 @@ def test_a_bad_masb_bootstrap_is_named_with_exit_2(setup, command):
     assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
+def test_a_bad_masb_report_workers_is_named_with_exit_2_before_the_log_is_read(setup):
+    root, deployment = setup
+    result = masb(*report(deployment), cwd=root, env={"MASB_REPORT_WORKERS": "two"})
+    assert result.returncode == 2, result.stderr  # not 3: no broker is ever asked
+    assert result.stderr.startswith("masb: MASB_REPORT_WORKERS=two: not a whole number"), result.stderr
+
+
 def test_a_busy_web_port_is_named_before_the_worker_starts(setup):
     root, deployment = setup
     with _busy_port() as busy:
