@@ -60,6 +60,22 @@ def install(app: faust.App, runtime) -> None:
                     awaited = inner
             return self.text(out.getvalue())
 
+        @app.page("/debug/memory")
+        async def memory(self, request):
+            """Object counts by type, and with PYTHONTRACEMALLOC set the top allocation sites
+            (diagnosis of memory growth; only MASB's own code and libraries' names, no values)."""
+            import collections
+            import gc
+            import tracemalloc
+
+            counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+            lines = [f"{n:>10} {name}" for name, n in counts.most_common(40)]
+            if tracemalloc.is_tracing():
+                stats = tracemalloc.take_snapshot().statistics("lineno")[:40]
+                lines += ["--- tracemalloc (size, count, line)"]
+                lines += [f"{s.size / 1024:>10.0f} KiB {s.count:>8} {s.traceback[0]}" for s in stats]
+            return self.text("\n".join(lines) + "\n")
+
         @app.page("/debug/tasks/{name}/{fault}")
         class InjectFault(faust.web.View):
             async def post(self, request, name: str, fault: str):
