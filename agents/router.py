@@ -1,7 +1,7 @@
 """The router agent: case-events -> one envelope per entitled agency, an audit entry per exchange.
 
 Records are routed in small batches (`router_batch`, default 100, or whatever arrived within
-20 ms): every record of the batch is decided, all resulting messages are sent, and the agent waits
+`router_batch_window`, default 20 ms): every record of the batch is decided, all resulting messages are sent, and the agent waits
 until the broker acknowledged every one of them before the batch's input offsets may be committed.
 Waiting once per batch instead of once per event is what makes the worker fast (see
 bench/bench_pipeline.py); waiting at all is what makes it at-least-once.
@@ -30,7 +30,6 @@ from streams.routing import INTERNAL_ERROR, Admitted, InputRecord, Refusal
 
 log = logging.getLogger("masb.router")
 
-BATCH_WINDOW_SECONDS = 0.02
 # The dedupe table's RocksDB memory, per partition: faust's defaults (3 x 64 MiB memtables, a 2 GiB
 # block cache) let a worker's memory grow by hundreds of MiB over a long run. Lookups are of recent
 # event ids (in the memtables) and of redeliveries; a small cache serves both.
@@ -158,7 +157,7 @@ def install(app: faust.App, runtime) -> None:
         # batch's offsets can be committed, so Faust's per-message send machinery is not needed.
         supervisor.doing("router", "waiting for records")
         await acknowledged_batches(stream, runtime, "router", route_batch, batch=runtime.settings.router_batch,
-                                   within=BATCH_WINDOW_SECONDS, linger_ms=2, max_batch_size=512 * 1024)
+                                   within=runtime.settings.router_batch_window, linger_ms=2, max_batch_size=512 * 1024)
 
     supervisor.watch_agent(route, "router")
 

@@ -1,6 +1,6 @@
 """Worker CPU per event and publish-to-partner latency, `masb worker` against raw aiokafka loops.
 
-    python bench/bench_worker_cpu.py [--events 10000] [--repeats 3] [--skip-latency]
+    python bench/bench_worker_cpu.py [--events 10000] [--repeats 3] [--skip-latency] [--windows 0.02,0.005]
 
 Everything runs side by side in one run on one Apache Kafka, because the machines here are shared
 and their speed changes from day to day: only the ratios mean something.
@@ -23,7 +23,8 @@ that remains is visible.
 Latency (goal: p99 within 3x of the raw 6-output loop's). At an offered rate of 0.05x the raw
 6-output loop's measured events/s, events are published one by one (each with its own case, so its
 own record key) and the time from the publish call to the arrival of the first partner record with
-that key is measured, for the raw 6-output loop and for one `masb worker`.
+that key is measured, for the raw 6-output loop and for one `masb worker` per router batch window
+given (MASB_ROUTER_BATCH_WINDOW: how long an idle router waits to fill a batch).
 
 Results on the 2 shared cores of the development machine are in README.md ("Benchmarks").
 """
@@ -300,11 +301,12 @@ def latency_raw(bootstrap: str, records, sizes: list[int], rate: float) -> list[
         raw.stop()
 
 
-def latency_masb(bootstrap: str, deployment, records, rate: float, workdir: Path) -> list[float]:
+def latency_masb(bootstrap: str, deployment, records, rate: float, workdir: Path, window: float) -> list[float]:
     prefix = f"lat-{uuid.uuid4().hex[:6]}."
     topics = Topics(prefix)
     agency = deployment.policy.routing("MARAC_REFERRAL", "worcestershire")[0].agency_id
-    worker = WorkerProcess(worker_env(deployment, bootstrap, prefix, MASB_DATADIR=str(workdir / f"{prefix}data")),
+    worker = WorkerProcess(worker_env(deployment, bootstrap, prefix, MASB_DATADIR=str(workdir / f"{prefix}data"),
+                                      MASB_ROUTER_BATCH_WINDOW=str(window)),
                            workdir / f"{prefix}log")
     try:
         worker.wait_healthy(120)
@@ -329,6 +331,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-events", type=int, default=3000)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--windows", type=lambda text: [float(w) for w in text.split(",")], default=[0.02, 0.005],
+                        help="router batch windows in seconds to measure latency with (MASB_ROUTER_BATCH_WINDOW)")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     floor = crypto_floor()
@@ -357,8 +361,10 @@ def main() -> None:
             offered = 0.05 * raw6
             records = make_records(deployment, args.latency_events)
             latencies["raw 6 outputs"] = latency_raw(bootstrap, records, sizes, offered)
-            records = make_records(deployment, args.latency_events)
-            latencies["masb worker"] = latency_masb(bootstrap, deployment, records, offered, workdir)
+            for window in args.windows:
+                records = make_records(deployment, args.latency_events)
+                latencies[f"masb {window * 1e3:g} ms"] = latency_masb(bootstrap, deployment, records, offered, workdir,
+                                                                     window)
     print(f"one Apache Kafka, {os.cpu_count()} cores; MARAC referrals, 3 recipients each "
           f"(outputs of {', '.join(map(str, sizes))} bytes)")
     if not args.skip_throughput:
@@ -379,8 +385,10 @@ def main() -> None:
         for name, values in latencies.items():
             print(f"  {name:<16}{percentile(values, 50) * 1e3:>10.1f}{percentile(values, 99) * 1e3:>10.1f}"
                   f"{max(values) * 1e3:>10.1f}")
-        ratio = percentile(latencies["masb worker"], 99) / percentile(latencies["raw 6 outputs"], 99)
-        print(f"  p99 masb / raw: {ratio:.1f}x")
+        raw = percentile(latencies["raw 6 outputs"], 99)
+        for window in args.windows:
+            ratio = percentile(latencies[f"masb {window * 1e3:g} ms"], 99) / raw
+            print(f"  p99 masb / raw, router batch window {window * 1e3:g} ms (MASB_ROUTER_BATCH_WINDOW): {ratio:.1f}x")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 from streams.deadlines import Tracking, next_due, open_escalation
 
@@ -35,7 +35,8 @@ _NONE = b"\xff" * 8
 _OFFSET = 1 << 62
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _HEADER = 17
-WRITE_BUFFER_BYTES = 8 * 1024 * 1024  # RocksDB's memtable: what the book may hold in memory before a flush
+WRITE_BUFFER_BYTES = 2 * 1024 * 1024  # RocksDB's memtable: what the book may hold in memory before a flush
+BLOCK_CACHE_BYTES = 8 * 1024 * 1024  # recently read blocks (RocksDB's default is 32 MiB per database)
 
 
 def _time_key(moment: datetime | None) -> bytes:
@@ -57,6 +58,11 @@ class RocksTrackings:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+        options.set_max_write_buffer_number(2)
+        table = BlockBasedOptions()
+        table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+        table.set_cache_index_and_filter_blocks(True)  # their memory bounded by the cache too
+        options.set_block_based_table_factory(table)
         self.db = Rdict(str(self.directory), options)
         self._count = 0
 

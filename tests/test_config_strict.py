@@ -160,7 +160,8 @@ def test_json_files_with_a_repeated_key_are_refused_naming_file_and_line(tmp_pat
 
 @pytest.mark.parametrize("name, value", [("MASB_CHECKPOINT_INTERVAL", "nan"), ("MASB_CHECKPOINT_INTERVAL", "inf"),
                                          ("MASB_WEB_PORT", "６０６６"), ("MASB_ROUTER_BATCH", "1_000"),
-                                         ("MASB_SESSION_TIMEOUT", "-6"), ("MASB_WEB_PORT", "70000")])
+                                         ("MASB_SESSION_TIMEOUT", "-6"), ("MASB_WEB_PORT", "70000"),
+                                         ("MASB_ROUTER_BATCH_WINDOW", "0"), ("MASB_ROUTER_BATCH_WINDOW", "20ms")])
 def test_worker_settings_from_the_environment_must_be_plain_positive_numbers(monkeypatch, name, value):
     import argparse
 
