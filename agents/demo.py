@@ -20,8 +20,9 @@ the auditor connect as themselves, and one agency's attempt to read another's fe
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import json
+import os
 import shlex
 import shutil
 import time
@@ -59,6 +60,7 @@ def scenario(now: datetime) -> list[dict]:
 
 
 PID_FILE = "demo.pid"  # the demo process using a workdir: a second demo must not wipe it
+MARKER_FILE = ".masb-demo-folder"  # made by `masb demo`: the only folders it may empty
 
 
 def _running_demo(workdir: Path) -> int | None:
@@ -74,7 +76,34 @@ def _running_demo(workdir: Path) -> int | None:
         return None
     except PermissionError:
         return pid
+    try:  # a process id is reused: only a live `masb demo` counts
+        if b"demo" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None
+    except OSError:
+        pass  # no /proc: trust the process id
     return pid
+
+
+def check_workdir(workdir: Path) -> None:
+    """InvalidInput unless ``workdir`` may be wiped for a fresh demo: it is absent, empty, or a demo
+    folder (it has the marker file or an earlier demo's pid file) that no running demo uses, and it
+    is not the current folder or one of its parents."""
+    if workdir.exists() and not workdir.is_dir():
+        raise InvalidInput(f"--workdir {workdir} is a file; the demo needs a folder of its own there")
+    if not workdir.exists():
+        return
+    here, target = Path.cwd().resolve(), workdir.resolve()
+    if target == here or target in here.parents:
+        raise InvalidInput(f"--workdir {workdir} is the current folder or holds it; the demo empties its folder "
+                           "first, so give it one of its own (the default is .masb-demo)")
+    running = _running_demo(workdir)
+    if running is not None:
+        raise InvalidInput(f"a demo is already running in {workdir} (process {running}); stop it first, "
+                           "or give this one another --workdir")
+    is_demo = (workdir / MARKER_FILE).exists() or (workdir / PID_FILE).exists()
+    if not is_demo and any(workdir.iterdir()):
+        raise InvalidInput(f"--workdir {workdir} is a folder that is not empty and was not made by `masb demo`; "
+                           "the demo empties its folder first, so give it a new or empty one")
 
 
 class DemoWorkerStopped(CheckFailed):
@@ -141,6 +170,16 @@ async def collect_feeds(bootstrap, topics, policy, keys_dir, expected: dict[str,
 
 def run_demo(bootstrap: str | None, workdir: Path, keep: bool = False, secure: bool = False) -> int:
     started = time.monotonic()
+    check_workdir(workdir)  # before any broker starts
+    try:
+        return _run_demo(bootstrap, workdir, started, keep, secure)
+    finally:  # the folder is no longer in use (a pid file left behind could name a reused process id)
+        with contextlib.suppress(OSError, ValueError):
+            if int((workdir / PID_FILE).read_text()) == os.getpid():
+                (workdir / PID_FILE).unlink()
+
+
+def _run_demo(bootstrap: str | None, workdir: Path, started: float, keep: bool, secure: bool) -> int:
     if secure:
         return _run_secure(workdir, started, keep)
     broker = None
@@ -162,14 +201,10 @@ def run_demo(bootstrap: str | None, workdir: Path, keep: bool = False, secure: b
 
 
 def _fresh_deployment(workdir: Path) -> Deployment:
-    if workdir.exists() and not workdir.is_dir():
-        raise InvalidInput(f"--workdir {workdir} is a file; the demo needs a folder of its own there")
-    running = _running_demo(workdir)
-    if running is not None:
-        raise InvalidInput(f"a demo is already running in {workdir} (process {running}); stop it first, "
-                           "or give this one another --workdir")
+    check_workdir(workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
+    (workdir / MARKER_FILE).write_text("made by masb demo: a later `masb demo` empties this folder\n")
     (workdir / PID_FILE).write_text(str(os.getpid()))
     deployment = prepare_deployment(workdir)
     say(f"generated keys in {deployment.keys_dir}; policy version {deployment.policy.version} "

@@ -61,6 +61,10 @@ class Lease(ConsumerRebalanceListener):
             await stop_quietly(self._consumer)
 
 
+def _quiet_transactions_probe(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Unexpected error during InitProducerIdRequest")
+
+
 class FencedPublisher:
     def __init__(self, bootstrap: str, transactional_id: str) -> None:
         self.bootstrap = bootstrap
@@ -70,6 +74,8 @@ class FencedPublisher:
 
     async def start(self) -> None:
         candidate = producer(self.bootstrap, transactional_id=self.transactional_id, enable_idempotence=True)
+        sender_log = logging.getLogger("aiokafka.producer.sender")
+        sender_log.addFilter(_quiet_transactions_probe)  # a broker without transactions is explained below
         try:
             await candidate.start()
             self._producer = candidate
@@ -79,6 +85,8 @@ class FencedPublisher:
             if isinstance(exc, (KafkaConnectionError, NodeNotReadyError, asyncio.TimeoutError, OSError)):
                 raise broker_error(exc, self.bootstrap) from None
             reason = type(exc).__name__  # e.g. UnknownError: InitProducerId is not implemented
+        finally:
+            sender_log.removeFilter(_quiet_transactions_probe)
         log.warning("the broker does not support transactions (%s): checkpoints are published without fencing, so "
                     "run only one worker on this broker", reason)
         self.fenced_by_transactions = False

@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass
 
 _AGENCY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+# Kafka's legal topic characters; the longest name MASB derives adds about 60 characters to the
+# prefix, and Kafka allows 249.
+_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,180}$")
 
 # Audit and dead-letter topics keep records forever: they are evidence. Case topics keep them
 # for the agreed delivery window only; partners are expected to have consumed within it.
@@ -30,6 +33,13 @@ WORKER_TABLES = ("seen-events",)
 @dataclass(frozen=True)
 class Topics:
     prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.fullmatch(self.prefix):
+            from streams.errors import InvalidInput
+
+            raise InvalidInput(f"topic prefix {self.prefix!r} (--topic-prefix or MASB_TOPIC_PREFIX): Kafka topic names "
+                               "allow only ASCII letters, digits, '.', '_' and '-' (at most 180 here)")
 
     @classmethod
     def from_env(cls) -> "Topics":

@@ -79,7 +79,7 @@ CASES = [
     ("audit report, no broker", lambda r, d: ["audit", "report", "--bootstrap", NO_BROKER, "--policy", d.policy_path],
      3, ["127.0.0.1:1"]),
     ("worker, no broker", lambda r, d: ["worker", "--bootstrap", NO_BROKER, "--policy", d.policy_path,
-                                        "--keys-dir", d.keys_dir, "--web-port", "0"], 3, ["127.0.0.1:1"]),
+                                        "--keys-dir", d.keys_dir, "--web-port", str(_free_port())], 3, ["127.0.0.1:1"]),
     ("worker, policy with a typo", lambda r, d: ["worker", "--bootstrap", NO_BROKER, "--policy", r / "typo.yaml",
                                                  "--keys-dir", d.keys_dir], 2, ["typo.yaml", "agreemnts"]),
     ("worker, no such keys dir", lambda r, d: ["worker", "--bootstrap", NO_BROKER, "--policy", d.policy_path,
@@ -159,6 +159,22 @@ CASES = [
     ("a bad address in a bootstrap list", lambda r, d: ["consume", "--bootstrap", "127.0.0.1:9092,kafka-2", "--policy",
                                                         d.policy_path, "--agency", "nhs-worcs-acute", "--key",
                                                         key(d, "nhs-worcs-acute")], 2, ["kafka-2", "HOST:PORT"]),
+    ("a demo folder holding files the demo did not make", lambda r, d: ["demo", "--workdir", str(r / "deployment")], 2,
+     ["--workdir", "not empty", "was not made by `masb demo`"]),
+    ("a demo folder that is the current one", lambda r, d: ["demo", "--workdir", "."], 2, ["current folder"]),
+    ("a topic prefix Kafka cannot name topics with", lambda r, d: ["dlq", "list", "--bootstrap", NO_BROKER,
+                                                                   "--topic-prefix", "my prefix."], 2,
+     ["topic prefix 'my prefix.'", "--topic-prefix"]),
+    ("a worker web port of 0", lambda r, d: ["worker", "--web-port", "0"], 2, ["--web-port", "not a port number"]),
+    ("consistency sizes the wrong way round", lambda r, d: ["audit", "consistency", "5", "3", "--bootstrap", NO_BROKER,
+                                                            "--policy", d.policy_path], 2, ["OLD_SIZE"]),
+    ("a redrive wait that is not a number", lambda r, d: ["dlq", "redrive", "--bootstrap", NO_BROKER, "--wait", "nan"],
+     2, ["--wait", "'nan'"]),
+    ("a shred timeout below 0", lambda r, d: ["audit", "shred", "WM-X", "--timeout", "-1"], 2, ["--timeout"]),
+    ("an argument that is not UTF-8", lambda r, d: ["audit", "prove", "\udcff\udcfe", "--bootstrap", NO_BROKER], 2,
+     ["argument 3 is not valid UTF-8"]),
+    ("a key file that is no key", lambda r, d: ["keys", "export-public", r / "empty.yaml"], 2,
+     ["empty.yaml", "not a MASB key file"]),
     # Output paths are checked before the log is read (the broker is never asked: exit 2, not 3).
     ("audit report --out in a missing folder", lambda r, d: report(d, "--format", "html", "--out", r / "nope" / "r.html"),
      2, ["--out", "nope/r.html", "not found"]),
@@ -229,7 +245,14 @@ def test_a_mistake_is_one_clear_line_with_its_exit_code(setup, name, argv, code,
         assert value not in err + result.stdout
 
 
-@pytest.mark.parametrize("command", [["audit", "verify"], ["worker", "--web-port", "0"], ["dlq", "list"]])
+def test_a_usage_error_of_masb_itself_names_masb_once(setup):
+    root, _ = setup
+    result = masb(cwd=root)
+    assert result.returncode == 2
+    assert result.stderr.startswith("masb: the following arguments are required: COMMAND"), result.stderr
+
+
+@pytest.mark.parametrize("command", [["audit", "verify"], ["worker", "--web-port", "6066"], ["dlq", "list"]])
 def test_a_bad_masb_bootstrap_is_named_with_exit_2(setup, command):
     root, deployment = setup
     env = {"MASB_BOOTSTRAP": "127.0.0.1:70000", "MASB_POLICY": str(deployment.policy_path),

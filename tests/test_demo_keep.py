@@ -4,6 +4,7 @@ and one line saying so, never a silent 0."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -53,7 +54,13 @@ def finish(proc, timeout=60) -> tuple[int, str]:
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # The demo's broker and worker run in sessions of their own: stop them too, not only the demo.
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
         os.killpg(proc.pid, signal.SIGKILL)
+        for child in map(int, children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
         _, err = proc.communicate()
     return proc.returncode, err
 

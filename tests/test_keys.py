@@ -86,6 +86,25 @@ def test_load_refuses_group_or_other_accessible_file(tmp_path, mode):
     assert "chmod 600" in str(info.value)
 
 
+def test_a_readable_file_that_is_no_key_is_named_as_such_without_advice_to_chmod_it(tmp_path):
+    path = tmp_path / "my notes.txt"
+    path.write_text("not a key\n")
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileError, match="not a MASB key file") as info:
+        load_private_key(path)
+    assert "chmod" not in str(info.value)
+
+
+def test_the_chmod_advice_quotes_a_path_with_spaces(tmp_path):
+    path = tmp_path / "keys copy" / "housing.key"
+    path.parent.mkdir()
+    write_private_key(path, generate_key("housing", "exchange"))
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileError) as info:
+        load_private_key(path)
+    assert f"chmod 600 '{path}'" in str(info.value)
+
+
 def test_load_rejects_inconsistent_files_without_echoing_the_secret(tmp_path):
     rec = generate_key("housing", "exchange")
     other = generate_key("housing", "exchange")

@@ -22,6 +22,7 @@ import urllib.request
 import pytest
 
 from agents.deployment import WorkerProcess, prepare_deployment, worker_env
+from deploy.brokers import free_port
 from deploy.cluster import KafkaCluster
 from streams.audit.case_keys import CASE_KEYS_DIR, open_sealed_case
 from streams.audit.checkpoint import open_checkpoint
@@ -267,8 +268,8 @@ def test_a_worker_refuses_a_cluster_whose_topics_disagree_with_its_partitions(ka
     prefix = f"mismatch{os.urandom(3).hex()}."
     asyncio.run(ensure_topics(kafka, [TopicSpec(Topics(prefix).case_events, 2)]))
     env = worker_env(deployment, kafka, prefix, MASB_PARTITIONS="3")
-    result = subprocess.run([sys.executable, "-m", "agents", "worker", "--web-port", "0"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "agents", "worker", "--web-port", str(free_port())],
+                            env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert f"topic {prefix}case-events has 2 partitions, but this deployment uses 3" in result.stderr
     assert "MASB_PARTITIONS" in result.stderr and "Traceback" not in result.stderr
@@ -309,8 +310,8 @@ def test_a_worker_refuses_to_create_topics_with_more_replicas_than_brokers(kafka
     deployment = prepare_deployment(tmp_path / "deployment")
     env = worker_env(deployment, kafka, f"replicas{os.urandom(3).hex()}.", MASB_REPLICATION_FACTOR="3",
                      MASB_MIN_INSYNC_REPLICAS="2")
-    result = subprocess.run([sys.executable, "-m", "agents", "worker", "--web-port", "0"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "agents", "worker", "--web-port", str(free_port())],
+                            env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "replication factor 3 needs 3 brokers, but the cluster at" in result.stderr and "has 1" in result.stderr
     assert "Traceback" not in result.stderr

@@ -24,7 +24,15 @@ import signal
 import sys
 import traceback
 
-from streams.errors import EXIT_BROKEN_PIPE, EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, MasbError
+from streams.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_BUG,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    MasbError,
+)
 
 GROUPS = ("demo", "worker", "publish", "ingest", "consume", "status", "keys", "policy", "schemas", "audit", "dlq",
           "witness", "acl")
@@ -34,7 +42,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its usage errors in the form of every other error: one line, then a hint."""
 
     def error(self, message: str):
-        _say(f"{self.prog.removeprefix('masb ')}: {message}\nsee `{self.prog} --help`")
+        where = "" if self.prog == "masb" else f"{self.prog.removeprefix('masb ')}: "
+        _say(f"{where}{message}\nsee `{self.prog} --help`")
         sys.exit(2)
 
 
@@ -133,8 +142,28 @@ def _as_masb_error(exc: Exception, args) -> MasbError | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    problem = _not_text(sys.argv[1:] if argv is None else argv)
+    if problem:
+        _say(f"{problem} is not valid UTF-8 text\nevery argument and MASB_* setting is UTF-8 text")
+        return EXIT_USAGE
     args = build_parser().parse_args(argv)  # usage errors: argparse prints usage and exits 2
     return run(args)
+
+
+def _not_text(argv: list[str]) -> str | None:
+    """What is not UTF-8 text (Python keeps such bytes as lone surrogates): 'argument N' or the
+    setting's name; never the value, which may be a case reference."""
+    def text(value: str) -> bool:
+        try:
+            value.encode("utf-8")
+            return True
+        except UnicodeEncodeError:
+            return False
+
+    bad = next((n for n, value in enumerate(argv, start=1) if not text(value)), None)
+    if bad is not None:
+        return f"argument {bad}"
+    return next((name for name, value in os.environ.items() if name.startswith("MASB_") and not text(value)), None)
 
 
 if __name__ == "__main__":

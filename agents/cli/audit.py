@@ -28,6 +28,7 @@ from agents.cli.common import (
     existing_dir,
     existing_file,
     kafka_flags,
+    non_negative,
     output_dir,
     output_file,
     topics,
@@ -75,8 +76,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("consistency", help="consistency proof between two signed checkpoints")
     log_source(p)
-    p.add_argument("old_size", type=int)
-    p.add_argument("new_size", type=int)
+    p.add_argument("old_size", type=non_negative(int))
+    p.add_argument("new_size", type=non_negative(int))
     p.add_argument("--out", help="write the proof here (default: stdout)")
     index_flags(p)
 
@@ -101,7 +102,7 @@ def register(sub) -> None:
     kafka_flags(p)
     p.add_argument("case_ref")
     p.add_argument("--keys-dir", help="router keys dir holding case-keys/ (env MASB_KEYS_DIR)")
-    p.add_argument("--timeout", type=float, default=60.0,
+    p.add_argument("--timeout", type=non_negative(float), default=60.0,
                    help="seconds to wait for the worker that routes the case to destroy the key (default 60)")
 
 
@@ -147,6 +148,8 @@ def cmd_audit(args) -> int:
     filters = report_filters(args, policy) if args.action == "report" else None
     if args.action == "report":
         report_workers()  # a bad MASB_REPORT_WORKERS fails before the log is read
+    if args.action == "consistency" and args.old_size > args.new_size:
+        raise UsageError(f"consistency {args.old_size} {args.new_size}: OLD_SIZE must not be above NEW_SIZE")
     if args.action in ("prove", "consistency") and args.index and not args.no_index:
         from streams.audit.tiles import check_index_folder
 

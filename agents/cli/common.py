@@ -192,24 +192,15 @@ class Progress:
 
 
 def port_number(text: str) -> int:
-    """argparse type: a TCP port, 1-65535 (0 for "any free port" where a flag allows it, see port_or_zero)."""
-    return _port(text, 1)
-
-
-def port_or_zero(text: str) -> int:
-    """argparse type: a TCP port, or 0 for any free port."""
-    return _port(text, 0)
-
-
-def _port(text: str, lowest: int) -> int:
+    """argparse type: a TCP port, 1-65535."""
     import argparse
 
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if not lowest <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number ({lowest}-65535)")
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
     return value
 
 
@@ -222,7 +213,7 @@ def non_negative(kind):
             value = kind(text)
         except ValueError:
             value = -1
-        if value < 0:
+        if not 0 <= value < float("inf"):  # also refuses nan
             raise argparse.ArgumentTypeError(f"{text!r} is not a number of 0 or more")
         return value
     return parse

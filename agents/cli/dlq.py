@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from agents.cli.common import UsageError, bootstrap, kafka_flags, print_json, topics
+from agents.cli.common import bootstrap, kafka_flags, non_negative, print_json, topics
 from streams.errors import CheckFailed
 
 
@@ -33,7 +33,7 @@ def register(sub) -> None:
     q.add_argument("--offset", type=int, action="append", help="only the dead letter at this offset (repeatable)")
     q.add_argument("--again", action="store_true", help="also those whose redrive was requested before")
     q.add_argument("--dry-run", action="store_true", help="say what would be redriven; send nothing")
-    q.add_argument("--wait", type=float, default=30.0,
+    q.add_argument("--wait", type=non_negative(float), default=30.0,
                    help="seconds to wait for the worker to record each redrive (0: do not wait)")
     q.set_defaults(func=cmd_redrive)
 
@@ -139,8 +139,6 @@ def _table(rows) -> None:
 def cmd_redrive(args) -> int:
     from streams.redrive import dead_letter_sha256, encode_request, redrive_action_id
 
-    if args.wait < 0:
-        raise UsageError("--wait must be 0 or more seconds")
     server, names = bootstrap(args), topics(args)
     letters = _select(asyncio.run(_dead_letters(server, names)), args)
     chosen, skipped = [], []

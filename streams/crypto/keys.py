@@ -14,6 +14,7 @@ import glob
 import hashlib
 import json
 import os
+import shlex
 import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -108,7 +109,11 @@ class PrivateKeyRecord:
 
 def _require_kind(rec: PrivateKeyRecord, kind: str) -> None:
     if rec.kind != kind:
-        raise ValueError(f"key {rec.key_id} is a {rec.kind} key, a {kind} key is needed")
+        raise ValueError(f"key {rec.key_id} is {_a(rec.kind)} key, {_a(kind)} key is needed")
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _check_owner(owner: str) -> None:
@@ -258,13 +263,16 @@ def read_private_file(path: str | os.PathLike[str], max_bytes: int = 64 * 1024) 
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise KeyFileError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(max_bytes)
         if mode & 0o077:
+            if not data.lstrip().startswith(b"{"):  # not a key file at all: no advice to chmod it
+                raise KeyFileError(f"{path}: not a MASB key file (a key file is a JSON document)")
             raise KeyFileError(
                 f"{path}: permissions {stat.S_IMODE(mode):04o} are too open; a private key file "
-                f"must not be accessible by group or others (run: chmod 600 {path})"
+                f"must not be accessible by group or others (run: chmod 600 {shlex.quote(str(path))})"
             )
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read(max_bytes)
+        return data
     finally:
         os.close(fd)
 
