@@ -7,11 +7,17 @@ Each is started once per session, on first use, and stopped (with every process 
 
 from __future__ import annotations
 
+import signal
 import uuid
 
 import pytest
 
 from deploy.brokers import KafkaBroker, TansuBroker
+
+# A suite started in the background by a shell without job control (`make test &`) inherits Ctrl-C
+# as ignored, and so would every command a test starts: the tests of Ctrl-C (exit 130) need it back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
