@@ -201,7 +201,7 @@ def _run_demo(bootstrap: str | None, workdir: Path, started: float, keep: bool, 
 
 
 def _fresh_deployment(workdir: Path) -> Deployment:
-    check_workdir(workdir)
+    """A new demo deployment in ``workdir``, which run_demo has checked (check_workdir) may be emptied."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     (workdir / MARKER_FILE).write_text("made by masb demo: a later `masb demo` empties this folder\n")

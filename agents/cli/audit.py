@@ -146,8 +146,7 @@ def cmd_audit(args) -> int:
     if args.action == "verify":
         return verify(bootstrap(args), topics(args), policy, origin, trust)
     filters = report_filters(args, policy) if args.action == "report" else None
-    if args.action == "report":
-        report_workers()  # a bad MASB_REPORT_WORKERS fails before the log is read
+    workers = report_workers() if args.action == "report" else None  # a bad value fails before the log is read
     if args.action == "consistency" and args.old_size > args.new_size:
         raise UsageError(f"consistency {args.old_size} {args.new_size}: OLD_SIZE must not be above NEW_SIZE")
     if args.action in ("prove", "consistency") and args.index and not args.no_index:
@@ -160,7 +159,7 @@ def cmd_audit(args) -> int:
     if args.action == "consistency":
         return consistency(args, log, verifiers, origin)
     if args.action == "report":
-        return report(args, filters, log, verifiers, origin, witness_quorum(policy))
+        return report(args, filters, log, verifiers, origin, witness_quorum(policy), workers)
     return export(args, log, verifiers, origin, topics(args))
 
 
@@ -499,10 +498,10 @@ def report_workers() -> int | None:
     return int(value)
 
 
-def report(args, filters, log: Log, verifiers, origin, witnesses=None) -> int:
+def report(args, filters, log: Log, verifiers, origin, witnesses=None, workers: int | None = None) -> int:
     from streams.audit.report import RENDERERS, build_report, verify_for_report
 
-    result = build_report(log.entries, filters, _case_store(args), workers=report_workers())
+    result = build_report(log.entries, filters, _case_store(args), workers=workers)
     verification = verify_for_report(log.entries, log.checkpoints, verifiers, origin)
     if verification.checkpoint is not None and witnesses is not None and witnesses.members:
         # The witnesses of the policy whose cosignatures on the checkpoint relied on verify.
