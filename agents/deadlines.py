@@ -24,6 +24,7 @@ Never twice, never lost:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -46,6 +47,9 @@ log = logging.getLogger("masb.deadlines")
 
 POSITION_KEY = b"__position__"  # the state topic's record of the audit offset the book reflects
 BATCH = 500
+# The deadline agent shares the worker's event loop with the router: folding 500 entries (a notice
+# sealed for each delivery) takes about a second of CPU, so it yields after this much work at a time.
+SLICE_SECONDS = 0.005
 
 OVERDUE = Gauge("masb_deliveries_overdue", "Deliveries past their deadline without the receipt their agreement "
                 "requires (on the worker that owns deadline tracking)", ["agency"])
@@ -207,7 +211,9 @@ class DeadlineAgent:
         policy, now = self.runtime.policy, self.runtime.clock()
         changed: dict[str, Tracking | None] = {}
         notices: list[Message] = []
+        slices = TimeSlices()
         for record in records:
+            await slices.share()
             try:
                 entry = decode_entry(record.value or b"")
             except AuditEntryError:
@@ -254,7 +260,9 @@ class DeadlineAgent:
     async def act(self, consumer, sender: AcknowledgedSender, actions) -> None:
         policy = self.runtime.policy
         notices, entries, kinds = [], [], []
+        slices = TimeSlices()
         for action in actions:
+            await slices.share()
             message = self.notice(action.notice())
             if message is not None:
                 notices.append(message)
@@ -287,6 +295,21 @@ class DeadlineAgent:
             OVERDUE.labels(agency.id).set(overdue.get(agency.id, 0))
             OPEN_ESCALATIONS.labels(agency.id).set(escalated.get(agency.id, 0))
         TRACKED.set(len(self.book))
+
+
+class TimeSlices:
+    """Synchronous work cut into slices of SLICE_SECONDS, the event loop's other tasks (the
+    router) running between them. Only the deadline agent's own task touches its book, so the book
+    cannot change while it waits."""
+
+    def __init__(self, seconds: float = SLICE_SECONDS) -> None:
+        self.seconds = seconds
+        self.until = time.perf_counter() + seconds
+
+    async def share(self) -> None:
+        if time.perf_counter() >= self.until:
+            await asyncio.sleep(0)
+            self.until = time.perf_counter() + self.seconds
 
 
 async def run_deadlines(runtime) -> None:

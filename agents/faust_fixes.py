@@ -18,6 +18,15 @@ resumes), and the rest of that fetch is left too. After the rebalance they are
 fetched again from the committed offset and handed over then; a record a stream already had is at
 worst routed twice, which the dedupe table and the partners' dedupe by event id absorb.
 
+A fourth change is for latency, not loss: faust's worker consumer long-polls with a fixed
+``fetch_max_wait_ms=1500``, and aiokafka sends one fetch at a time to a broker, leaving out
+partitions whose fetched records are still buffered. When a fetch is formed while case-events
+records wait in the buffer, it asks only for the worker's quiet partitions (receipts, redrive,
+shreds, the leader topic), and the broker holds it for the whole 1.5 s; the case-events records
+that arrive meanwhile wait for it, and the next fetch repeats the pattern (bench_worker_cpu.py saw
+publish-to-partner latency flip between about 70 ms and 1.2 s). :data:`FETCH_MAX_WAIT_MS` bounds
+that wait.
+
 Installed once per process by :func:`install`, only on the faust version it was written for.
 """
 
@@ -29,11 +38,15 @@ from typing import cast
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from mode import Service
 
 log = logging.getLogger("masb.faust")
 
 FIXED_VERSIONS = ("0.15.3",)
+# The longest a fetch of the worker's consumer waits at the broker for records: what a record that
+# arrives during a fetch for other partitions may wait (an idle worker sends ten fetches a second).
+FETCH_MAX_WAIT_MS = 100
 
 
 _ORIGINAL = {"perform_seek": Consumer.perform_seek, "_new_offset": Consumer._new_offset}
@@ -49,7 +62,17 @@ def install() -> bool:
     Consumer._drain_messages = _drain_messages
     Consumer.perform_seek = _perform_seek
     Consumer._new_offset = _new_offset
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
     return True
+
+
+_CREATE_WORKER_CONSUMER = AIOKafkaConsumerThread._create_worker_consumer
+
+
+def _create_worker_consumer(self, transport):
+    consumer = _CREATE_WORKER_CONSUMER(self, transport)
+    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when it starts (aiokafka 0.12-0.14)
+    return consumer
 
 
 # The second fix: faust seeks only partitions that have a committed offset when they are assigned,

@@ -1,7 +1,7 @@
 """The router agent: case-events -> one envelope per entitled agency, an audit entry per exchange.
 
 Records are routed in small batches (`router_batch`, default 100, or whatever arrived within
-`router_batch_window`, default 20 ms): every record of the batch is decided, all resulting messages are sent, and the agent waits
+`router_batch_window`, default 5 ms): every record of the batch is decided, all resulting messages are sent, and the agent waits
 until the broker acknowledged every one of them before the batch's input offsets may be committed.
 Waiting once per batch instead of once per event is what makes the worker fast (see
 bench/bench_pipeline.py); waiting at all is what makes it at-least-once.
@@ -16,6 +16,7 @@ batch waits for the broker, the batch is abandoned without committing its offset
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -118,6 +119,14 @@ async def send_case_keys(sender: AcknowledgedSender, runtime, records) -> None:
                                for r in records], _case_key_refused)
 
 
+async def _prefetch(case_keys, partitions: set[int]) -> None:
+    try:
+        await case_keys.load(partitions)
+    except Exception as exc:  # noqa: BLE001 - the router's own load retries and reports
+        log.info("case keys of partitions %s not read ahead (%s); the router reads them", sorted(partitions),
+                 type(exc).__name__)
+
+
 def _case_key_refused(message: Message, error: Exception) -> list[Message]:
     raise RuntimeError(f"the broker refused a case-key record ({type(error).__name__}): check {message.topic}")
 
@@ -150,6 +159,19 @@ def install(app: faust.App, runtime) -> None:
     async def on_revoked(sender, revoked, **kwargs) -> None:
         # Another worker routes these partitions now; it reads their case keys from Kafka.
         case_keys.revoke({tp.partition for tp in revoked if tp.topic == runtime.topics.case_events})
+
+    prefetches: set = set()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs) -> None:
+        # Read the new partitions' case keys now, not when their first record arrives (reading
+        # takes most of a second): the rebalance is not held up; the first batch waits for the read
+        # only if it is still under way, and reads again if it failed.
+        partitions = {tp.partition for tp in assigned if tp.topic == runtime.topics.case_events}
+        if partitions:
+            task = asyncio.ensure_future(_prefetch(case_keys, partitions))
+            prefetches.add(task)
+            task.add_done_callback(prefetches.discard)
 
     @app.agent(source, name="router")
     async def route(stream):

@@ -77,7 +77,7 @@ class Settings:
     replication_factor: int = 3          # replicas of every topic MASB creates (a 3-broker cluster)
     min_insync_replicas: int = 2         # ... of which this many must have a record before it counts
     router_batch: int = 100              # records routed per batch (one wait for acknowledgements each)
-    router_batch_window: float = 0.02    # seconds a batch waits for more records once the router is idle
+    router_batch_window: float = 0.005   # seconds a batch waits for more records once the router is idle
     web_host: str = "127.0.0.1"
     web_port: int = 6066                 # serves /metrics and the HTTP ingest endpoint
     datadir: Path = field(default_factory=lambda: Path(".masb-worker"))
@@ -106,7 +106,7 @@ class Settings:
             keys_dir=Path(env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", "keys")),
             topic_prefix=env_or(getattr(args, "topic_prefix", None), "MASB_TOPIC_PREFIX", ""),
             router_batch=positive_number(env_or(None, "MASB_ROUTER_BATCH", 100), "MASB_ROUTER_BATCH", int),
-            router_batch_window=positive_number(env_or(None, "MASB_ROUTER_BATCH_WINDOW", 0.02),
+            router_batch_window=positive_number(env_or(None, "MASB_ROUTER_BATCH_WINDOW", 0.005),
                                                 "MASB_ROUTER_BATCH_WINDOW", maximum=10),
             partitions=positive_number(env_or(None, "MASB_PARTITIONS", 6), "MASB_PARTITIONS", int, maximum=1000),
             replication_factor=positive_number(env_or(None, "MASB_REPLICATION_FACTOR", 3), "MASB_REPLICATION_FACTOR",

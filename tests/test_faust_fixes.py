@@ -4,6 +4,7 @@ marked as read, and the commit guard commits only as far as records were handled
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -148,3 +149,19 @@ def test_the_guard_forgets_what_was_committed():
 def test_topics_not_guarded_keep_fausts_commit_rule():
     book = offsets_book([5, 6, 7], committed=5, tp=OTHER)
     assert faust_fixes._new_offset(book, OTHER) == 8
+
+
+def test_the_worker_consumer_waits_at_most_fetch_max_wait_for_a_fetch() -> None:
+    # faust's 1.5 s long poll held case-events records behind fetches of quiet partitions
+    # (publish-to-partner latency of about 1.2 s at 130 events/s, bench/bench_worker_cpu.py).
+    assert faust_fixes.install()
+
+    async def made() -> int:
+        app = faust.App(f"fetch-wait-{os.urandom(3).hex()}", broker="kafka://127.0.0.1:9", autodiscover=False)
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(made()) == faust_fixes.FETCH_MAX_WAIT_MS <= 100

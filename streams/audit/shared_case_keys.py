@@ -21,6 +21,7 @@ references; neither is ever in Kafka.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -139,7 +140,8 @@ class KeyRecord:
 class SharedCaseKeys:
     """The router's view: the keys of the cases in the case-events partitions this worker routes.
 
-    ``load(partitions)`` reads those partitions of the case-key topic (once per assignment);
+    ``load(partitions)`` reads those partitions of the case-key topic (once per assignment; the
+    router starts it as soon as partitions are assigned, so the first batch does not wait for it);
     ``seal`` uses a case's key, making a new one when the case is new; the records of new keys
     (``new_records()``) must be acknowledged by the broker before any audit entry sealed with them is
     sent, so that every worker that later routes the case finds the same key.
@@ -150,29 +152,40 @@ class SharedCaseKeys:
     secrets: CaseKeySecrets
     _keys: dict[int, dict[str, CaseKey]] = field(default_factory=dict)  # partition -> lookup -> key
     _new: list[tuple[KeyRecord, str]] = field(default_factory=list)      # (record, lookup) not yet sent
+    _revocations: dict[int, int] = field(default_factory=dict)  # partition -> times revoked
+    _reading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def load(self, partitions: set[int]) -> None:
+        """Read the keys of those of ``partitions`` not loaded yet. One read at a time: a load
+        already under way (the prefetch started on assignment) is waited for, not repeated."""
         from streams.kafka import read_topic
 
-        missing = sorted(p for p in partitions if p not in self._keys)
-        if not missing:
+        if all(p in self._keys for p in partitions):
             return
-        found: dict[int, dict[str, CaseKey]] = {p: {} for p in missing}
-        async for record in read_topic(self.bootstrap, self.topic, partitions=missing):
-            key = record.key or b""
-            if not key.startswith(CASE_PREFIX):
-                continue
-            lookup = key[len(CASE_PREFIX):].decode("ascii", "replace")
-            if record.value is None:
-                found[record.partition].pop(lookup, None)
-            else:
-                found[record.partition][lookup] = self.secrets.unwrap(record.value)
-        self._keys.update(found)
+        async with self._reading:
+            missing = sorted(p for p in partitions if p not in self._keys)
+            if not missing:
+                return
+            revocations = {p: self._revocations.get(p, 0) for p in missing}
+            found: dict[int, dict[str, CaseKey]] = {p: {} for p in missing}
+            async for record in read_topic(self.bootstrap, self.topic, partitions=missing):
+                key = record.key or b""
+                if not key.startswith(CASE_PREFIX):
+                    continue
+                lookup = key[len(CASE_PREFIX):].decode("ascii", "replace")
+                if record.value is None:
+                    found[record.partition].pop(lookup, None)
+                else:
+                    found[record.partition][lookup] = self.secrets.unwrap(record.value)
+            # A partition revoked while it was read may have new keys from its next owner: the
+            # keys read are stale, and the next assignment reads them again.
+            self._keys.update({p: keys for p, keys in found.items() if self._revocations.get(p, 0) == revocations[p]})
 
     def revoke(self, partitions: set[int]) -> None:
         """Another worker routes these partitions now: forget their keys."""
         for p in partitions:
             self._keys.pop(p, None)
+            self._revocations[p] = self._revocations.get(p, 0) + 1
 
     def seal(self, case_ref: str, event_id: str | None, partition: int = 0) -> CaseFields:
         if partition not in self._keys:
