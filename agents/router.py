@@ -32,10 +32,12 @@ from streams.routing import INTERNAL_ERROR, Admitted, InputRecord, Refusal
 log = logging.getLogger("masb.router")
 
 # The dedupe table's RocksDB memory, per partition: faust's defaults (3 x 64 MiB memtables, a 2 GiB
-# block cache) let a worker's memory grow by hundreds of MiB over a long run. Lookups are of recent
-# event ids (in the memtables) and of redeliveries; a small cache serves both.
-SEEN_EVENTS_ROCKSDB = {"write_buffer_size": 2 * 1024 * 1024, "max_write_buffer_number": 2,
-                       "block_cache_size": 8 * 1024 * 1024}
+# block cache) let a worker's memory grow by hundreds of MiB over a long run. A memtable holds about
+# 100 bytes per event until it is flushed: at 2 MiB a partition, a worker's memory grew by 19 MiB over
+# its first 100,000 events (bench/bench_soak.py) before the memtables filled. Lookups are of recent
+# event ids (in the memtables) and misses (answered by the bloom filters): a small cache serves both.
+SEEN_EVENTS_ROCKSDB = {"write_buffer_size": 256 * 1024, "max_write_buffer_number": 2,
+                       "block_cache_size": 1024 * 1024}
 
 
 class BatchRouter:

@@ -3,7 +3,9 @@
 Run: .venv/bin/python bench/bench_deadlines.py [open-deliveries]
 
 - fold: audit entries per second through decode + DeadlineBook.apply (a DELIVERY and a RECEIPT per
-  delivery, as the agent reads them from the single audit partition);
+  delivery, as the agent reads them from the single audit partition), with the book in memory and
+  in RocksDB (as a worker keeps it; its rate over the first and the last fifth of the deliveries, so
+  that a slowdown as the book grows shows);
 - notice: notices sealed and signed per second (one per delivery and per receipt);
 - look: one look at the clock (due_actions + the overdue gauge) over N open deliveries;
 - memory: bytes per open delivery held by the owner (tracemalloc), and per state record in Kafka.
@@ -11,7 +13,9 @@ Run: .venv/bin/python bench/bench_deadlines.py [open-deliveries]
 
 from __future__ import annotations
 
+import random
 import sys
+import tempfile
 import time
 import tracemalloc
 import uuid
@@ -23,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streams.audit.entry import decode_entry, encode_entry, make_entry  # noqa: E402
 from streams.crypto.keys import generate_key  # noqa: E402
 from streams.crypto.notice import NoticeSealer  # noqa: E402
+from streams.deadline_store import RocksTrackings  # noqa: E402
 from streams.deadlines import DeadlineBook, NoticeRequest  # noqa: E402
 from streams.policy import load_policy  # noqa: E402
 
@@ -31,12 +36,17 @@ POLICY = load_policy(ROOT / "tests/fixtures/policy/valid.yaml")
 T0 = datetime(2026, 11, 27, 19, 30, tzinfo=timezone.utc)
 
 
+def event_id(i: int) -> str:
+    """The i-th event id: random-looking, as publishers' UUIDs are (sequential ids would fill the
+    RocksDB book in key order, which hides the cost of looking up keys that are not there)."""
+    return str(uuid.UUID(int=random.Random(i).getrandbits(128)))
+
+
 def entries(n: int) -> list[bytes]:
     out = []
     for i in range(n):
-        event_id = str(uuid.UUID(int=i))
         out.append(encode_entry(make_entry(
-            "DELIVERY", recorded_at=T0, event_id=event_id, event_type="MARAC_REFERRAL", unit_id="hau-south",
+            "DELIVERY", recorded_at=T0, event_id=event_id(i), event_type="MARAC_REFERRAL", unit_id="hau-south",
             area="worcestershire", agency_id="council-housing", agreement_id="isa-housing", agreement_version=1,
             policy_version=4, policy_digest="0" * 64, legal_basis="CRIME_AND_DISORDER_ACT_1998_S115",
             fields=["header", "victim.name"], envelope_sha256="ab" * 32, recipient_key_id="3e7b7076d6173182",
@@ -44,10 +54,31 @@ def entries(n: int) -> list[bytes]:
     return out
 
 
+def rocks_fold(deliveries: list[bytes], receipts: list[bytes]) -> tuple[float, float, float]:
+    """Entries/s folding into a RocksDB book: over the first fifth of the deliveries, the last fifth,
+    and everything (deliveries, then receipts)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RocksTrackings(Path(tmp) / "book")
+        try:
+            book = DeadlineBook(store=store)
+            fifth = max(1, len(deliveries) // 5)
+            rates, start = [], time.perf_counter()
+            for offset, data in enumerate(deliveries + receipts):
+                if offset % fifth == 0 and offset <= len(deliveries):
+                    rates.append((offset, time.perf_counter()))
+                book.apply(offset, decode_entry(data), POLICY, T0)
+            total = (len(deliveries) + len(receipts)) / (time.perf_counter() - start)
+        finally:
+            store.close()
+    first = fifth / (rates[1][1] - rates[0][1])
+    last = fifth / (rates[5][1] - rates[4][1]) if len(rates) > 5 else first
+    return first, last, total
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     deliveries = entries(n)
-    receipts = [encode_entry(make_entry("RECEIPT", recorded_at=T0 + timedelta(hours=1), event_id=str(uuid.UUID(int=i)),
+    receipts = [encode_entry(make_entry("RECEIPT", recorded_at=T0 + timedelta(hours=1), event_id=event_id(i),
                                         agency_id="council-housing", envelope_sha256="ab" * 32, policy_version=4,
                                         reason="RECEIVED at 2026-11-27T20:30:00+00:00")) for i in range(n // 2)]
 
@@ -56,6 +87,7 @@ def main() -> None:
     for offset, data in enumerate(deliveries + receipts):
         book.apply(offset, decode_entry(data), POLICY, T0)
     fold = (len(deliveries) + len(receipts)) / (time.perf_counter() - start)
+    rocks = rocks_fold(deliveries, receipts)
     tracemalloc.start()  # a second book, measured (tracemalloc slows the fold down)
     measured = DeadlineBook()
     for offset, data in enumerate(deliveries + receipts):
@@ -83,6 +115,8 @@ def main() -> None:
 
     print(f"deadline agent, {len(book):,} open deliveries ({n:,} delivered, {len(receipts):,} received):")
     print(f"  fold     {fold:>10,.0f} audit entries/s (decode + apply)")
+    print(f"  fold     {rocks[0]:>10,.0f} -> {rocks[1]:,.0f} audit entries/s with the book in RocksDB (first -> last "
+          f"fifth of the deliveries), {rocks[2]:,.0f} over all")
     print(f"  notice   {notices:>10,.0f} notices/s sealed and signed")
     print(f"  look     {look * 1000:>10,.1f} ms per look at the clock (due actions + overdue gauge)")
     print(f"  memory   {held / max(1, len(book)):>10,.0f} bytes per open delivery in the owner's memory; "

@@ -62,9 +62,15 @@ class RocksTrackings:
         table = BlockBasedOptions()
         table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
         table.set_cache_index_and_filter_blocks(True)  # their memory bounded by the cache too
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        # Most lookups are of keys not in the book (a DELIVERY's new tracking): without a bloom
+        # filter each one searched every table, and a 120,000-delivery book spent most of the
+        # worker's CPU there (bench/bench_soak.py, bench/bench_deadlines.py).
+        table.set_bloom_filter(10, False)
         options.set_block_based_table_factory(table)
         self.db = Rdict(str(self.directory), options)
         self._count = 0
+        self._last_read: tuple[bytes, bytes | None] | None = None  # (key, stored value): get, then put
 
     def close(self) -> None:
         """Close and remove the directory (the book lives on in the state topic)."""
@@ -73,7 +79,9 @@ class RocksTrackings:
 
     # -- the store interface -----------------------------------------------------------------------
     def get(self, key: str) -> Tracking | None:
-        value = self.db.get(_TRACKING + key.encode())
+        raw = _TRACKING + key.encode()
+        value = self.db.get(raw)
+        self._last_read = (raw, value)  # a fold gets a tracking, then puts it: one lookup, not two
         return Tracking.from_json(value[_HEADER:]) if value is not None else None
 
     def put(self, t: Tracking) -> None:
@@ -103,7 +111,8 @@ class RocksTrackings:
 
     def _unindex(self, key: bytes, batch: WriteBatch) -> bool:
         """Remove the index keys of the stored tracking `key` into `batch`; False if there is none."""
-        old = self.db.get(_TRACKING + key)
+        raw, last, self._last_read = _TRACKING + key, self._last_read, None
+        old = last[1] if last is not None and last[0] == raw else self.db.get(raw)
         if old is None:
             return False
         due, deliver_by, escalated = old[:8], old[8:16], old[16]
