@@ -47,8 +47,9 @@ log = logging.getLogger("masb.deadlines")
 
 POSITION_KEY = b"__position__"  # the state topic's record of the audit offset the book reflects
 BATCH = 500
-# The deadline agent shares the worker's event loop with the router: folding 500 entries (a notice
-# sealed for each delivery) takes about a second of CPU, so it yields after this much work at a time.
+# The deadline agent shares the worker's event loop with the router: folding a batch of 500 entries
+# (a notice sealed for each delivery) holds the loop for 100 ms or more, which every event arriving
+# meanwhile waits for; it yields after this much work at a time.
 SLICE_SECONDS = 0.005
 
 OVERDUE = Gauge("masb_deliveries_overdue", "Deliveries past their deadline without the receipt their agreement "

@@ -36,7 +36,7 @@ _OFFSET = 1 << 62
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _HEADER = 17
 WRITE_BUFFER_BYTES = 2 * 1024 * 1024  # RocksDB's memtable: what the book may hold in memory before a flush
-BLOCK_CACHE_BYTES = 8 * 1024 * 1024  # recently read blocks (RocksDB's default is 32 MiB per database)
+BLOCK_CACHE_BYTES = 4 * 1024 * 1024  # recently read blocks (RocksDB's default is 32 MiB per database)
 
 
 def _time_key(moment: datetime | None) -> bytes:

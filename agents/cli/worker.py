@@ -26,8 +26,9 @@ def cmd_worker(args) -> int:
     from agents.settings import Settings
     from streams.kafka import ensure_topics
 
-    from agents.worker import MasbWorker
+    from agents.worker import MasbWorker, limit_malloc_arenas
 
+    limit_malloc_arenas()
     settings = Settings.from_args(args)
     policy = load_policy_file(settings.policy_path)
     existing_dir(settings.keys_dir, "keys directory")
