@@ -30,7 +30,7 @@ from streams import rules
 from streams.errors import InvalidInput
 from streams.jsonform import FieldError, SchemaWalker, strip_logical_types
 from streams.jsonin import key_label
-from streams.schema_registry import DEFAULT_SCHEMA_ROOT, Registry, SchemaSourceError
+from streams.schema_registry import DEFAULT_SCHEMA_ROOT, Registry, SchemaSourceError, schema_root
 
 __all__ = [
     "EVENT_TYPES", "MAX_EVENT_BYTES", "MAGIC_BYTE", "FieldError", "EventValidationError", "WireFormatError",
@@ -233,12 +233,13 @@ _default_lock = threading.Lock()
 
 
 def default_codec() -> Codec:
-    """The process-wide codec over DEFAULT_SCHEMA_ROOT, created on first use."""
+    """The process-wide codec over schema_root() (MASB_SCHEMA_ROOT or the package's schemas), created
+    on first use; SchemaSourceError (exit 2) if MASB_SCHEMA_ROOT names no schemas directory."""
     global _default
     if _default is None:
         with _default_lock:
             if _default is None:
-                _default = Codec(DEFAULT_SCHEMA_ROOT)
+                _default = Codec(schema_root())
     return _default
 
 

@@ -34,8 +34,9 @@ from streams import jsonin
 from streams.errors import CheckFailed, InvalidInput
 from streams.resources import SCHEMA_ROOT
 
-# The schemas shipped in the package (streams/schemas/); MASB_SCHEMA_ROOT overrides it.
-DEFAULT_SCHEMA_ROOT = Path(os.environ.get("MASB_SCHEMA_ROOT", SCHEMA_ROOT))
+# The schemas shipped in the package (streams/schemas/); MASB_SCHEMA_ROOT overrides it (an empty
+# value counts as unset, as for every MASB_* setting). Commands use schema_root(), which checks it.
+DEFAULT_SCHEMA_ROOT = Path(os.environ.get("MASB_SCHEMA_ROOT") or SCHEMA_ROOT)
 
 COMPATIBILITY_MODE = "BACKWARD_TRANSITIVE"
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
@@ -44,6 +45,27 @@ _NAMED = frozenset({"record", "error", "enum", "fixed"})
 
 class SchemaSourceError(InvalidInput, ValueError):
     """A source schema or the registry files are malformed (unknown type, redefinition, bad JSON)."""
+
+
+def schema_root() -> Path:
+    """The schema root the codec and commands use: MASB_SCHEMA_ROOT if set, else the package's schemas.
+
+    A MASB_SCHEMA_ROOT that is missing, not a directory or holds no registry.json is refused with
+    SchemaSourceError (exit 2) naming the variable and the path: without it every event type would
+    be "unknown" (a registry with no entries), far from the cause.
+    """
+    value = os.environ.get("MASB_SCHEMA_ROOT")
+    if not value:
+        return SCHEMA_ROOT
+    root = Path(value)
+    if not root.exists():
+        raise SchemaSourceError(f"MASB_SCHEMA_ROOT {root}: not found")
+    if not root.is_dir():
+        raise SchemaSourceError(f"MASB_SCHEMA_ROOT {root}: not a directory")
+    if not (root / "registry.json").is_file():
+        raise SchemaSourceError(f"MASB_SCHEMA_ROOT {root}: holds no registry.json "
+                                f"(a schemas directory holds registry.json, registry/ and events/)")
+    return root
 
 
 class IncompatibleSchemaError(CheckFailed, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,11 +20,14 @@ def register(sub) -> None:
 
 
 def _root(args) -> Path:
-    from streams.schema_registry import DEFAULT_SCHEMA_ROOT
+    from streams.schema_registry import schema_root
 
-    root = existing_dir(args.root, "schemas directory") if args.root else DEFAULT_SCHEMA_ROOT
+    if args.root is not None:
+        root, what = existing_dir(args.root, "schemas directory"), "schemas directory"
+    else:
+        root, what = schema_root(), "MASB_SCHEMA_ROOT" if os.environ.get("MASB_SCHEMA_ROOT") else "schemas directory"
     if not (root / "registry.json").is_file() or not (root / "events").is_dir():
-        raise UsageError(f"schemas directory {root} holds no registry.json and events/: nothing to check")
+        raise UsageError(f"{what} {root} holds no registry.json and events/: nothing to check")
     return root
 
 
