@@ -193,14 +193,21 @@ class Progress:
 
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 1-65535."""
+    return _port(text, lowest=1)
+
+
+def port_or_zero(text: str) -> int:
+    """argparse type: a TCP port, 1-65535, or 0 for any free port."""
+    return _port(text, lowest=0)
+
+
+def _port(text: str, lowest: int) -> int:
     import argparse
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    value = int(text) if text.isascii() and text.isdigit() else -1  # no "+80", " 80", "８０" or "8_0"
+    if not lowest <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number ({lowest}-65535"
+                                         f"{'; 0 picks a free one' if lowest == 0 else ''})")
     return value
 
 

@@ -13,6 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
+from agents.cli.common import port_or_zero
+
 
 def register(sub) -> None:
     p = sub.add_parser("witness", help="run a witness that cosigns the exchange log's checkpoints (C2SP tlog-witness)")
@@ -26,7 +28,7 @@ def register(sub) -> None:
     q.add_argument("--key", required=True, help="the cosigner key file written by `masb witness keygen`")
     q.add_argument("--state-dir", required=True, help="directory of the witness's state and evidence")
     q.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    q.add_argument("--port", type=int, default=7380, help="port (default 7380; 0 picks a free one)")
+    q.add_argument("--port", type=port_or_zero, default=7380, help="port (default 7380; 0 picks a free one)")
     q.add_argument("--policy", help="sharing policy YAML: trust the router's signing keys (env MASB_POLICY)")
     q.add_argument("--origin", help="the log's origin with --policy (env MASB_LOG_ORIGIN)")
     q.add_argument("--log-key", action="append", default=[], metavar="VKEY",
@@ -49,9 +51,9 @@ def _keygen(args) -> int:
         signer = generate_cosigner(args.name)
     except CheckpointError as exc:
         raise UsageError(f"--name: {exc}") from None
+    output_file(args.out, "--out")  # first: a directory is named as one, not as an existing key
     if os.path.lexists(args.out):
         raise UsageError(f"{args.out} already exists; refusing to overwrite a key")
-    output_file(args.out, "--out")
     try:
         fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -86,7 +88,7 @@ def _trusted_logs(args) -> dict:
 def _serve(args) -> int:
     from aiohttp import web
 
-    from agents.cli.common import UsageError, existing_file
+    from agents.cli.common import UsageError, existing_file, output_dir
     from streams.audit.checkpoint import CheckpointError
     from streams.audit.cosignature import parse_cosigner_signer_key
     from streams.witness.http import build_witness_app
@@ -100,6 +102,7 @@ def _serve(args) -> int:
     if Path(args.key).stat().st_mode & 0o077:
         print(f"masb: warning: {args.key} is readable by others; chmod 600 it", file=sys.stderr)
     logs = _trusted_logs(args)
+    output_dir(args.state_dir, "--state-dir")  # created if missing, never its parents (docs/cli.md)
     try:
         state = WitnessState(args.state_dir)
     except WitnessStateError as exc:
@@ -107,19 +110,27 @@ def _serve(args) -> int:
     logging.getLogger("masb.witness").setLevel(logging.INFO)  # every cosignature and refusal, no personal data
     service = WitnessService(signer, logs, state)
 
+    # A service, like `ingest` (docs/cli.md): SIGTERM from its service manager is a clean stop, exit 0;
+    # Ctrl-C stops it just as cleanly, then exits 130 like every long command.
+    stopped_by: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # until the server runs
+
     async def run() -> None:
         runner = web.AppRunner(build_witness_app(service), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, args.host, args.port)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        print(f"masb witness: listening on http://{args.host}:{port} as {signer.key_string()} "
-              f"for {', '.join(sorted(logs))}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
+            site = web.TCPSite(runner, args.host, args.port)
+            try:
+                await site.start()
+            except OSError as exc:  # the port is taken or the address is not this host's
+                raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+            port = site._server.sockets[0].getsockname()[1]
+            print(f"masb witness: listening on http://{args.host}:{port} as {signer.key_string()} "
+                  f"for {', '.join(sorted(logs))}", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, lambda sig=sig: (stopped_by.append(sig), stop.set()))
             await stop.wait()
         finally:
             await runner.cleanup()
@@ -128,4 +139,6 @@ def _serve(args) -> int:
         asyncio.run(run())
     finally:
         state.close()
+    if stopped_by[:1] == [signal.SIGINT]:
+        raise KeyboardInterrupt  # stopped cleanly; Ctrl-C is exit 130 (docs/cli.md)
     return 0
