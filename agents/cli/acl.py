@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from agents.cli.common import bootstrap, kafka_flags, load_policy, topics
+from agents.cli.common import bootstrap, kafka_flags, load_policy, positive, topics
 from agents.settings import env_or
 from streams.errors import CheckFailed
 
@@ -34,7 +34,7 @@ def register(sub) -> None:
                                       "the change in the exchange log")
     _common(q)
     kafka_flags(q)
-    q.add_argument("--partitions", type=int, default=1, help="partitions of case-events and the dedupe changelog "
+    q.add_argument("--partitions", type=positive(int, maximum=1000), default=1, help="partitions of case-events and the dedupe changelog "
                                                              "(as the worker's settings; default 1)")
     p.set_defaults(func=cmd_acl)
 

@@ -64,7 +64,7 @@ def register(sub) -> None:
     log_source(p)
     p.add_argument("event_id", nargs="+", help="one or more event ids: one file proves all their deliveries")
     p.add_argument("--agency", help="only the deliveries to this agency")
-    p.add_argument("--extends", type=int, action="append", default=[], metavar="SIZE",
+    p.add_argument("--extends", type=non_negative(int), action="append", default=[], metavar="SIZE",
                    help="add a consistency proof from this earlier size (a checkpoint the auditor trusts)")
     p.add_argument("--out", help="write the proof here (default: stdout)")
     index_flags(p)

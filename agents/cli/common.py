@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from agents.settings import bootstrap_of, env_or
+from agents.settings import bootstrap_of, env_or, positive_number
 from streams.errors import InvalidInput
 
 
@@ -223,4 +223,19 @@ def non_negative(kind):
         if not 0 <= value < float("inf"):  # also refuses nan
             raise argparse.ArgumentTypeError(f"{text!r} is not a number of 0 or more")
         return value
+    return parse
+
+
+def positive(kind, maximum: float | None = None):
+    """argparse type: a number of ``kind`` (int or float) in ASCII digits, above 0 (up to ``maximum``):
+    the same rule as the MASB_* settings (agents/settings.py), so no nan, inf, -1 or 1_000."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            return positive_number(text, "", kind, maximum=maximum)
+        except InvalidInput:
+            whole = "whole " if kind is int else ""
+            limits = f"above 0 and at most {maximum:g}" if maximum is not None else "above 0"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {whole}number {limits}") from None
     return parse

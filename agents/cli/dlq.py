@@ -30,7 +30,7 @@ def register(sub) -> None:
     q = dsub.add_parser("redrive", help="send dead letters back through the router (after fixing the cause)")
     kafka_flags(q)
     _filters(q)
-    q.add_argument("--offset", type=int, action="append", help="only the dead letter at this offset (repeatable)")
+    q.add_argument("--offset", type=non_negative(int), action="append", help="only the dead letter at this offset (repeatable)")
     q.add_argument("--again", action="store_true", help="also those whose redrive was requested before")
     q.add_argument("--dry-run", action="store_true", help="say what would be redriven; send nothing")
     q.add_argument("--wait", type=non_negative(float), default=30.0,

@@ -13,6 +13,7 @@ from agents.cli.common import (
     kafka_flags,
     load_policy,
     port_number,
+    positive,
     pseudonym_flag,
     pseudonym_keys,
     topics,
@@ -30,9 +31,9 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: the case system's host)")
     p.add_argument("--port", type=port_number, default=8080, help="port to listen on (default 8080)")
     p.add_argument("--token-file", help="file holding a bearer token that requests must present")
-    p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default 1 MiB)")
-    p.add_argument("--send-timeout", type=float, default=None,
-                   help="seconds to wait for Kafka's acknowledgement before answering 503 (default 10)")
+    p.add_argument("--max-body-bytes", type=positive(int), default=None, help="largest request body (default 1 MiB)")
+    p.add_argument("--send-timeout", type=positive(float, maximum=3600), default=None,
+                   help="seconds to wait for Kafka's acknowledgement before answering 503 (default 10; at most 3600)")
     p.set_defaults(func=cmd_ingest)
 
 

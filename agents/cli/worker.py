@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 
-from agents.cli.common import UsageError, existing_dir, kafka_flags, load_policy_file, port_number
+from agents.cli.common import UsageError, existing_dir, kafka_flags, load_policy_file, port_number, positive
 
 
 def register(sub) -> None:
@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--keys-dir", help="directory of the router's private key files (env MASB_KEYS_DIR)")
     p.add_argument("--web-port", type=port_number, help="port of /metrics and /health (env MASB_WEB_PORT, default 6066)")
     p.add_argument("--datadir", help="Faust data directory (env MASB_DATADIR)")
-    p.add_argument("--checkpoint-interval", type=float, help="seconds between audit checkpoints")
+    p.add_argument("--checkpoint-interval", type=positive(float), help="seconds between audit checkpoints")
     p.add_argument("--log-level", choices=["crit", "error", "warn", "info", "debug"], default="warn")
     p.set_defaults(func=cmd_worker)
 
