@@ -84,13 +84,32 @@ def _running_demo(workdir: Path) -> int | None:
     return pid
 
 
+def check_worker_settings(bootstrap: str | None) -> None:
+    """InvalidInput naming the variable if a MASB_* worker setting in the environment is invalid
+    (MASB_PARTITIONS=abc, MASB_ROUTER_BATCH_WINDOW=nan, MASB_WORKER_LOG_LEVEL=bogus): the same checks
+    as `masb worker`, made here so that the demo refuses at once instead of its worker failing later.
+    The demo's own choices (one partition, one replica) still replace the topology settings."""
+    from types import SimpleNamespace
+
+    from agents.settings import DEFAULT_BOOTSTRAP, LOG_LEVELS, Settings, one_of
+
+    one_of(os.environ.get("MASB_WORKER_LOG_LEVEL") or "warn", "MASB_WORKER_LOG_LEVEL", LOG_LEVELS)
+    Settings.from_args(SimpleNamespace(bootstrap=bootstrap or DEFAULT_BOOTSTRAP))
+
+
 def check_workdir(workdir: Path) -> None:
     """InvalidInput unless ``workdir`` may be wiped for a fresh demo: it is absent, empty, or a demo
     folder (it has the marker file or an earlier demo's pid file) that no running demo uses, and it
     is not the current folder or one of its parents."""
     if workdir.exists() and not workdir.is_dir():
         raise InvalidInput(f"--workdir {workdir} is a file; the demo needs a folder of its own there")
-    if not workdir.exists():
+    if not workdir.exists():  # the demo makes its folder, never its parents (docs/cli.md)
+        if not workdir.parent.is_dir():
+            raise InvalidInput(f"--workdir {workdir}: folder {workdir.parent} not found"
+                               if not workdir.parent.exists() else f"--workdir {workdir}: {workdir.parent} "
+                               "is not a directory")
+        if not os.access(workdir.parent, os.W_OK | os.X_OK):
+            raise InvalidInput(f"--workdir {workdir}: folder {workdir.parent} is not writable")
         return
     here, target = Path.cwd().resolve(), workdir.resolve()
     if target == here or target in here.parents:
@@ -170,7 +189,8 @@ async def collect_feeds(bootstrap, topics, policy, keys_dir, expected: dict[str,
 
 def run_demo(bootstrap: str | None, workdir: Path, keep: bool = False, secure: bool = False) -> int:
     started = time.monotonic()
-    check_workdir(workdir)  # before any broker starts
+    check_worker_settings(bootstrap)  # before any broker starts or any key is made
+    check_workdir(workdir)
     try:
         return _run_demo(bootstrap, workdir, started, keep, secure)
     finally:  # the folder is no longer in use (a pid file left behind could name a reused process id)
@@ -203,7 +223,7 @@ def _run_demo(bootstrap: str | None, workdir: Path, started: float, keep: bool, 
 def _fresh_deployment(workdir: Path) -> Deployment:
     """A new demo deployment in ``workdir``, which run_demo has checked (check_workdir) may be emptied."""
     shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    workdir.mkdir()  # its parent exists (check_workdir)
     (workdir / MARKER_FILE).write_text("made by masb demo: a later `masb demo` empties this folder\n")
     (workdir / PID_FILE).write_text(str(os.getpid()))
     deployment = prepare_deployment(workdir)

@@ -11,6 +11,7 @@ from pathlib import Path
 from streams.errors import InvalidInput
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+LOG_LEVELS = ("crit", "error", "warn", "info", "debug")  # `masb worker --log-level` (MASB_WORKER_LOG_LEVEL in the demo)
 # ASCII decimal only: int() and float() also take "６０６６", "1_000", "nan" and "inf", which would
 # make a setting mean something else than it says (a checkpoint interval of nan never fires).
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)

@@ -146,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         _say(f"{problem} is not valid UTF-8 text\nevery argument and MASB_* setting is UTF-8 text")
         return EXIT_USAGE
-    args = build_parser().parse_args(argv)  # usage errors: argparse prints usage and exits 2
+    from agents.cli.common import refuse_empty_arguments
+
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors: argparse prints usage and exits 2
+    refuse_empty_arguments(parser, args)  # `--bootstrap ''` is a mistake, not the default (exit 2 too)
     return run(args)
 
 

@@ -239,3 +239,27 @@ def positive(kind, maximum: float | None = None):
             limits = f"above 0 and at most {maximum:g}" if maximum is not None else "above 0"
             raise argparse.ArgumentTypeError(f"{text!r} is not a {whole}number {limits}") from None
     return parse
+
+
+# Flags for which an empty value means something: no topic prefix (overriding MASB_TOPIC_PREFIX).
+EMPTY_ALLOWED = frozenset({"topic_prefix"})
+
+
+def refuse_empty_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 (argparse's usage error, naming the flag) if an argument was given as an empty string:
+    `--bootstrap ''` (an unset shell variable) must not quietly mean MASB_BOOTSTRAP or the default, nor
+    `dlq redrive --event-id ''` every event."""
+    leaf = parser
+    while True:  # the parser of the (sub)command that was run: masb -> dlq -> list
+        chosen = next((a.choices.get(getattr(args, a.dest, None)) for a in leaf._actions
+                       if isinstance(a, argparse._SubParsersAction)), None)
+        if chosen is None:
+            break
+        leaf = chosen
+    for action in leaf._actions:
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if action.dest not in EMPTY_ALLOWED and any(v == "" for v in values):
+            name = "/".join(action.option_strings) or action.metavar or action.dest
+            optional = action.option_strings and not action.required
+            leaf.error(f"argument {name}: empty; give a value{', or leave the flag out for its default' if optional else ''}")

@@ -7,6 +7,7 @@ import logging
 import socket
 
 from agents.cli.common import UsageError, existing_dir, kafka_flags, load_policy_file, port_number, positive
+from agents.settings import LOG_LEVELS
 
 
 def register(sub) -> None:
@@ -17,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--web-port", type=port_number, help="port of /metrics and /health (env MASB_WEB_PORT, default 6066)")
     p.add_argument("--datadir", help="Faust data directory (env MASB_DATADIR)")
     p.add_argument("--checkpoint-interval", type=positive(float), help="seconds between audit checkpoints")
-    p.add_argument("--log-level", choices=["crit", "error", "warn", "info", "debug"], default="warn")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="warn")
     p.set_defaults(func=cmd_worker)
 
 
