@@ -18,8 +18,10 @@ _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 
 def env_or(value, name: str, default=None):
-    """The explicit value if given, else the environment variable (if set and not empty), else the default."""
-    if value not in (None, ""):
+    """The explicit value if given (a flag given empty is refused by the CLI before, except where empty
+    means something: `--topic-prefix ''`), else the environment variable (if set and not empty), else
+    the default."""
+    if value is not None:
         return value
     return os.environ.get(name) or default
 
@@ -53,15 +55,23 @@ def positive_number(value, name: str, kind=float, *, zero_ok: bool = False, maxi
         ok = math.isfinite(number) and (number > 0 or (zero_ok and number == 0)) \
             and (maximum is None or number <= maximum)
     if not ok:
-        limits = f"{'0' if zero_ok else 'above 0'}{f' to {maximum:g}' if maximum is not None else ''}"
-        raise InvalidInput(f"{name}: must be a {'whole ' if kind is int else ''}number in ASCII digits, {limits}")
+        raise InvalidInput(f"{name}: must be a {'whole ' if kind is int else ''}number in ASCII digits, "
+                           f"{_range(kind, zero_ok, maximum)}")
     return kind(text)
+
+
+def _range(kind, zero_ok: bool, maximum: float | None) -> str:
+    """The accepted range in words: '0 or more', 'above 0', 'from 1 to 65535', 'above 0, at most 10'."""
+    lowest = "0" if zero_ok else "1" if kind is int else None
+    if maximum is None:
+        return f"{lowest} or more" if lowest is not None else "above 0"
+    return f"from {lowest} to {maximum:g}" if lowest is not None else f"above 0, at most {maximum:g}"
 
 
 def bootstrap_of(args) -> str:
     """The bootstrap servers: --bootstrap, else MASB_BOOTSTRAP, else the default; checked (exit 2)."""
     flag = getattr(args, "bootstrap", None)
-    name = "--bootstrap" if flag not in (None, "") else "MASB_BOOTSTRAP"
+    name = "--bootstrap" if flag is not None else "MASB_BOOTSTRAP"
     return bootstrap_servers(env_or(flag, "MASB_BOOTSTRAP", DEFAULT_BOOTSTRAP), name)
 
 
@@ -116,7 +126,7 @@ class Settings:
                                                 "MASB_MIN_INSYNC_REPLICAS", int, maximum=32),
             web_host=env_or(None, "MASB_WEB_HOST", "127.0.0.1"),  # 0.0.0.0 in a container: probes, Prometheus
             web_port=positive_number(env_or(getattr(args, "web_port", None), "MASB_WEB_PORT", 6066), "MASB_WEB_PORT",
-                                     int, zero_ok=True, maximum=65535),  # 0: any free port
+                                     int, maximum=65535),  # 1-65535, as --web-port
             datadir=Path(env_or(getattr(args, "datadir", None), "MASB_DATADIR", ".masb-worker")),
             checkpoint_interval=positive_number(env_or(getattr(args, "checkpoint_interval", None),
                                                        "MASB_CHECKPOINT_INTERVAL", 5.0), "MASB_CHECKPOINT_INTERVAL"),

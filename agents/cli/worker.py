@@ -54,11 +54,17 @@ def cmd_worker(args) -> int:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """Say so at once if the web port is taken, rather than after the worker has joined its group."""
+    """Say so at once if the web port is taken or the host is not this machine's, rather than after
+    the worker has joined its group; the hint names the setting at fault."""
+    import errno
+
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
+            host_wrong = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+            hint = ("set MASB_WEB_HOST to an address of this host (default 127.0.0.1; 0.0.0.0: all)" if host_wrong
+                    else "choose another --web-port (env MASB_WEB_PORT)")
             raise UsageError(f"cannot serve /health and /metrics on {host}:{port}: {exc.strerror}",
-                             hint="choose another --web-port (env MASB_WEB_PORT)") from None
+                             hint=hint) from None
