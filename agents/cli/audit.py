@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -197,14 +198,32 @@ class Trust:
             print(f"  note: could not remember the checkpoint in {self.state.directory} ({type(exc).__name__})")
 
 
-def load_trust(args, verifiers, origin: str, witnesses) -> Trust:
-    from streams.audit.trust import CheckpointState, TrustError, default_state_dir, load_trusted_checkpoint
+def state_dir_of(args) -> Path:
+    """--state-dir, else MASB_STATE_DIR, else the XDG default; exit 2 naming the setting if it, or a
+    folder above it, is a file (it is created when first written, with its parents)."""
+    from streams.audit.trust import default_state_dir
 
+    if args.state_dir is not None:
+        path, name = Path(args.state_dir), "--state-dir"
+    else:
+        path = default_state_dir()
+        name = "MASB_STATE_DIR" if os.environ.get("MASB_STATE_DIR") else "the state directory"
+    existing = next((p for p in (path, *path.parents) if os.path.exists(p)), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"{name} {path} is not a directory" if existing == path
+                         else f"{name} {path}: {existing} is not a directory")
+    return path
+
+
+def load_trust(args, verifiers, origin: str, witnesses) -> Trust:
+    from streams.audit.trust import CheckpointState, TrustError, load_trusted_checkpoint
+
+    state_dir = None if args.no_state else state_dir_of(args)
     try:
         trusted = [load_trusted_checkpoint(path, verifiers, origin) for path in args.trusted_checkpoint]
         state = None
-        if not args.no_state:
-            state = CheckpointState(args.state_dir or default_state_dir())
+        if state_dir is not None:
+            state = CheckpointState(state_dir)
             remembered, warning = state.load(origin, verifiers)
             if warning:
                 print(f"  note: {warning}")
