@@ -124,13 +124,13 @@ def _serve(args) -> int:
                 await site.start()
             except OSError as exc:  # the port is taken or the address is not this host's
                 raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-            port = site._server.sockets[0].getsockname()[1]
-            print(f"masb witness: listening on http://{args.host}:{port} as {signer.key_string()} "
-                  f"for {', '.join(sorted(logs))}", flush=True)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, lambda sig=sig: (stopped_by.append(sig), stop.set()))
+            port = site._server.sockets[0].getsockname()[1]
+            print(f"masb witness: listening on http://{args.host}:{port} as {signer.key_string()} "
+                  f"for {', '.join(sorted(logs))}", flush=True)
             await stop.wait()
         finally:
             await runner.cleanup()
