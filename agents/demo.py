@@ -94,7 +94,7 @@ def check_worker_settings(bootstrap: str | None) -> None:
     from agents.settings import DEFAULT_BOOTSTRAP, LOG_LEVELS, Settings, one_of
 
     one_of(os.environ.get("MASB_WORKER_LOG_LEVEL") or "warn", "MASB_WORKER_LOG_LEVEL", LOG_LEVELS)
-    Settings.from_args(SimpleNamespace(bootstrap=bootstrap or DEFAULT_BOOTSTRAP))
+    Settings.from_args(SimpleNamespace(bootstrap=bootstrap or DEFAULT_BOOTSTRAP), consistent=False)
 
 
 def check_workdir(workdir: Path) -> None:

@@ -110,8 +110,10 @@ class Settings:
     clock: str = ""                      # MASB_CLOCK: "" = system clock; file:PATH for tests only (streams/clock.py)
 
     @classmethod
-    def from_args(cls, args) -> "Settings":
-        return cls(
+    def from_args(cls, args, *, consistent: bool = True) -> "Settings":
+        """The settings, each checked (InvalidInput naming the flag or variable); with ``consistent``
+        also checked against each other (the demo replaces the topology with its own, so it does not)."""
+        settings = cls(
             bootstrap=bootstrap_of(args),
             policy_path=Path(env_or(getattr(args, "policy", None), "MASB_POLICY", "policy.yaml")),
             keys_dir=Path(env_or(getattr(args, "keys_dir", None), "MASB_KEYS_DIR", "keys")),
@@ -142,7 +144,8 @@ class Settings:
             table_store=one_of(env_or(None, "MASB_TABLE_STORE", "rocksdb"), "MASB_TABLE_STORE", ("rocksdb", "memory")),
             deadline_interval=positive_number(env_or(None, "MASB_DEADLINE_INTERVAL", 5.0), "MASB_DEADLINE_INTERVAL"),
             clock=env_or(None, "MASB_CLOCK", ""),
-        ).checked()
+        )
+        return settings.checked() if consistent else settings
 
     def checked(self) -> "Settings":
         if self.min_insync_replicas > self.replication_factor:

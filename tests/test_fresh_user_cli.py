@@ -188,6 +188,19 @@ def test_the_demo_refuses_a_bad_worker_setting_before_it_starts_anything(setup, 
     assert "embedded broker" not in result.stdout and not workdir.exists()
 
 
+def test_the_demo_keeps_its_own_topology_whatever_the_environment_says(setup, monkeypatch):
+    """One broker, one replica: a replication factor the environment sets for real clusters does not
+    stop the demo (it replaces the topology settings), but a value that is no number does."""
+    from agents.demo import check_worker_settings
+    from streams.errors import InvalidInput
+
+    monkeypatch.setenv("MASB_REPLICATION_FACTOR", "1")  # below the default MASB_MIN_INSYNC_REPLICAS (2)
+    check_worker_settings(None)
+    monkeypatch.setenv("MASB_REPLICATION_FACTOR", "one")
+    with pytest.raises(InvalidInput, match="^MASB_REPLICATION_FACTOR"):
+        check_worker_settings(None)
+
+
 def test_the_demo_makes_its_folder_but_never_its_parents(setup):
     root, _ = setup
     result = masb("demo", "--workdir", root / "no" / "such", cwd=root, timeout=30)
