@@ -63,6 +63,8 @@ def topics(args):
 
 def existing_file(path: str | os.PathLike, what: str) -> Path:
     """``path`` if it names a readable regular file; else a UsageError naming it."""
+    if str(path) == "":  # Path("") is ".", the current directory
+        raise UsageError(f"{what}: the path is empty")
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{what} {path} not found")
@@ -74,6 +76,8 @@ def existing_file(path: str | os.PathLike, what: str) -> Path:
 
 
 def existing_dir(path: str | os.PathLike, what: str) -> Path:
+    if str(path) == "":
+        raise UsageError(f"{what}: the path is empty")
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{what} {path} not found")
@@ -113,6 +117,14 @@ def _writable_folder(path: Path, what: str) -> None:
                          else f"{what} {path}: {folder} is not a directory")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{what} {path}: folder {folder} is not writable")
+
+
+def given(value: str, flag: str, what: str) -> str:
+    """``value`` unless it is empty or blank (a flag given as '' or an unset shell variable):
+    then a UsageError naming the flag, not a message about an id with nothing in it."""
+    if not value.strip():
+        raise UsageError(f"{flag} is empty: give {what}")
+    return value
 
 
 def policy_path(args) -> Path:
