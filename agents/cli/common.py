@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from agents.settings import bootstrap_of, env_or
-from streams.errors import InvalidInput
+from streams.errors import InvalidInput, shown
 
 
 class UsageError(InvalidInput):
@@ -212,7 +212,7 @@ def port_number(text: str) -> int:
     except ValueError:
         value = -1
     if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+        raise argparse.ArgumentTypeError(f"{shown(text)!r} is not a port number (1-65535)")
     return value
 
 
@@ -226,6 +226,6 @@ def non_negative(kind):
         except ValueError:
             value = -1
         if not 0 <= value < float("inf"):  # also refuses nan
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of 0 or more")
+            raise argparse.ArgumentTypeError(f"{shown(text)!r} is not a number of 0 or more")
         return value
     return parse

@@ -7,7 +7,7 @@ import json
 import sys
 
 from agents.cli.common import UsageError, bootstrap, existing_file, kafka_flags, load_policy, non_negative, topics
-from streams.errors import CheckFailed
+from streams.errors import CheckFailed, shown
 
 
 def register(sub) -> None:
@@ -56,7 +56,7 @@ def consume_agency(args) -> int:
 
     policy = load_policy(args)
     if policy.agency(args.agency) is None:
-        raise UsageError(f"agency {args.agency} is not an agency of policy version {policy.version}",
+        raise UsageError(f"agency {shown(args.agency)} is not an agency of policy version {policy.version}",
                          hint="agency ids are listed under agencies: in the policy")
     records = [load_private_key(existing_file(path, "key file")) for path in args.key]
     if any(r.kind != "exchange" for r in records):
