@@ -61,6 +61,16 @@ def topics(args):
     return Topics(env_or(getattr(args, "topic_prefix", None), "MASB_TOPIC_PREFIX", ""))
 
 
+def existing_topics(args, operation: str, *names: str) -> None:
+    """Refuse (exit 2, naming the topic and the prefix in use) if a topic the command would
+    ``operation`` (READ, WRITE) does not exist; never creates one (streams.kafka.require_topics)."""
+    import asyncio
+
+    from streams.kafka import require_topics, topic_hint
+
+    asyncio.run(require_topics(bootstrap(args), names, operation, hint=topic_hint(topics(args).prefix)))
+
+
 def existing_file(path: str | os.PathLike, what: str) -> Path:
     """``path`` if it names a readable regular file; else a UsageError naming it."""
     if str(path) == "":  # Path("") is ".", the current directory

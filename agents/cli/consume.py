@@ -6,7 +6,16 @@ import asyncio
 import json
 import sys
 
-from agents.cli.common import UsageError, bootstrap, existing_file, kafka_flags, load_policy, non_negative, topics
+from agents.cli.common import (
+    UsageError,
+    bootstrap,
+    existing_file,
+    existing_topics,
+    kafka_flags,
+    load_policy,
+    non_negative,
+    topics,
+)
 from streams.errors import CheckFailed, shown
 
 
@@ -66,6 +75,9 @@ def consume_agency(args) -> int:
         print(f"masb: the key given belongs to {', '.join(foreign)}, not {args.agency}: it cannot decrypt "
               f"{args.agency}'s feed; reading it anyway to show what is refused", file=sys.stderr)
     keyring = Keyring(args.agency, [r for r in records if r.owner == args.agency], kind="exchange")
+    existing_topics(args, "READ", topics(args).partner(args.agency))
+    if args.ack:
+        existing_topics(args, "WRITE", topics(args).receipts)
     feed = PartnerFeed(bootstrap(args), opener_for(args.agency, keyring, policy), topics(args))
     counts = {"ok": 0, "refused": 0}
 

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from agents.cli.common import UsageError, bootstrap, kafka_flags, non_negative, print_json, topics
+from agents.cli.common import UsageError, bootstrap, existing_topics, kafka_flags, non_negative, print_json, topics
 from streams.errors import CheckFailed, shown
 
 
@@ -111,6 +111,7 @@ def _select(letters: list[DeadLetter], args) -> list[DeadLetter]:
 def cmd_list(args) -> int:
     _check_reasons(args)
     names = topics(args)
+    existing_topics(args, "READ", names.dead_letter, names.redrive_requests)
     letters = _select(asyncio.run(_dead_letters(bootstrap(args), names)), args)
     summary: dict[str, dict] = {}
     for d in letters:
@@ -153,6 +154,8 @@ def cmd_redrive(args) -> int:
 
     _check_reasons(args)
     server, names = bootstrap(args), topics(args)
+    existing_topics(args, "READ", names.dead_letter)
+    existing_topics(args, "WRITE", names.redrive_requests)
     letters = _select(asyncio.run(_dead_letters(server, names)), args)
     chosen, skipped = [], []
     for d in letters:

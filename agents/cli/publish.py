@@ -8,6 +8,7 @@ from agents.cli.common import (
     UsageError,
     bootstrap,
     existing_dir,
+    existing_topics,
     given,
     kafka_flags,
     load_policy,
@@ -76,6 +77,8 @@ def cmd_publish(args) -> int:
         refused = sum(not line.startswith(" ") for line in refusals)
         raise InvalidInput("\n".join([f"{refused} of {len(events)} events refused; nothing was published:",
                                       *refusals]))
+
+    existing_topics(args, "WRITE", topics(args).case_events)  # a mistyped prefix must not create a topic
 
     async def send() -> None:
         async with Publisher(bootstrap(args), policy, unit_key, topics(args), pseudonyms=pseudonyms) as publisher:

@@ -11,7 +11,7 @@ import json
 import sys
 from datetime import datetime, timezone
 
-from agents.cli.common import UsageError, bootstrap, existing_file, kafka_flags, load_policy, topics
+from agents.cli.common import UsageError, bootstrap, existing_file, existing_topics, kafka_flags, load_policy, topics
 from streams.crypto.keys import kind_phrase
 from streams.errors import CheckFailed, shown
 
@@ -48,6 +48,7 @@ def unit_feed(args, unit_id: str):
                          hint=f"make one with: masb keys generate --owner {unit_id} --kind exchange, and add it "
                               "to the unit's exchange_keys in the policy (docs/keys.md)")
     keyring = Keyring(unit_id, records, kind="exchange")
+    existing_topics(args, "READ", topics(args).unit(unit_id))
     return UnitFeed(bootstrap(args), unit_opener(unit_id, keyring, policy), topics(args))
 
 
