@@ -75,7 +75,7 @@ def key_file(deployment, owner: str, kind: str = "exchange") -> Path:
     (["--format", "kafka-acls", "--principal-prefix", "masb-`id`-"], "--principal-prefix"),
     (["--format", "strimzi", "--principal-prefix", "A B"], "--principal-prefix"),
     (["--format", "strimzi", "--principal-prefix", "Masb-"], "--principal-prefix"),
-    (["--format", "strimzi", "--principal-prefix", "-masb"], "--principal-prefix"),
+    (["--format", "strimzi", "--principal-prefix", "masb_"], "--principal-prefix"),
     (["--format", "strimzi", "--principal-prefix", "masb..x"], "--principal-prefix"),
     (["--format", "json", "--principal-prefix", "m" * 101], "--principal-prefix"),
     (["--format", "strimzi", "--strimzi-cluster", ""], "--strimzi-cluster"),
@@ -177,16 +177,17 @@ def test_a_single_invalid_event(setup):
 
 
 @pytest.mark.parametrize("unit, words", [
-    ("hau-nope", ["unit hau-nope is not a unit of policy version"]),
+    ("hau-nope", ["unit hau-nope is not a unit of policy version", "hint: unit ids are listed under units:"]),
     ("", ["--as is empty"]),
     ("   ", ["--as is empty"]),
     ("h" * 5000, ["\u2026", "is not a unit of policy version"]),
 ])
 def test_publish_as_a_unit_that_is_not_one(setup, unit, words):
     root, deployment = setup
-    line = refused_in_one_line(masb("publish", "--as", unit, root / "good.json", cwd=root, env=settings(deployment)))
+    result = masb("publish", "--as", unit, root / "good.json", cwd=root, env=settings(deployment))
+    line = refused_in_one_line(result)
     for word in words:
-        assert word in line
+        assert word in result.stderr
     assert len(line) < 300
 
 
