@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.errors import InvalidInput
+from streams.errors import InvalidInput, shown
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")  # `masb worker --log-level` (MASB_WORKER_LOG_LEVEL in the demo)
@@ -36,7 +36,7 @@ def bootstrap_servers(value: str, name: str) -> str:
     for item in items:
         match = _HOST_PORT.fullmatch(item)
         if match is None or not 1 <= int(match.group(1)) <= 65535:
-            raise InvalidInput(f"{name} {value}: not HOST:PORT[,HOST:PORT...] (ports 1-65535)")
+            raise InvalidInput(f"{name} {shown(value)}: not HOST:PORT[,HOST:PORT...] (ports 1-65535)")
     return str(value)
 
 

@@ -29,6 +29,8 @@ by name. Pure: no Kafka here (streams/acl_admin.py applies a plan).
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from dataclasses import asdict, dataclass, field
 
 from streams.policy import Policy
@@ -40,6 +42,47 @@ PATTERN_TYPES = ("LITERAL", "PREFIXED")
 OPERATIONS = ("ALL", "READ", "WRITE", "CREATE", "DELETE", "ALTER", "DESCRIBE", "CLUSTER_ACTION",
               "DESCRIBE_CONFIGS", "ALTER_CONFIGS", "IDEMPOTENT_WRITE", "CREATE_TOKENS", "DESCRIBE_TOKENS")
 PERMISSIONS = ("ALLOW", "DENY")
+
+# A principal's user name is also its Strimzi KafkaUser's metadata.name: a Kubernetes object name,
+# an RFC 1123 subdomain (lowercase letters, digits, '-' and '.'; each dot-separated label starts and
+# ends with a letter or digit; at most 253 characters). The prefix begins every such name and the
+# rest (unit-<id>, agency-<id>, router, auditor) starts with a letter and ends with one or a digit.
+_SUBDOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*", re.ASCII)
+PRINCIPAL_PREFIX_MAX = 100  # + "agency-" + a 64-character id stays within 253
+# strimzi.io/cluster names the Kafka resource: a label value and an RFC 1123 label (Strimzi derives
+# service names from it).
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+
+
+def _shown(value: str) -> str:
+    from streams.errors import shown
+
+    return repr(shown(value))
+
+
+def check_principal_prefix(prefix: str, setting: str = "principal prefix") -> str:
+    """``prefix`` if every principal name made with it is a valid Kafka user name and Kubernetes
+    object name (see _SUBDOMAIN); else InvalidInput naming ``setting`` (the flag or variable)."""
+    from streams.errors import InvalidInput
+
+    if prefix == "":
+        raise InvalidInput(f"{setting} is empty: MASB's principals need a prefix of their own (default "
+                           f"{DEFAULT_PRINCIPAL_PREFIX})")
+    if len(prefix) > PRINCIPAL_PREFIX_MAX or not _SUBDOMAIN.fullmatch(prefix + "x"):
+        raise InvalidInput(f"{setting} {_shown(prefix)}: principal names must be Kubernetes object names (RFC 1123: "
+                           f"lowercase letters, digits, '-' and '.', starting with a letter or digit; at most "
+                           f"{PRINCIPAL_PREFIX_MAX} characters here)")
+    return prefix
+
+
+def check_strimzi_cluster(name: str, setting: str = "Strimzi cluster name") -> str:
+    """``name`` if it can be a strimzi.io/cluster label naming a Kafka resource; else InvalidInput."""
+    from streams.errors import InvalidInput
+
+    if not _LABEL.fullmatch(name):
+        raise InvalidInput(f"{setting} {_shown(name)}: not a Kafka resource name (1-63 lowercase letters, digits or "
+                           "'-', starting and ending with a letter or digit)")
+    return name
 
 
 @dataclass(frozen=True, order=True)
@@ -69,6 +112,9 @@ class Principals:
     principal mapping rule (docs/security.md), is the part after ``User:``."""
 
     prefix: str = DEFAULT_PRINCIPAL_PREFIX
+
+    def __post_init__(self) -> None:
+        check_principal_prefix(self.prefix)
 
     def unit(self, unit_id: str) -> str:
         return f"User:{self.prefix}unit-{unit_id}"
@@ -199,16 +245,18 @@ def _grouped(bindings: list[AclBinding]) -> dict[tuple[str, str, str, str, str],
 
 
 def render_kafka_acls(bindings: list[AclBinding]) -> str:
-    """kafka-acls.sh commands that grant the plan (one per principal and resource)."""
+    """kafka-acls.sh commands that grant the plan (one per principal and resource). Every name is
+    shell-quoted: the file is run with ``sh``, and names come from settings and the policy."""
     lines = ["# kafka-acls.sh commands for the MASB plan; run as a cluster admin:",
              "#   BOOTSTRAP=host:9093 ADMIN_CONFIG=admin.properties sh this-file", ""]
     for (principal, permission, rtype, name, pattern), ops in _grouped(bindings).items():
         resource = _KAFKA_ACLS_RESOURCE.get(rtype)
-        target = f"{resource} {name}" if resource else "--cluster"
+        target = f"{resource} {shlex.quote(name)}" if resource else "--cluster"
         verb = "--allow-principal" if permission == "ALLOW" else "--deny-principal"
         operations = " ".join(f"--operation {_camel(op)}" for op in ops)
         lines.append(f'kafka-acls.sh --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add '
-                     f"{verb} {principal} {operations} {target} --resource-pattern-type {pattern.lower()}")
+                     f"{verb} {shlex.quote(principal)} {operations} {target} --resource-pattern-type "
+                     f"{shlex.quote(pattern.lower())}")
     return "\n".join(lines) + "\n"
 
 
@@ -223,6 +271,7 @@ def render_strimzi(bindings: list[AclBinding], principals: Principals, cluster: 
     """One Strimzi KafkaUser (kafka.strimzi.io/v1beta2) per principal, with its ACLs."""
     import yaml
 
+    check_strimzi_cluster(cluster)
     users: dict[str, list[dict]] = {}
     for (principal, permission, rtype, name, pattern), ops in _grouped(bindings).items():
         resource = {"type": STRIMZI_RESOURCE_TYPES[rtype]} if rtype == "CLUSTER" else \

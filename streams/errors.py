@@ -70,6 +70,16 @@ class AccessDenied(MasbError):
     exit_code = EXIT_DENIED
 
 
+SHOWN_MAX = 80  # characters of a value a message echoes
+
+
+def shown(value: object, limit: int = SHOWN_MAX) -> str:
+    """``value`` as text to echo in a message, cut to ``limit`` characters with an ellipsis: a
+    mistyped or pasted setting of thousands of characters must not flood the terminal."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
 def why_unreadable(exc: BaseException) -> str:
     """A person's words for why a file could not be read: "not found", "is a directory",
     "permission denied", "not UTF-8 text", else the exception's class name."""

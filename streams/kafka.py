@@ -32,7 +32,7 @@ from aiokafka.errors import (
     UnknownError,
 )
 
-from streams.errors import AccessDenied, BrokerUnavailable, InvalidInput, MasbError
+from streams.errors import AccessDenied, BrokerUnavailable, InvalidInput, MasbError, shown
 from streams.kafka_security import KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -263,6 +263,51 @@ async def _create_topic(client, spec: TopicSpec) -> None:
             await client.create_topics([NewTopic(spec.name, spec.partitions, spec.replication)])
         else:
             raise
+
+
+class TopicMissing(InvalidInput):
+    """A topic a command would write or read does not exist (a mistyped topic prefix, or no worker
+    has created MASB's topics yet)."""
+
+
+UNKNOWN_TOPIC_OR_PARTITION = 3
+
+
+async def require_topics(bootstrap: str, topics: Iterable[str], operation: str, *,
+                         security: KafkaSecurity | None = None, hint: str | None = None) -> None:
+    """Refuse (TopicMissing, exit 2) if one of ``topics`` does not exist, before a command writes to
+    or reads from it: a producer would have the broker auto-create it (the event then sits where
+    nothing routes it) and a reader would report an empty topic. Never creates a topic (a metadata
+    request that forbids auto-creation). AccessDenied naming ``operation`` (e.g. "WRITE") if the
+    principal may not describe a topic: Kafka answers so whether or not it exists."""
+    from aiokafka.errors import for_code
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    topics = list(topics)
+    client = admin(bootstrap, security=security)
+    await start_client(client, bootstrap, security)
+    try:
+        for topic in topics:
+            with kafka_operation(bootstrap, operation, f"topic {topic}", security):
+                # aiokafka's describe_topics allows auto-creation; this request does not.
+                response = await client._send_request(MetadataRequest([topic], allow_auto_topic_creation=False))
+                for described in response.to_object()["topics"]:
+                    code = described["error_code"]
+                    if code == UNKNOWN_TOPIC_OR_PARTITION:
+                        raise TopicMissing(f"topic {topic} does not exist on Kafka at {bootstrap}", hint=hint)
+                    if issubclass(for_code(code), TopicAuthorizationFailedError):
+                        raise TopicAuthorizationFailedError(topic)
+                    # Other codes (a leader being elected, ...): the topic exists; the command's own
+                    # request reports anything lasting.
+    finally:
+        await client.close()
+
+
+def topic_hint(prefix: str) -> str:
+    """What to check when one of MASB's topics is missing (``prefix``: the topic prefix in use)."""
+    now = f"now {shown(prefix)!r}" if prefix else "now none"
+    return (f"check --topic-prefix / MASB_TOPIC_PREFIX ({now}); MASB's topics exist once a worker has started "
+            "(`masb worker`) or `masb acl apply` has provisioned them")
 
 
 IDEMPOTENCE_VARIABLE = "MASB_KAFKA_ENABLE_IDEMPOTENCE"

@@ -19,7 +19,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import fastavro
 
@@ -28,7 +28,7 @@ from streams.audit.entry import encode_entry, make_entry
 from streams.crypto.envelope import EnvelopeSealer, envelope_sha256
 from streams.crypto.keys import Keyring
 from streams.crypto.pseudonym import PseudonymKeys, looks_like_pseudonym
-from streams.crypto.publication import PublicationError, open_publication
+from streams.crypto.publication import PublicationError, ReasonCode, open_publication
 from streams.policy import Policy, deliver_by
 from streams.receipts import ReceiptError, open_receipt
 from streams.resources import schema_file
@@ -60,6 +60,10 @@ CONFLICTING_DUPLICATE = "CONFLICTING_DUPLICATE"
 RECEIPT_INVALID = "RECEIPT_INVALID"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 SEND_REFUSED = "SEND_REFUSED"
+# Every code a dead letter can carry (the router's own and the publication's), as docs/routing.md lists them.
+REASON_CODES = (EMPTY, OVERSIZED, *get_args(ReasonCode), WIRE_FORMAT, INVALID_EVENT, UNIT_MISMATCH,
+                UNAUTHORISED_PUBLISHER, KEY_MISMATCH, CONFLICTING_DUPLICATE, INTERNAL_ERROR, SEND_REFUSED,
+                RECEIPT_INVALID)
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ class Topics:
 
     def __post_init__(self) -> None:
         if not _PREFIX.fullmatch(self.prefix):
-            from streams.errors import InvalidInput
+            from streams.errors import InvalidInput, shown
 
-            raise InvalidInput(f"topic prefix {self.prefix!r} (--topic-prefix or MASB_TOPIC_PREFIX): Kafka topic names "
+            raise InvalidInput(f"topic prefix {shown(self.prefix)!r} (--topic-prefix or MASB_TOPIC_PREFIX): Kafka topic names "
                                "allow only ASCII letters, digits, '.', '_' and '-' (at most 180 here)")
 
     @classmethod

@@ -15,7 +15,8 @@ from streams import codec
 from streams.crypto.keys import Keyring
 from streams.crypto.pseudonym import PseudonymKeys
 from streams.crypto.publication import open_publication
-from streams.kafka import read_topic
+from streams.kafka import TopicSpec, ensure_topics, read_topic
+from streams.topics import Topics
 from tests.harness import fixture_event, run
 
 pytestmark = pytest.mark.kafka
@@ -26,6 +27,8 @@ def setup(kafka, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("publish-cli")
     deployment = prepare_deployment(workdir)
     prefix = f"tpub{uuid.uuid4().hex[:8]}."
+    # As a worker does at start: `masb publish` refuses a topic that does not exist.
+    run(ensure_topics(kafka, [TopicSpec(Topics(prefix).case_events)]))
     return kafka, deployment, prefix, workdir
 
 

@@ -52,7 +52,7 @@ def test_keys_policy_and_schemas_commands_work_from_any_folder(installed, tmp_pa
     assert len([json.loads(line) for line in result.stdout.splitlines()]) == 2
     result = masb(installed, "schemas", "check", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "OK" in result.stderr
+    assert "OK" in result.stdout
     template = (ROOT / "tests" / "fixtures" / "policy" / "valid.yaml").read_text()
     (tmp_path / "policy.yaml").write_text(template)
     result = masb(installed, "policy", "check", "policy.yaml", cwd=tmp_path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _say(text: str) -> None:
+    # Values a message echoes are cut where it is made (streams.errors.shown); this bounds what
+    # slips through (argparse's own messages): no word of thousands of characters floods a terminal.
+    from streams.errors import shown
+
+    text = re.sub(r"\S{201,}", lambda m: shown(m.group(), 200), text)
     lines = text.splitlines() or [""]
     print(f"masb: {lines[0]}", file=sys.stderr)
     for line in lines[1:]:

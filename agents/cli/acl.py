@@ -14,7 +14,6 @@ import asyncio
 import os
 
 from agents.cli.common import bootstrap, kafka_flags, load_policy, positive, topics
-from agents.settings import env_or
 from streams.errors import CheckFailed
 
 
@@ -50,17 +49,26 @@ def principal_flag(q) -> None:
 
 
 def principals(args):
-    from streams.acl import DEFAULT_PRINCIPAL_PREFIX, Principals
+    """The principal names of --principal-prefix, MASB_PRINCIPAL_PREFIX or the default; a prefix
+    that cannot make Kafka user and Kubernetes object names is refused (exit 2) naming where it came from."""
+    from streams.acl import DEFAULT_PRINCIPAL_PREFIX, Principals, check_principal_prefix
 
-    return Principals(env_or(getattr(args, "principal_prefix", None), "MASB_PRINCIPAL_PREFIX",
-                             DEFAULT_PRINCIPAL_PREFIX))
+    flag = getattr(args, "principal_prefix", None)
+    if flag is not None:
+        return Principals(check_principal_prefix(flag, "--principal-prefix"))
+    variable = os.environ.get("MASB_PRINCIPAL_PREFIX")
+    if variable:
+        return Principals(check_principal_prefix(variable, "MASB_PRINCIPAL_PREFIX"))
+    return Principals(DEFAULT_PRINCIPAL_PREFIX)
 
 
 def cmd_acl(args) -> int:
-    from streams.acl import plan, render_json, render_kafka_acls, render_strimzi
+    from streams.acl import check_strimzi_cluster, plan, render_json, render_kafka_acls, render_strimzi
 
-    policy = load_policy(args)
     who, names = principals(args), topics(args)
+    if getattr(args, "format", None) == "strimzi":
+        check_strimzi_cluster(args.strimzi_cluster, "--strimzi-cluster")
+    policy = load_policy(args)
     planned = plan(policy, names, who)
     if args.action == "plan":
         if args.format == "json":

@@ -38,7 +38,7 @@ from agents.cli.common import load_policy as load_policy_of
 from agents.settings import env_or
 from streams.audit.merkle import leaf_hash
 from streams.auditing import DEFAULT_ORIGIN, checkpoint_verifiers, read_log, witness_quorum
-from streams.errors import CheckFailed
+from streams.errors import CheckFailed, shown
 
 
 class AuditCommandError(CheckFailed):
@@ -489,15 +489,15 @@ def report_filters(args, policy):
     since = parse_time(args.since, "--since") if args.since else None
     until = parse_time(args.until, "--until") if args.until else None
     if since and until and since >= until:
-        raise UsageError(f"--since {args.since} is not before --until {args.until}: nothing could match")
+        raise UsageError(f"--since {shown(args.since)} is not before --until {shown(args.until)}: nothing could match")
     if args.agency is not None and policy.agency(args.agency) is None:
-        raise UsageError(f"agency {args.agency} is not in the sharing policy (version {policy.version})",
+        raise UsageError(f"agency {shown(args.agency)} is not in the sharing policy (version {policy.version})",
                          hint="agency ids are listed under agencies: in the policy")
     if args.event_type is not None and args.event_type not in EVENT_TYPES:
-        raise UsageError(f"event type {args.event_type} is not an event type MASB knows",
+        raise UsageError(f"event type {shown(args.event_type)} is not an event type MASB knows",
                          hint=f"one of {', '.join(EVENT_TYPES)}")
     if args.legal_basis is not None and args.legal_basis not in LEGAL_BASES:
-        raise UsageError(f"legal basis {args.legal_basis} is not a legal basis MASB knows",
+        raise UsageError(f"legal basis {shown(args.legal_basis)} is not a legal basis MASB knows",
                          hint=f"one of {', '.join(LEGAL_BASES)}")
     if args.case_ref is not None and _case_secrets(args) is None:
         raise UsageError("--case-ref needs the case key store: give the router's keys dir (--keys-dir or "
@@ -513,7 +513,7 @@ def report_workers() -> int | None:
     if value is None:
         return None
     if not value.strip().isdigit() or int(value) < 1:
-        raise UsageError(f"MASB_REPORT_WORKERS={value}: not a whole number of processes (1 or more)")
+        raise UsageError(f"MASB_REPORT_WORKERS={shown(value)}: not a whole number of processes (1 or more)")
     return int(value)
 
 

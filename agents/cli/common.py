@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from agents.settings import bootstrap_of, env_or, positive_number
-from streams.errors import InvalidInput
+from streams.errors import InvalidInput, shown
 
 
 class UsageError(InvalidInput):
@@ -61,8 +61,20 @@ def topics(args):
     return Topics(env_or(getattr(args, "topic_prefix", None), "MASB_TOPIC_PREFIX", ""))
 
 
+def existing_topics(args, operation: str, *names: str) -> None:
+    """Refuse (exit 2, naming the topic and the prefix in use) if a topic the command would
+    ``operation`` (READ, WRITE) does not exist; never creates one (streams.kafka.require_topics)."""
+    import asyncio
+
+    from streams.kafka import require_topics, topic_hint
+
+    asyncio.run(require_topics(bootstrap(args), names, operation, hint=topic_hint(topics(args).prefix)))
+
+
 def existing_file(path: str | os.PathLike, what: str) -> Path:
     """``path`` if it names a readable regular file; else a UsageError naming it."""
+    if str(path) == "":  # Path("") is ".", the current directory
+        raise UsageError(f"{what}: the path is empty")
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{what} {path} not found")
@@ -74,6 +86,8 @@ def existing_file(path: str | os.PathLike, what: str) -> Path:
 
 
 def existing_dir(path: str | os.PathLike, what: str) -> Path:
+    if str(path) == "":
+        raise UsageError(f"{what}: the path is empty")
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{what} {path} not found")
@@ -113,6 +127,14 @@ def _writable_folder(path: Path, what: str) -> None:
                          else f"{what} {path}: {folder} is not a directory")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{what} {path}: folder {folder} is not writable")
+
+
+def given(value: str, flag: str, what: str) -> str:
+    """``value`` unless it is empty or blank (a flag given as '' or an unset shell variable):
+    then a UsageError naming the flag, not a message about an id with nothing in it."""
+    if not value.strip():
+        raise UsageError(f"{flag} is empty: give {what}")
+    return value
 
 
 def policy_path(args) -> Path:
@@ -206,7 +228,7 @@ def _port(text: str, lowest: int) -> int:
 
     value = int(text) if text.isascii() and text.isdigit() else -1  # no "+80", " 80", "８０" or "8_0"
     if not lowest <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number ({lowest}-65535"
+        raise argparse.ArgumentTypeError(f"{shown(text)!r} is not a port number ({lowest}-65535"
                                          f"{'; 0 picks a free one' if lowest == 0 else ''})")
     return value
 
@@ -221,7 +243,7 @@ def non_negative(kind):
         except ValueError:
             value = -1
         if not 0 <= value < float("inf"):  # also refuses nan
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of 0 or more")
+            raise argparse.ArgumentTypeError(f"{shown(text)!r} is not a number of 0 or more")
         return value
     return parse
 

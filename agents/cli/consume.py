@@ -6,8 +6,17 @@ import asyncio
 import json
 import sys
 
-from agents.cli.common import UsageError, bootstrap, existing_file, kafka_flags, load_policy, non_negative, topics
-from streams.errors import CheckFailed
+from agents.cli.common import (
+    UsageError,
+    bootstrap,
+    existing_file,
+    existing_topics,
+    kafka_flags,
+    load_policy,
+    non_negative,
+    topics,
+)
+from streams.errors import CheckFailed, shown
 
 
 def register(sub) -> None:
@@ -56,7 +65,7 @@ def consume_agency(args) -> int:
 
     policy = load_policy(args)
     if policy.agency(args.agency) is None:
-        raise UsageError(f"agency {args.agency} is not an agency of policy version {policy.version}",
+        raise UsageError(f"agency {shown(args.agency)} is not an agency of policy version {policy.version}",
                          hint="agency ids are listed under agencies: in the policy")
     records = [load_private_key(existing_file(path, "key file")) for path in args.key]
     if any(r.kind != "exchange" for r in records):
@@ -66,6 +75,9 @@ def consume_agency(args) -> int:
         print(f"masb: the key given belongs to {', '.join(foreign)}, not {args.agency}: it cannot decrypt "
               f"{args.agency}'s feed; reading it anyway to show what is refused", file=sys.stderr)
     keyring = Keyring(args.agency, [r for r in records if r.owner == args.agency], kind="exchange")
+    existing_topics(args, "READ", topics(args).partner(args.agency))
+    if args.ack:
+        existing_topics(args, "WRITE", topics(args).receipts)
     feed = PartnerFeed(bootstrap(args), opener_for(args.agency, keyring, policy), topics(args))
     counts = {"ok": 0, "refused": 0}
 

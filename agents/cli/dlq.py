@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from agents.cli.common import bootstrap, kafka_flags, non_negative, print_json, topics
-from streams.errors import CheckFailed
+from agents.cli.common import UsageError, bootstrap, existing_topics, kafka_flags, non_negative, print_json, topics
+from streams.errors import CheckFailed, shown
 
 
 def register(sub) -> None:
@@ -30,7 +30,8 @@ def register(sub) -> None:
     q = dsub.add_parser("redrive", help="send dead letters back through the router (after fixing the cause)")
     kafka_flags(q)
     _filters(q)
-    q.add_argument("--offset", type=non_negative(int), action="append", help="only the dead letter at this offset (repeatable)")
+    q.add_argument("--offset", type=non_negative(int), action="append",
+                   help="only the dead letter at this offset (repeatable)")
     q.add_argument("--again", action="store_true", help="also those whose redrive was requested before")
     q.add_argument("--dry-run", action="store_true", help="say what would be redriven; send nothing")
     q.add_argument("--wait", type=non_negative(float), default=30.0,
@@ -90,6 +91,16 @@ async def _dead_letters(server: str, names) -> list[DeadLetter]:
     return letters
 
 
+def _check_reasons(args) -> None:
+    """Refuse an unknown --reason code before reading: a typo must not read as "0 dead letters"."""
+    from streams.routing import REASON_CODES
+
+    for code in args.reason or ():
+        if code not in REASON_CODES:
+            raise UsageError(f"--reason {shown(code)} is not a dead-letter reason code",
+                             hint=f"one of {', '.join(REASON_CODES)} (docs/routing.md)")
+
+
 def _select(letters: list[DeadLetter], args) -> list[DeadLetter]:
     return [d for d in letters
             if (not args.reason or d.letter["reason_code"] in args.reason)
@@ -98,7 +109,9 @@ def _select(letters: list[DeadLetter], args) -> list[DeadLetter]:
 
 
 def cmd_list(args) -> int:
+    _check_reasons(args)
     names = topics(args)
+    existing_topics(args, "READ", names.dead_letter, names.redrive_requests)
     letters = _select(asyncio.run(_dead_letters(bootstrap(args), names)), args)
     summary: dict[str, dict] = {}
     for d in letters:
@@ -139,7 +152,10 @@ def _table(rows) -> None:
 def cmd_redrive(args) -> int:
     from streams.redrive import dead_letter_sha256, encode_request, redrive_action_id
 
+    _check_reasons(args)
     server, names = bootstrap(args), topics(args)
+    existing_topics(args, "READ", names.dead_letter)
+    existing_topics(args, "WRITE", names.redrive_requests)
     letters = _select(asyncio.run(_dead_letters(server, names)), args)
     chosen, skipped = [], []
     for d in letters:

@@ -10,6 +10,7 @@ from agents.cli.common import (
     UsageError,
     bootstrap,
     existing_file,
+    given,
     kafka_flags,
     load_policy,
     port_number,
@@ -18,6 +19,7 @@ from agents.cli.common import (
     pseudonym_keys,
     topics,
 )
+from streams.errors import shown
 
 
 def register(sub) -> None:
@@ -48,10 +50,11 @@ def cmd_ingest(args) -> int:
         build_ingest_app,
     )
 
+    given(args.unit, "--as", "the publishing unit's id")
     policy = load_policy(args)
     unit_key = load_private_key(existing_file(args.key, "key file"))
     if unit_key.owner != args.unit or unit_key.kind != "signing":
-        raise UsageError(f"the key given is not a signing key of unit {args.unit}")
+        raise UsageError(f"the key given is not a signing key of unit {shown(args.unit)}")
     token = None
     if args.token_file:
         token = existing_file(args.token_file, "token file").read_text(encoding="utf-8").strip()

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from agents.cli.common import UsageError, existing_file, output_dir, output_file, print_json
-from streams.errors import CheckFailed
+from streams.errors import CheckFailed, shown
 
 
 def register(sub) -> None:
@@ -81,7 +81,7 @@ def _generate(args) -> int:
     if args.kind != "pseudonym" and not args.owner:
         raise UsageError(f"keys {args.action} --kind {args.kind} needs --owner (the unit, agency or router id)")
     if args.kind != "pseudonym" and not ID_PATTERN.fullmatch(args.owner):
-        raise UsageError(f"--owner {args.owner}: not a party id (1-64 lowercase letters, digits or hyphens, not "
+        raise UsageError(f"--owner {shown(args.owner)}: not a party id (1-64 lowercase letters, digits or hyphens, not "
                          "starting or ending with a hyphen, as in the policy)")
     out = output_dir(args.out, "--out")
     out.mkdir(exist_ok=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from agents.cli.common import (
     UsageError,
     bootstrap,
+    existing_dir,
+    existing_topics,
+    given,
     kafka_flags,
     load_policy,
     print_json,
@@ -17,7 +19,7 @@ from agents.cli.common import (
     topics,
 )
 from agents.settings import env_or
-from streams.errors import InvalidInput
+from streams.errors import InvalidInput, shown
 
 
 def register(sub) -> None:
@@ -40,10 +42,10 @@ def unit_signing_key(args):
     if args.key:
         unit_key = load_private_key(args.key)
     else:
-        keys_dir = env_or(args.keys_dir, "MASB_KEYS_DIR", "keys")
+        keys_dir = existing_dir(env_or(args.keys_dir, "MASB_KEYS_DIR", "keys"), "keys directory")
         unit_key = Keyring.load_dir(keys_dir, args.unit, kind="signing").current
     if unit_key.owner != args.unit or unit_key.kind != "signing":
-        raise UsageError(f"the key given is not a signing key of unit {args.unit}")
+        raise UsageError(f"the key given is not a signing key of unit {shown(args.unit)}")
     return unit_key
 
 
@@ -51,27 +53,32 @@ def cmd_publish(args) -> int:
     from streams.codec import EventValidationError
     from streams.publisher import Publisher, prepare
 
+    given(args.unit, "--as", "the publishing unit's id")
     policy = load_policy(args)
     if policy.unit(args.unit) is None:
-        raise UsageError(f"unit {args.unit} is not a unit of policy version {policy.version}")
+        raise UsageError(f"unit {shown(args.unit)} is not a unit of policy version {policy.version}",
+                         hint="unit ids are listed under units: in the policy")
     unit_key = unit_signing_key(args)
     events = read_events(args.file)
     pseudonyms = pseudonym_keys(args)
-    prepared, failures = [], 0
+    prepared, refusals = [], []
     for number, event in enumerate(events, 1):
         try:
             prepared.append((event, prepare(event, policy, unit_key, pseudonyms)))
         except EventValidationError as exc:
-            failures += 1
-            print(f"event {number}: invalid:\n{exc}", file=sys.stderr)
+            refusals.append(f"event {number}: invalid ({len(exc.errors)} problem(s)):")
+            refusals += [f"  {e.path}: {e.problem}" for e in exc.errors]
         except InvalidInput as exc:  # valid, but the policy does not let this unit publish it
-            failures += 1
-            print(f"event {number}: refused: {exc}", file=sys.stderr)
+            refusals.append(f"event {number}: refused: {exc}")
         except (TypeError, KeyError, AttributeError):
-            failures += 1
-            print(f"event {number}: refused: not a case event object (see docs/events.md)", file=sys.stderr)
-    if failures:
-        raise InvalidInput(f"{failures} of {len(events)} events refused; nothing was published")
+            refusals.append(f"event {number}: refused: not a case event object (see docs/events.md)")
+    if refusals:
+        # One error: `masb: N of M events refused ...`, then each event's problems, indented.
+        refused = sum(not line.startswith(" ") for line in refusals)
+        raise InvalidInput("\n".join([f"{refused} of {len(events)} events refused; nothing was published:",
+                                      *refusals]))
+
+    existing_topics(args, "WRITE", topics(args).case_events)  # a mistyped prefix must not create a topic
 
     async def send() -> None:
         async with Publisher(bootstrap(args), policy, unit_key, topics(args), pseudonyms=pseudonyms) as publisher:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from agents.cli.common import UsageError, existing_dir
@@ -13,9 +13,17 @@ from streams.errors import CheckFailed
 
 def register(sub) -> None:
     p = sub.add_parser("schemas", help="check schema evolution or register changed schemas")
-    p.add_argument("action", choices=["check", "register"])
-    p.add_argument("--root", help="schemas directory holding registry.json, registry/ and events/ "
-                                  "(default: the schemas shipped with MASB; env MASB_SCHEMA_ROOT)")
+    # Both actions take --root before or after their name: `masb schemas --root D check` as ever.
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    ssub = p.add_subparsers(dest="action", required=True)
+    for action, text in (("check", "check every event type's schema versions are BACKWARD_TRANSITIVE "
+                                   "compatible (exit 1 if not)"),
+                         ("register", "freeze every new or compatibly changed schema as a new version in the registry "
+                                      "(nothing if any change is incompatible)")):
+        q = ssub.add_parser(action, help=text, description=text)
+        q.add_argument("--root", default=argparse.SUPPRESS,
+                       help="schemas directory holding registry.json, registry/ and events/ "
+                            "(default: the schemas shipped with MASB; env MASB_SCHEMA_ROOT)")
     p.set_defaults(func=cmd_schemas)
 
 
@@ -41,7 +49,7 @@ def cmd_schemas(args) -> int:
             print(problem)
         if problems:
             raise CheckFailed(f"schemas {root}: {len(problems)} problem(s)")
-        print(f"schemas {root}: OK", file=sys.stderr)
+        print(f"schemas {root}: OK")
         return 0
     ids = schema_registry.register_pending(root)
     print(json.dumps({"registered": ids}))

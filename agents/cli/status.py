@@ -11,8 +11,9 @@ import json
 import sys
 from datetime import datetime, timezone
 
-from agents.cli.common import UsageError, bootstrap, existing_file, kafka_flags, load_policy, topics
-from streams.errors import CheckFailed
+from agents.cli.common import UsageError, bootstrap, existing_file, existing_topics, kafka_flags, load_policy, topics
+from streams.crypto.keys import kind_phrase
+from streams.errors import CheckFailed, shown
 
 
 def register(sub) -> None:
@@ -37,16 +38,17 @@ def unit_feed(args, unit_id: str):
     policy = load_policy(args)
     unit = policy.unit(unit_id)
     if unit is None:
-        raise UsageError(f"unit {unit_id} is not a unit of policy version {policy.version}",
+        raise UsageError(f"unit {shown(unit_id)} is not a unit of policy version {policy.version}",
                          hint="unit ids are listed under units: in the policy")
     records = [load_private_key(existing_file(path, "key file")) for path in args.key]
     wrong = [r for r in records if r.kind != "exchange" or r.owner != unit_id]
     if wrong:
-        raise UsageError(f"--key must be exchange key files of {unit_id} (key {wrong[0].key_id} is a "
-                         f"{wrong[0].kind} key of {wrong[0].owner})",
+        raise UsageError(f"--key must be exchange key files of {unit_id} (key {wrong[0].key_id} is "
+                         f"{kind_phrase(wrong[0].kind)} key of {wrong[0].owner})",
                          hint=f"make one with: masb keys generate --owner {unit_id} --kind exchange, and add it "
                               "to the unit's exchange_keys in the policy (docs/keys.md)")
     keyring = Keyring(unit_id, records, kind="exchange")
+    existing_topics(args, "READ", topics(args).unit(unit_id))
     return UnitFeed(bootstrap(args), unit_opener(unit_id, keyring, policy), topics(args))
 
 

@@ -116,6 +116,11 @@ def _a(word: str) -> str:
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
+def kind_phrase(kind: str) -> str:
+    """"a signing", "an exchange": the key kind with its article, for messages."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+
+
 def _check_owner(owner: str) -> None:
     # The owner is a party id (e.g. "housing-telford"); it becomes part of a file name.
     if not owner or len(owner) > 128 or "/" in owner or "\\" in owner or owner.startswith("."):
@@ -311,7 +316,7 @@ class Keyring:
 
     def add(self, rec: PrivateKeyRecord) -> None:
         if rec.owner != self.owner or rec.kind != self.kind:
-            raise ValueError(f"key {rec.key_id} is not a {self.kind} key of owner {self.owner}")
+            raise ValueError(f"key {rec.key_id} is not {kind_phrase(self.kind)} key of owner {self.owner}")
         if rec.key_id in self._by_id:
             raise ValueError(f"key {rec.key_id} is already in the keyring")
         self._by_id[rec.key_id] = rec
