@@ -95,7 +95,7 @@ def test_an_empty_principal_prefix_is_refused_not_replaced_by_the_default(setup)
     root, deployment = setup
     line = refused_in_one_line(masb("acl", "plan", "--policy", deployment.policy_path, "--principal-prefix", "",
                                     cwd=root))
-    assert "--principal-prefix is empty" in line
+    assert "--principal-prefix" in line and "empty" in line
 
 
 def test_a_bad_principal_prefix_in_the_environment_is_named(setup):
@@ -178,7 +178,7 @@ def test_a_single_invalid_event(setup):
 
 @pytest.mark.parametrize("unit, words", [
     ("hau-nope", ["unit hau-nope is not a unit of policy version", "hint: unit ids are listed under units:"]),
-    ("", ["--as is empty"]),
+    ("", ["--as", "empty"]),
     ("   ", ["--as is empty"]),
     ("h" * 5000, ["\u2026", "is not a unit of policy version"]),
 ])
