@@ -26,6 +26,7 @@ from agents.cli.common import (
     Progress,
     UsageError,
     bootstrap,
+    check_case_ref,
     existing_dir,
     existing_file,
     kafka_flags,
@@ -66,8 +67,10 @@ def register(sub) -> None:
     p.add_argument("event_id", nargs="+", help="one or more event ids: one file proves all their deliveries")
     p.add_argument("--agency", help="only the deliveries to this agency")
     p.add_argument("--extends", type=non_negative(int), action="append", default=[], metavar="SIZE",
-                   help="add a consistency proof from this earlier size (a checkpoint the auditor trusts)")
+                   help="add a consistency proof from this earlier size (a checkpoint the auditor trusts); the "
+                        "checkpoint remembered in --state-dir is added unless --no-state")
     p.add_argument("--out", help="write the proof here (default: stdout)")
+    state_flags(p)
     index_flags(p)
 
     p = sub.add_parser("check-proof", help="verify a proof file offline (no Kafka) and print what it proves")
@@ -111,6 +114,10 @@ def trust_flags(p) -> None:
     """What the auditor already trusts (docs/audit.md, "Trusted checkpoints and local state")."""
     p.add_argument("--trusted-checkpoint", action="append", default=[], metavar="FILE",
                    help="a signed checkpoint (note) the log must contain or extend; repeatable")
+    state_flags(p)
+
+
+def state_flags(p) -> None:
     p.add_argument("--state-dir", help="where the newest verified checkpoint is remembered (env MASB_STATE_DIR; "
                                        "default $XDG_STATE_HOME/masb or ~/.local/state/masb)")
     p.add_argument("--no-state", action="store_true", help="neither use nor update the remembered checkpoint")
@@ -147,6 +154,9 @@ def cmd_audit(args) -> int:
     if args.action == "verify":
         return verify(bootstrap(args), topics(args), policy, origin, trust)
     filters = report_filters(args, policy) if args.action == "report" else None
+    if args.action == "prove" and args.agency is not None:
+        known_agency(policy, args.agency)
+    held = remembered_checkpoint(args, verifiers, origin) if args.action == "prove" else None
     workers = report_workers() if args.action == "report" else None  # a bad value fails before the log is read
     if args.action == "consistency" and args.old_size > args.new_size:
         raise UsageError(f"consistency {args.old_size} {args.new_size}: OLD_SIZE must not be above NEW_SIZE")
@@ -156,7 +166,7 @@ def cmd_audit(args) -> int:
         check_index_folder(args.index)  # before the log is read
     log = load_log(args, bootstrap(args), topics(args))
     if args.action == "prove":
-        return prove(args, log, verifiers, origin)
+        return prove(args, log, verifiers, origin, held)
     if args.action == "consistency":
         return consistency(args, log, verifiers, origin)
     if args.action == "report":
@@ -195,7 +205,12 @@ class Trust:
             if self.state.advance(self.origin, opened.note, opened.checkpoint):
                 print(f"  remembered: checkpoint of size {opened.checkpoint.size} in {self.state.path(self.origin)}")
         except OSError as exc:
-            print(f"  note: could not remember the checkpoint in {self.state.directory} ({type(exc).__name__})")
+            _note(f"could not remember the checkpoint in {self.state.directory} ({type(exc).__name__})")
+
+
+def _note(text: str) -> None:
+    """A note about how the command ran (not about the log it checks): a message, so on stderr."""
+    print(f"masb: note: {text}", file=sys.stderr, flush=True)
 
 
 def state_dir_of(args) -> Path:
@@ -216,22 +231,39 @@ def state_dir_of(args) -> Path:
 
 
 def load_trust(args, verifiers, origin: str, witnesses) -> Trust:
-    from streams.audit.trust import CheckpointState, TrustError, load_trusted_checkpoint
+    from streams.audit.trust import TrustError, load_trusted_checkpoint
 
     state_dir = None if args.no_state else state_dir_of(args)
     try:
         trusted = [load_trusted_checkpoint(path, verifiers, origin) for path in args.trusted_checkpoint]
-        state = None
-        if state_dir is not None:
-            state = CheckpointState(state_dir)
-            remembered, warning = state.load(origin, verifiers)
-            if warning:
-                print(f"  note: {warning}")
-            if remembered is not None:
-                trusted.append(remembered)
     except TrustError as exc:
         raise AuditCommandError(str(exc)) from None
+    state, remembered = _remembered(state_dir, verifiers, origin)
+    if remembered is not None:
+        trusted.append(remembered)
     return Trust(trusted, witnesses if witnesses.members or witnesses.quorum else None, state, origin)
+
+
+def remembered_checkpoint(args, verifiers, origin: str):
+    """The checkpoint this auditor's earlier `verify` or `check-proof` remembered (a TrustedCheckpoint),
+    or None (none yet, --no-state, or it no longer verifies: a note says so)."""
+    return _remembered(None if args.no_state else state_dir_of(args), verifiers, origin)[1]
+
+
+def _remembered(state_dir: Path | None, verifiers, origin: str):
+    """(the local state, its checkpoint for the origin or None); (None, None) without a state dir."""
+    from streams.audit.trust import CheckpointState, TrustError
+
+    if state_dir is None:
+        return None, None
+    state = CheckpointState(state_dir)
+    try:
+        remembered, warning = state.load(origin, verifiers)
+    except TrustError as exc:
+        raise AuditCommandError(str(exc)) from None
+    if warning:
+        _note(warning)
+    return state, remembered
 
 
 def _print_trust(report, trust: Trust) -> None:
@@ -371,7 +403,9 @@ def _with_tree(args, log: Log, verifiers, origin, make):
         return make(index)
 
 
-def prove(args, log: Log, verifiers, origin) -> int:
+def prove(args, log: Log, verifiers, origin, held=None) -> int:
+    """held: the remembered checkpoint (TrustedCheckpoint) the proof is to be shown to extend, so
+    that `check-proof` with the same state accepts it (docs/audit.md)."""
     from streams.audit.entry import AuditEntryError, decode_entry
     from streams.audit.proof import ProofError, make_inclusion_proof
 
@@ -397,9 +431,18 @@ def prove(args, log: Log, verifiers, origin) -> int:
     try:
         doc = _with_tree(args, log, verifiers, origin, lambda tree: make_inclusion_proof(
             [d for _, d in log.entries], log.checkpoints, verifiers, origin, indexes,
-            positions=[p for p, _ in log.entries], extends=args.extends, tree=tree))
+            positions=[p for p, _ in log.entries], extends=args.extends, tree=tree,
+            held=[held.checkpoint.size] if held is not None else []))
     except ProofError as exc:
         raise AuditCommandError(str(exc)) from None
+    if held is not None and held.checkpoint.size not in args.extends:
+        size, ours = doc["tree_size"], held.checkpoint.size
+        if ours < size:
+            _note(f"the proof carries a consistency proof from {held.source} (size {ours}) to its checkpoint "
+                  f"(size {size})")
+        elif ours > size:
+            _note(f"the proof's checkpoint (size {size}) is older than {held.source} (size {ours}); "
+                  "`check-proof` with that state will refuse it")
     _write(json.dumps(doc, indent=2) + "\n", args.out, f"inclusion proof of {len(indexes)} entries")
     return 0
 
@@ -490,15 +533,16 @@ def report_filters(args, policy):
     until = parse_time(args.until, "--until") if args.until else None
     if since and until and since >= until:
         raise UsageError(f"--since {shown(args.since)} is not before --until {shown(args.until)}: nothing could match")
-    if args.agency is not None and policy.agency(args.agency) is None:
-        raise UsageError(f"agency {shown(args.agency)} is not in the sharing policy (version {policy.version})",
-                         hint="agency ids are listed under agencies: in the policy")
+    if args.agency is not None:
+        known_agency(policy, args.agency)
     if args.event_type is not None and args.event_type not in EVENT_TYPES:
         raise UsageError(f"event type {shown(args.event_type)} is not an event type MASB knows",
                          hint=f"one of {', '.join(EVENT_TYPES)}")
     if args.legal_basis is not None and args.legal_basis not in LEGAL_BASES:
         raise UsageError(f"legal basis {shown(args.legal_basis)} is not a legal basis MASB knows",
                          hint=f"one of {', '.join(LEGAL_BASES)}")
+    if args.case_ref is not None:
+        check_case_ref(args.case_ref, "--case-ref")
     if args.case_ref is not None and _case_secrets(args) is None:
         raise UsageError("--case-ref needs the case key store: give the router's keys dir (--keys-dir or "
                          "MASB_KEYS_DIR) holding case-keys/", hint="case references are sealed in the log")
@@ -506,14 +550,27 @@ def report_filters(args, policy):
                    legal_basis=args.legal_basis, since=since, until=until)
 
 
+def known_agency(policy, agency: str) -> None:
+    """--agency names an agency of the policy (exit 2 otherwise, before the log is read)."""
+    if policy.agency(agency) is None:
+        raise UsageError(f"agency {shown(agency)} is not in the sharing policy (version {policy.version})",
+                         hint="agency ids are listed under agencies: in the policy")
+
+
 def report_workers() -> int | None:
-    """MASB_REPORT_WORKERS: processes that decode the log's entries for a report (1: this process
-    only; unset: streams/audit/decoding.py decides from the log's size and the cores)."""
+    """MASB_REPORT_WORKERS: processes that decode the log's entries for a report, 1 to
+    MAX_REQUESTED (1: this process only; unset: streams/audit/decoding.py decides from the log's
+    size and the cores; never more than the cores nor than the log's chunks are started)."""
+    from streams.audit.decoding import MAX_REQUESTED
+
     value = env_or(None, "MASB_REPORT_WORKERS", None)
     if value is None:
         return None
     if not value.strip().isdigit() or int(value) < 1:
         raise UsageError(f"MASB_REPORT_WORKERS={shown(value)}: not a whole number of processes (1 or more)")
+    if int(value) > MAX_REQUESTED:
+        raise UsageError(f"MASB_REPORT_WORKERS={shown(value)}: more than {MAX_REQUESTED} processes",
+                         hint=f"give 1 to {MAX_REQUESTED}; no more are started than this machine has cores")
     return int(value)
 
 
@@ -533,7 +590,13 @@ def report(args, filters, log: Log, verifiers, origin, witnesses=None, workers: 
         verification = replace(verification, checkpoint=replace(verification.checkpoint, cosigners=cosigners))
     result.set_verification(verification)
     _write(RENDERERS[args.format](result), args.out, f"{args.format} report")
-    return 0 if result.log.intact else 1
+    if result.log.intact:
+        return 0
+    problems = result.log.problems
+    first = f": {problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "") \
+        if problems else ""
+    print(f"masb: the audit log is NOT intact{first}; the report says so; run `masb audit verify`", file=sys.stderr)
+    return 1
 
 
 def export(args, log: Log, verifiers, origin, topics) -> int:
@@ -556,6 +619,7 @@ def shred(args) -> int:
     from streams.audit.shared_case_keys import CaseKeyView
     from streams.kafka import producer, start_client
 
+    check_case_ref(args.case_ref, "CASE_REF")
     secrets = _case_secrets(args)
     if secrets is None:
         raise UsageError("no case key store: give the router's keys dir (--keys-dir or MASB_KEYS_DIR)")

@@ -285,3 +285,26 @@ def refuse_empty_arguments(parser: argparse.ArgumentParser, args: argparse.Names
             name = "/".join(action.option_strings) or action.metavar or action.dest
             optional = action.option_strings and not action.required
             leaf.error(f"argument {name}: empty; give a value{', or leave the flag out for its default' if optional else ''}")
+
+
+def event_id(text: str) -> str:
+    """argparse type: an event id, a UUID (any form Python's uuid reads: upper case, braces, no
+    hyphens), given back in the canonical form events carry."""
+    import argparse
+    import uuid
+
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an event id: event ids are UUIDs "
+                                          "(like 123e4567-e89b-42d3-a456-426614174000)") from None
+
+
+def check_case_ref(text: str, what: str) -> None:
+    """A case reference of the documented shape (streams/rules.py), else a UsageError naming
+    ``what`` (the flag or argument): the value is never echoed, as it identifies a case."""
+    from streams.rules import IDENTIFIER_RULES
+
+    matches, problem = IDENTIFIER_RULES["case_ref"]
+    if not matches(text):
+        raise UsageError(f"{what} is not a case reference: it {problem}")

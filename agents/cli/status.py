@@ -11,7 +11,16 @@ import json
 import sys
 from datetime import datetime, timezone
 
-from agents.cli.common import UsageError, bootstrap, existing_file, existing_topics, kafka_flags, load_policy, topics
+from agents.cli.common import (
+    UsageError,
+    bootstrap,
+    event_id,
+    existing_file,
+    existing_topics,
+    kafka_flags,
+    load_policy,
+    topics,
+)
 from streams.crypto.keys import kind_phrase
 from streams.errors import CheckFailed, shown
 
@@ -20,7 +29,7 @@ def register(sub) -> None:
     p = sub.add_parser("status", help="what happened to an event a unit published: delivered, received, "
                                       "acknowledged, overdue, escalated, per agency")
     kafka_flags(p)
-    p.add_argument("event_id", help="the event id the unit published")
+    p.add_argument("event_id", type=event_id, help="the event id the unit published")
     p.add_argument("--as", dest="unit", required=True, help="the publishing unit's id")
     p.add_argument("--key", required=True, action="append",
                    help="the unit's private exchange key file (repeat for rotated keys)")

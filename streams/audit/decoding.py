@@ -8,8 +8,10 @@ entry is decoded by ``decode_entry`` exactly as it is one at a time; only where 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -20,6 +22,7 @@ from .entry import AuditEntryError, decode_entry
 
 PARALLEL_FROM = 50_000  # entries; below this the pool's start and hand-over cost more than they save
 MAX_WORKERS = 8
+MAX_REQUESTED = 256  # the most processes a caller may ask for (MASB_REPORT_WORKERS); more is a mistake
 CHUNK = 2048  # entries per task: a few ms of work, so the results stream back as the report is built
 
 
@@ -32,6 +35,10 @@ def _fork():
     return multiprocessing.get_context("fork")
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers(entries: int) -> int:
     """How many processes decode ``entries`` entries: for a log of PARALLEL_FROM entries or more,
     one per core this process may use but one (left to this process, which builds the report from
@@ -39,9 +46,35 @@ def default_workers(entries: int) -> int:
     cores a worker costs more CPU (pickling both ways) than it saves time (bench_audit_commands.py)."""
     if entries < PARALLEL_FROM or _fork() is None:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(MAX_WORKERS, cores - 1)
+    workers = min(MAX_WORKERS, _cores() - 1)
     return workers if workers >= 2 else 1
+
+
+def usable_workers(requested: int, entries: int) -> int:
+    """The processes that decode ``entries`` entries when ``requested`` are asked for: never more
+    than the cores this process may use, nor than the chunks there are to decode (a log of one
+    chunk is decoded here: a pool would only add its start)."""
+    chunks = -(-entries // CHUNK)
+    return max(1, min(requested, _cores(), chunks))
+
+
+def _worker_signals() -> None:
+    """In each decoding process: Ctrl-C is for the command, which stops the pool (a worker that
+    took it too would print its own KeyboardInterrupt traceback); SIGTERM ends it at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while the workers are forked (they inherit the mask and set
+    their own handlers first); one that came meanwhile is delivered here just after."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _decode_chunk(datas: list[bytes]) -> list[dict[str, Any] | str]:
@@ -59,9 +92,11 @@ def _decode_chunk(datas: list[bytes]) -> list[dict[str, Any] | str]:
 def decode_entries(datas: Sequence[bytes], workers: int | None = None) -> Iterator[dict[str, Any] | AuditEntryError]:
     """The decoded entry for each of ``datas``, in order, or the AuditEntryError it raised (not
     raised here: the caller says which entry). ``workers``: processes to decode in (None: see
-    default_workers; 1, or where this process cannot fork safely: decode in this process)."""
+    default_workers; at most usable_workers; 1, or where this process cannot fork safely: decode in
+    this process)."""
     if workers is None:
         workers = default_workers(len(datas))
+    workers = usable_workers(workers, len(datas))
     context = _fork() if workers > 1 else None
     if context is None:
         for data in datas:
@@ -71,13 +106,16 @@ def decode_entries(datas: Sequence[bytes], workers: int | None = None) -> Iterat
                 yield exc
         return
     chunks = (list(datas[i:i + CHUNK]) for i in range(0, len(datas), CHUNK))
-    pool = ProcessPoolExecutor(workers, mp_context=context)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_signals)
     try:
         pending = deque()
-        for chunk in chunks:  # a bounded window: decoded chunks never pile up faster than they are used
-            pending.append(pool.submit(_decode_chunk, chunk))
-            if len(pending) >= 2 * workers:
+        with _signals_held():  # the first submit forks every worker (the fork context starts them all)
+            pending.append(pool.submit(_decode_chunk, next(chunks)))
+        while len(pending) < 2 * workers:  # a bounded window: decoded chunks never pile up faster than used
+            chunk = next(chunks, None)
+            if chunk is None:
                 break
+            pending.append(pool.submit(_decode_chunk, chunk))
         while pending:
             decoded = pending.popleft().result()
             following = next(chunks, None)

@@ -139,10 +139,13 @@ def _extends(tree: Tree, sizes: Sequence[int], new_size: int) -> list[dict[str, 
 
 def make_inclusion_proof(entries: Sequence[bytes], notes: Sequence[str], verifiers: list[str], origin: str,
                          indexes: Sequence[int], positions: Sequence[int] | None = None,
-                         extends: Sequence[int] = (), tree: Tree | None = None) -> dict[str, Any]:
+                         extends: Sequence[int] = (), tree: Tree | None = None,
+                         held: Sequence[int] = ()) -> dict[str, Any]:
     """Proof file for the entries at `indexes` (0-based) against the latest signed checkpoint that
     covers all of them and that the log reproduces; `extends` adds consistency proofs from those
-    earlier sizes (the sizes of checkpoints the auditor already trusts) to that checkpoint.
+    earlier sizes (the sizes of checkpoints the auditor already trusts) to that checkpoint, and
+    `held` from those of these sizes that are below it (a checkpoint remembered by `audit verify`:
+    one of the proof's size or larger needs none, or cannot have one).
 
     tree: the log's tree (a TileIndex of these entries, streams/audit/tiles.py); default: recomputed
     from every entry. Each proof is checked against the signed root with the entry's own bytes."""
@@ -167,8 +170,9 @@ def make_inclusion_proof(entries: Sequence[bytes], notes: Sequence[str], verifie
         })
     doc = {"format": FORMAT, "version": VERSION, "type": "inclusion", "origin": origin, "tree_size": cp.size,
            "checkpoint": note, "inclusions": inclusions}
-    if extends:
-        doc["extends"] = _extends(tree, extends, cp.size)
+    sizes = [*extends, *(size for size in held if size < cp.size)]
+    if sizes:
+        doc["extends"] = _extends(tree, sizes, cp.size)
     return doc
 
 
