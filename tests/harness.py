@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import os
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -210,6 +211,18 @@ def running_deployment(bootstrap: str, workdir: Path, topic_prefix: str | None =
         worker.stop()
         if running is not None and running.worker is not worker:  # a test restarted it: stop that one too
             running.worker.stop()
+
+
+def stderr_after_signal(proc: subprocess.Popen, signum: int, timeout: float = 30) -> str:
+    """Send ``signum`` to a running command, wait for it to end and return its stderr (text); a
+    command still running after ``timeout`` seconds is killed (and the wait's TimeoutExpired raised)."""
+    try:
+        proc.send_signal(signum)
+        return proc.communicate(timeout=timeout)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def replace_file(path: Path, text: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agents.deployment import prepare_deployment
-from tests.harness import fixture_event
+from tests.harness import fixture_event, stderr_after_signal
 
 NO_BROKER = "127.0.0.1:1"  # nothing listens on port 1: refused at once
 EVENT = fixture_event("MARAC_REFERRAL")
@@ -333,12 +333,8 @@ def test_ingest_stops_cleanly_ctrl_c_exits_130_and_sigterm_0(setup, signum, code
                              "--port", str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_port(port, proc)
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        err = stderr_after_signal(proc, signum)
     assert proc.returncode == code, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Unclosed" not in err, err
     if said:
@@ -389,8 +385,7 @@ def test_ctrl_c_or_sigterm_in_consume_follow_stops_cleanly_without_a_traceback(s
                              "nhs-worcs-acute", "--key", key(deployment, "nhs-worcs-acute")],
                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(4)  # reading, waiting for envelopes
-    proc.send_signal(signum)
-    out, err = proc.communicate(timeout=30)
+    err = stderr_after_signal(proc, signum)
     assert proc.returncode == code, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Unclosed" not in err, err
     assert said in err

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agents.deployment import prepare_deployment
-from tests.harness import fixture_event
+from tests.harness import fixture_event, stderr_after_signal
 
 NO_BROKER = "127.0.0.1:1"  # nothing listens on port 1: refused at once
 
@@ -138,12 +138,8 @@ def test_witness_serve_stops_like_ingest_ctrl_c_130_sigterm_0(setup, witness_key
         url = line.split("listening on ")[1].split(" ")[0]
         with pytest.raises(urllib.error.HTTPError):  # it serves (and so has its signal handlers)
             urllib.request.urlopen(f"{url}/no-such-origin/checkpoint", timeout=10)
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        err = stderr_after_signal(proc, signum)
     assert proc.returncode == code, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     if said:

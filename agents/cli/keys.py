@@ -76,8 +76,6 @@ def _generate(args) -> int:
     if args.kind == "pseudonym" and args.owner is not None:
         raise UsageError("--owner is not for --kind pseudonym: the case pseudonym key is shared by the units and "
                          "the router, owned by no one (docs/keys.md)")
-    if args.kind != "pseudonym" and args.owner == "":
-        raise UsageError("--owner is empty: give the unit, agency or router id")
     if args.kind != "pseudonym" and not args.owner:
         raise UsageError(f"keys {args.action} --kind {args.kind} needs --owner (the unit, agency or router id)")
     if args.kind != "pseudonym" and not ID_PATTERN.fullmatch(args.owner):

@@ -109,11 +109,7 @@ class PrivateKeyRecord:
 
 def _require_kind(rec: PrivateKeyRecord, kind: str) -> None:
     if rec.kind != kind:
-        raise ValueError(f"key {rec.key_id} is {_a(rec.kind)} key, {_a(kind)} key is needed")
-
-
-def _a(word: str) -> str:
-    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+        raise ValueError(f"key {rec.key_id} is {kind_phrase(rec.kind)} key, {kind_phrase(kind)} key is needed")
 
 
 def kind_phrase(kind: str) -> str:
