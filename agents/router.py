@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import weakref
@@ -121,6 +122,44 @@ async def send_case_keys(sender: AcknowledgedSender, runtime, records) -> None:
                                for r in records], _case_key_refused)
 
 
+async def send_routed(sender: AcknowledgedSender, runtime, messages: list[Message], case_keys) -> None:
+    """Send a batch's records and wait for every ack.
+
+    The keys of new cases reach Kafka before any audit entry sealed with them, so that a worker
+    that routes the case later (after a crash or a rebalance) finds the same key. Envelopes and
+    dead letters carry nothing sealed with a case key: they go out with the keys, not after them
+    (one broker round trip less between publication and partner record).
+    """
+    replace = functools.partial(replacement_for, runtime)
+    records = case_keys.new_records()
+    if not records:
+        await sender.send_all(messages, replace)
+        return
+    audit = runtime.topics.audit
+    held = [m for m in messages if m.topic == audit]
+
+    def replace_holding_entries(message: Message, error: Exception) -> list[Message]:
+        # A refused envelope's REFUSAL entry is sealed with the case key too: it waits as well.
+        replacement = replace(message, error)
+        held.extend(m for m in replacement if m.topic == audit)
+        return [m for m in replacement if m.topic != audit]
+
+    await all_of(send_case_keys(sender, runtime, records),
+                 sender.send_all([m for m in messages if m.topic != audit], replace_holding_entries))
+    case_keys.confirm_new()
+    await sender.send_all(held, replace)
+
+
+async def all_of(*awaitables) -> None:
+    """Await all of them concurrently; if one fails, cancel the others and raise its error."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()  # nothing for those done; the rest must not go on sending on their own
+
+
 async def _prefetch(case_keys, partitions: set[int]) -> None:
     try:
         await case_keys.load(partitions)
@@ -199,12 +238,8 @@ def install(app: faust.App, runtime) -> None:
                                                 event.key, event.value), event)
             if hold is not None:
                 await hold("router")
-            # The keys of new cases reach Kafka before any entry sealed with them: a worker
-            # that routes the case later (after a crash or a rebalance) finds the same key.
             supervisor.doing("router", f"sending {len(batch.messages)} records")
-            await send_case_keys(sender, runtime, case_keys.new_records())
-            case_keys.confirm_new()
-            await sender.send_all(batch.messages, lambda m, e: replacement_for(runtime, m, e))
+            await send_routed(sender, runtime, batch.messages, case_keys)
         except BaseException:
             case_keys.discard_new()  # the batch is abandoned (acknowledged_batches): routed again
             raise
