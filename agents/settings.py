@@ -56,11 +56,11 @@ def positive_number(value, name: str, kind=float, *, zero_ok: bool = False, maxi
             and (maximum is None or number <= maximum)
     if not ok:
         raise InvalidInput(f"{name}: must be a {'whole ' if kind is int else ''}number in ASCII digits, "
-                           f"{_range(kind, zero_ok, maximum)}")
+                           f"{range_in_words(kind, zero_ok, maximum)}")
     return kind(text)
 
 
-def _range(kind, zero_ok: bool, maximum: float | None) -> str:
+def range_in_words(kind, zero_ok: bool, maximum: float | None) -> str:
     """The accepted range in words: '0 or more', 'above 0', 'from 1 to 65535', 'above 0, at most 10'."""
     lowest = "0" if zero_ok else "1" if kind is int else None
     if maximum is None:

@@ -212,7 +212,7 @@ def test_a_report_of_a_log_that_is_not_intact_says_so_on_stderr(deployment, alte
 # -- 3. prove: flags that mean nothing are refused before the log is read ---------------------------
 @pytest.mark.parametrize("flags, words", [
     (["--agency", "nosuch"], "agency nosuch is not in the sharing policy"),
-    (["--extends", "-1"], "argument --extends: '-1' is not a number of 0 or more"),
+    (["--extends", "-1"], "argument --extends: '-1' is not a whole number in ASCII digits, 0 or more"),
 ])
 def test_prove_refuses_an_unknown_agency_or_a_negative_size_with_exit_2(deployment, capsys, flags, words):
     code, out, err = run(capsys, "audit", "prove", event_id(1), "--bootstrap", NO_BROKER, "--policy",

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from agents.settings import bootstrap_of, env_or, positive_number
+from agents.settings import bootstrap_of, env_or, positive_number, range_in_words
 from streams.errors import InvalidInput, shown
 
 
@@ -234,32 +234,23 @@ def _port(text: str, lowest: int) -> int:
 
 
 def non_negative(kind):
-    """argparse type: a number of ``kind`` (int or float) that is 0 or more."""
+    """argparse type: a number of ``kind`` (int or float) in ASCII digits, 0 or more."""
+    return positive(kind, zero_ok=True)
+
+
+def positive(kind, maximum: float | None = None, *, zero_ok: bool = False):
+    """argparse type: a number of ``kind`` (int or float) in ASCII digits, above 0 (or 0 if
+    ``zero_ok``; up to ``maximum``): the same rule and words as the MASB_* settings
+    (agents/settings.py), so no nan, inf, -1 or 1_000."""
     import argparse
 
     def parse(text: str):
         try:
-            value = kind(text)
-        except ValueError:
-            value = -1
-        if not 0 <= value < float("inf"):  # also refuses nan
-            raise argparse.ArgumentTypeError(f"{shown(text)!r} is not a number of 0 or more")
-        return value
-    return parse
-
-
-def positive(kind, maximum: float | None = None):
-    """argparse type: a number of ``kind`` (int or float) in ASCII digits, above 0 (up to ``maximum``):
-    the same rule as the MASB_* settings (agents/settings.py), so no nan, inf, -1 or 1_000."""
-    import argparse
-
-    def parse(text: str):
-        try:
-            return positive_number(text, "", kind, maximum=maximum)
+            return positive_number(text, "", kind, zero_ok=zero_ok, maximum=maximum)
         except InvalidInput:
             whole = "whole " if kind is int else ""
-            limits = f"above 0 and at most {maximum:g}" if maximum is not None else "above 0"
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {whole}number {limits}") from None
+            raise argparse.ArgumentTypeError(f"{shown(text)!r} is not a {whole}number in ASCII digits, "
+                                             f"{range_in_words(kind, zero_ok, maximum)}") from None
     return parse
 
 
