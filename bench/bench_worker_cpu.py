@@ -12,13 +12,19 @@ Throughput (goal: worker CPU per MARAC event at most 7x the raw 6-output loop's)
                   wait for the acks, commit (the least a consume -> produce service can do);
   raw 6 outputs   the same loop producing 6 records per input, of the sizes MASB produces
                   (3 envelopes to 3 partner topics, 3 audit entries to one audit topic);
+  raw all records the 6-output loop, and in the same process a second stage that reads the 3 "audit"
+                  records of each event and writes a notice and a state record for each, of the
+                  sizes the deadline agent writes (every record the worker reads and writes per
+                  event, within a few: position records, changelog, checkpoints);
   masb worker     the whole worker (router, checkpointer, deadline agent, ...) as deployed;
 
 and each consumer process's CPU time (user + system, from /proc) is read from just before the first
 publication until every output is in Kafka and the process is idle again, divided by N. The median
 of --repeats runs is printed, with the cryptographic floor of the same event beside it
-(bench_router.py's breakdown: the PyNaCl and fastavro calls MASB cannot avoid), so the overhead
-that remains is visible.
+(bench_router.py's breakdown: the PyNaCl and fastavro calls MASB cannot avoid), the deadline
+agent's own floor (decoding the 3 DELIVERY entries, sealing and signing the 3 DELIVERED notices to
+the publishing unit) and their sum with "raw all records": the lower bound of a worker that does
+everything MASB's does with no Python logic and no Faust. The overhead that remains is visible.
 
 Latency (goal: p99 within 3x of the raw 6-output loop's). At an offered rate of 0.05x the raw
 6-output loop's measured events/s, events are published one by one (each with its own case, so its
@@ -41,6 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,18 +101,84 @@ def make_records(deployment, n: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def output_sizes(deployment) -> list[int]:
-    """The sizes of what MASB produces for one MARAC referral: 3 envelopes, then 3 audit entries."""
-    from agents.app import load_identity
-    from streams.audit.case_keys import CaseKeyStore
-    from streams.routing import InputRecord, Router
+class Traffic:
+    """What MASB's worker writes for one MARAC referral, made by its own code: the router's 3
+    envelopes and 3 DELIVERY entries, and the deadline agent's 3 DELIVERED notices and 3 state
+    records (one per delivery it tracks)."""
 
-    with tempfile.TemporaryDirectory() as tmp:
-        identity = load_identity(deployment.policy, deployment.keys_dir, CaseKeyStore(tmp))
-        router = Router(deployment.policy, identity, Topics("size."))
-        key, value = make_records(deployment, 1)[0]
-        deliveries = router.deliver(router.admit(InputRecord("size.case-events", 0, 0, key, value)))
-    return [len(d.envelope) for d in deliveries] + [len(d.audit_entry) for d in deliveries]
+    def __init__(self, deployment) -> None:
+        from agents.app import load_identity
+        from streams.audit.case_keys import CaseKeyStore
+        from streams.audit.entry import decode_entry
+        from streams.crypto.notice import NoticeSealer
+        from streams.deadlines import DeadlineBook
+        from streams.routing import InputRecord, Router
+
+        policy = deployment.policy
+        with tempfile.TemporaryDirectory() as tmp:
+            self.identity = load_identity(policy, deployment.keys_dir, CaseKeyStore(tmp))
+            router = Router(policy, self.identity, Topics("size."))
+            key, value = make_records(deployment, 1)[0]
+            self.deliveries = router.deliver(router.admit(InputRecord("size.case-events", 0, 0, key, value)))
+        book, now = DeadlineBook(), datetime.now(UTC)
+        self.requests, self.states = [], []
+        for offset, delivery in enumerate(self.deliveries):
+            folded = book.apply(offset, decode_entry(delivery.audit_entry), policy, now)
+            self.requests += folded.notices
+            self.states += [t.to_json() for t in folded.changed.values() if t is not None]
+        self.unit = policy.unit(self.requests[0].tracking.unit_id)
+        sealer = NoticeSealer(self.identity.signing.current, self.identity.exchange.current)
+        key = self.unit.active_exchange_key
+        self.notices = [sealer.seal(unit_id=self.unit.id, unit_key_id=key.key_id, unit_public_key=key.public_key,
+                                    content=r.content(), created_at=now) for r in self.requests]
+
+    @property
+    def router_sizes(self) -> list[int]:
+        return [len(d.envelope) for d in self.deliveries] + [len(d.audit_entry) for d in self.deliveries]
+
+    @property
+    def deadline_sizes(self) -> list[int]:
+        return [len(n) for n in self.notices] + [len(s) for s in self.states]
+
+    def deadline_floor(self, seconds: float = 2.0) -> float:
+        """Microseconds per event of the PyNaCl and fastavro calls the deadline agent cannot avoid:
+        per DELIVERY entry, decode it, then seal and sign the unit's DELIVERED notice (Avro
+        content, crypto_box, Avro body, Ed25519, Avro signed notice), inputs prepared beforehand."""
+        import io
+
+        import fastavro
+        import nacl.public
+        import nacl.utils
+
+        from streams.audit.entry import _SCHEMAS
+        from streams.crypto import notice
+
+        key = self.unit.active_exchange_key
+        box = nacl.public.Box(self.identity.exchange.current.exchange_key(), nacl.public.PublicKey(key.public_key))
+        signer = self.identity.signing.current.signing_key()
+        now = datetime.now(UTC)
+        work = [(d.audit_entry, {"version": notice.NOTICE_VERSION, **r.content()}, r.notice_id)
+                for d, r in zip(self.deliveries, self.requests)]
+
+        def one_event() -> None:
+            for entry, content, notice_id in work:
+                fastavro.schemaless_reader(io.BytesIO(entry[1:]), _SCHEMAS[entry[0]], None)
+                out = io.BytesIO()
+                fastavro.schemaless_writer(out, notice._CONTENT_SCHEMA, content)
+                sealed = bytes(box.encrypt(out.getvalue(), nacl.utils.random(24)))
+                body = io.BytesIO()
+                fastavro.schemaless_writer(body, notice._BODY_SCHEMA, {
+                    "version": 1, "notice_id": notice_id, "unit_id": "u", "recipient_key_id": "k",
+                    "sender_exchange_key_id": "x", "created_at": now, "sealed": sealed})
+                signature = signer.sign(notice.NOTICE_SIGNATURE_PREFIX + body.getvalue()).signature
+                fastavro.schemaless_writer(io.BytesIO(), notice._SIGNED_SCHEMA, {
+                    "version": 1, "body": body.getvalue(), "signer_key_id": "s", "signature": signature})
+
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            one_event()
+            count += 1
+        return (time.perf_counter() - started) / count * 1e6
 
 
 async def end_offset_sum(bootstrap: str, topics: list[str]) -> int:
@@ -129,19 +202,22 @@ async def end_offset_sum(bootstrap: str, topics: list[str]) -> int:
 
 # -- the raw loop (run in its own process: `bench_worker_cpu.py raw-loop ...`) -------------------
 
-async def raw_loop(bootstrap: str, source: str, outputs: list[tuple[str, int]], group: str) -> None:
-    """Consume a batch, produce len(outputs) records per input record (topic, size), wait for every
+async def raw_loop(bootstrap: str, stages: list[tuple[str, list[tuple[str, int]]]]) -> None:
+    """For each stage (source, outputs), concurrently in one event loop, as MASB's agents run:
+    consume a batch, produce len(outputs) records per input record (topic, size), wait for every
     ack, commit; forever. The key of each output is the input's key."""
     from aiokafka import AIOKafkaConsumer
 
-    c = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                         auto_offset_reset="earliest", max_poll_records=100)
     p = producer(bootstrap, linger_ms=2, max_batch_size=512 * 1024)
-    await c.start()
+    consumers = [AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:6]}",
+                                  enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=100)
+                 for source, _ in stages]
     await p.start()
-    payloads = [(topic, os.urandom(size)) for topic, size in outputs]
-    print("ready", flush=True)
-    try:
+    for c in consumers:
+        await c.start()
+
+    async def stage(c, outputs: list[tuple[str, int]]) -> None:
+        payloads = [(topic, os.urandom(size)) for topic, size in outputs]
         while True:
             batch = await c.getmany(timeout_ms=1000, max_records=100)
             futures = []
@@ -152,17 +228,24 @@ async def raw_loop(bootstrap: str, source: str, outputs: list[tuple[str, int]], 
             if futures:
                 await asyncio.gather(*futures)
                 await c.commit()
+
+    print("ready", flush=True)
+    try:
+        await asyncio.gather(*(stage(c, outputs) for c, (_, outputs) in zip(consumers, stages)))
     finally:
         await p.stop()
-        await c.stop()
+        for c in consumers:
+            await c.stop()
 
 
 class RawProcess:
     """The raw loop as a child process consuming ``source`` and producing ``outputs``."""
 
-    def __init__(self, bootstrap: str, source: str, outputs: list[tuple[str, int]]) -> None:
-        spec = json.dumps({"bootstrap": bootstrap, "source": source, "outputs": outputs,
-                           "group": f"raw-{uuid.uuid4().hex[:6]}"})
+    def __init__(self, bootstrap: str, source: str, outputs: list[tuple[str, int]],
+                 follow: tuple[str, list[tuple[str, int]]] | None = None) -> None:
+        """``follow``: a second stage (source, outputs) in the same process, as the deadline agent
+        follows the audit topic in the worker."""
+        spec = json.dumps({"bootstrap": bootstrap, "stages": [(source, outputs)] + ([follow] if follow else [])})
         self.proc = subprocess.Popen([sys.executable, __file__, "raw-loop", spec], stdout=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         line = self.proc.stdout.readline()
@@ -189,20 +272,27 @@ async def ensure(bootstrap: str, names: list[str]) -> None:
 
 # -- throughput ----------------------------------------------------------------------------------
 
-def run_raw(bootstrap: str, records, sizes: list[int]) -> tuple[float, float]:
-    """(events/s, CPU us/event) of a raw loop producing outputs of ``sizes`` for each record."""
+def run_raw(bootstrap: str, records, sizes: list[int], follow_sizes: list[int] | None = None) -> tuple[float, float]:
+    """(events/s, CPU us/event) of a raw loop producing outputs of ``sizes`` for each record; with
+    ``follow_sizes``, a second stage in the same process consumes the last output topic (the
+    "audit" one) and produces an output of each of these sizes per record it reads."""
     tag = uuid.uuid4().hex[:6]
     source = f"raw-{tag}.in"
     outs = [f"raw-{tag}.out{i}" for i in range(min(len(sizes), 4))]
     outputs = [(outs[min(i, len(outs) - 1)], size) for i, size in enumerate(sizes)]
-    asyncio.run(ensure(bootstrap, [source, *outs]))
-    raw = RawProcess(bootstrap, source, outputs)
+    follow, watched, wanted = None, list(outs), len(records) * len(sizes)
+    if follow_sizes:
+        follows = [f"raw-{tag}.follow{i}" for i in range(len(follow_sizes))]
+        follow = (outs[-1], list(zip(follows, follow_sizes)))
+        watched += follows
+        wanted += len(records) * sizes.count(sizes[-1]) * len(follow_sizes)
+    asyncio.run(ensure(bootstrap, [source, *watched]))
+    raw = RawProcess(bootstrap, source, outputs, follow)
     try:
         before = cpu_seconds(raw.proc.pid)
         started = time.monotonic()
         asyncio.run(publish_all(bootstrap, source, records))
-        wanted = len(records) * len(sizes)
-        while asyncio.run(end_offset_sum(bootstrap, outs)) < wanted:
+        while asyncio.run(end_offset_sum(bootstrap, watched)) < wanted:
             time.sleep(0.1)
         elapsed = time.monotonic() - started
         cpu = settle(raw.proc.pid) - before
@@ -338,8 +428,13 @@ def main() -> None:
     floor = crypto_floor()
     workdir = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
     deployment = prepare_deployment(workdir)
-    sizes = output_sizes(deployment)
-    results: dict[str, list[tuple[float, float]]] = {"raw 1 output": [], "raw 6 outputs": [], "masb worker": []}
+    traffic = Traffic(deployment)
+    sizes, follow_sizes = traffic.router_sizes, traffic.deadline_sizes
+    notice_size = sum(follow_sizes[:3]) // 3
+    state_size = sum(follow_sizes[3:]) // 3
+    deadline_floor = traffic.deadline_floor()
+    results: dict[str, list[tuple[float, float]]] = {"raw 1 output": [], "raw 6 outputs": [],
+                                                     "raw all records": [], "masb worker": []}
     with KafkaBroker(heap="1g") as broker:
         bootstrap = broker.bootstrap
         raw6_rates = []
@@ -348,6 +443,7 @@ def main() -> None:
                 records = make_records(deployment, args.events)
                 results["raw 1 output"].append(run_raw(bootstrap, records, [sizes[0]]))
                 results["raw 6 outputs"].append(run_raw(bootstrap, records, sizes))
+                results["raw all records"].append(run_raw(bootstrap, records, sizes, [notice_size, state_size]))
                 rate, cpu, idle = run_masb(bootstrap, deployment, records, workdir)
                 results["masb worker"].append((rate, cpu))
                 print(f"  repeat {repeat + 1}: " + ", ".join(f"{name} {r[-1][1]:.0f} us/event"
@@ -375,9 +471,18 @@ def main() -> None:
             rate, cpu = statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs)
             print(f"  {name:<16}{rate:>10.0f}{cpu:>14.0f}{cpu / raw6_cpu:>16.1f}x")
         masb_cpu = statistics.median(c for _, c in results["masb worker"])
+        all_cpu = statistics.median(c for _, c in results["raw all records"])
         print(f"  {'crypto floor':<16}{'':>10}{floor:>14.0f}{floor / raw6_cpu:>16.1f}x   "
-              f"(PyNaCl + fastavro calls alone, bench_router.py)")
-        print(f"  masb worker over floor + raw 6 outputs: {masb_cpu - floor - raw6_cpu:.0f} us/event")
+              f"(router: PyNaCl + fastavro calls alone, bench_router.py)")
+        print(f"  {'deadline floor':<16}{'':>10}{deadline_floor:>14.0f}{deadline_floor / raw6_cpu:>16.1f}x   "
+              f"(3 entries decoded, 3 DELIVERED notices sealed and signed)")
+        bound = floor + deadline_floor + all_cpu
+        print(f"  {'lower bound':<16}{'':>10}{bound:>14.0f}{bound / raw6_cpu:>16.1f}x   "
+              f"(both floors + raw all records: no Python logic, no Faust)")
+        print(f"  masb worker over floor + raw 6 outputs: {masb_cpu - floor - raw6_cpu:.0f} us/event; "
+              f"over the lower bound: {masb_cpu - bound:.0f} us/event ({masb_cpu / bound:.1f}x the bound)")
+        print(f"  (raw all records: the 6 outputs, and a second stage reading the 3 audit records and writing a "
+              f"{notice_size}-byte notice and a {state_size}-byte state record for each, as the deadline agent)")
     if latencies:
         print(f"latency, publish -> first partner record, offered {offered:.0f} events/s (0.05x raw 6 outputs), "
               f"{args.latency_events:,} events, one consumer process")
@@ -395,7 +500,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "raw-loop":
         spec = json.loads(sys.argv[2])
         try:
-            asyncio.run(raw_loop(spec["bootstrap"], spec["source"], [tuple(o) for o in spec["outputs"]], spec["group"]))
+            asyncio.run(raw_loop(spec["bootstrap"], [(source, [tuple(o) for o in outputs])
+                                                     for source, outputs in spec["stages"]]))
         except KeyboardInterrupt:
             pass
     else:
