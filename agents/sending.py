@@ -26,6 +26,7 @@ from aiokafka.errors import (
     InvalidTopicError,
     KafkaError,
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
     RecordListTooLargeError,
     RecordTooLargeError,
     UnsupportedForMessageFormatError,
@@ -39,6 +40,13 @@ log = logging.getLogger("masb.sending")
 
 NEVER_ACCEPTED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException,
                   InvalidTopicError, UnsupportedForMessageFormatError)
+# A topic's max.message.bytes limits a record batch: records that fit on their own can be refused
+# together. Such a record is sent once more on its own before it counts as refused for good.
+REFUSED_WITH_ITS_BATCH = (MessageSizeTooLargeError, RecordListTooLargeError)
+# aiokafka numbers an idempotent producer's batches per partition and does not take the numbers of
+# a refused batch back: every later batch to that partition is refused as out of order, for ever
+# (and its sender task ends). After either, the producer is replaced: a new producer id numbers afresh.
+BREAKS_THE_PRODUCER = (*NEVER_ACCEPTED, OutOfOrderSequenceNumber)
 RETRY_LOG_EVERY = 30.0  # while retrying, one line when it starts and one every this many seconds
 
 
@@ -110,6 +118,7 @@ class AcknowledgedSender:
         self.producer = None  # made by start(): an aiokafka client never started still warns when collected
         self.retrying_since: float | None = None
         self.abandon = asyncio.Event()  # set when the worker stops: give up on a batch being retried
+        self._renewing = asyncio.Lock()
 
     async def start(self) -> None:
         """Start the producer, waiting for the broker if it is away (an agent restarted during an
@@ -131,13 +140,18 @@ class AcknowledgedSender:
         worker stops while the broker is away.
         """
         pending = list(messages)
+        alone: set[int] = set()  # ids of the records to send in a batch of their own
         attempt = 0
         last_log = 0.0
         while pending:
+            producer = self.producer
             futures: list[asyncio.Future | Exception] = []
             for m in pending:
                 try:
-                    futures.append(await self.producer.send(m.topic, m.value, key=m.key, partition=m.partition))
+                    future = await producer.send(m.topic, m.value, key=m.key, partition=m.partition)
+                    if id(m) in alone:  # acknowledged (or refused) before the next record can join its batch
+                        await asyncio.wait([future])
+                    futures.append(future)
                 except Exception as exc:  # noqa: BLE001 - sorted below: never accepted, or retried
                     futures.append(exc)
             results = await asyncio.gather(*(f for f in futures if not isinstance(f, Exception)),
@@ -149,7 +163,10 @@ class AcknowledgedSender:
                 outcome = f if isinstance(f, Exception) else next(outcomes)
                 if not isinstance(outcome, BaseException):
                     continue
-                if isinstance(outcome, NEVER_ACCEPTED):
+                if isinstance(outcome, REFUSED_WITH_ITS_BATCH) and id(m) not in alone:
+                    alone.add(id(m))
+                    again.append(m)
+                elif isinstance(outcome, NEVER_ACCEPTED):
                     log.error("the broker refused a %d-byte record for %s for good (%s); sending a dead letter "
                               "in its place", len(m.value or b""), m.topic, type(outcome).__name__)
                     again += replace(m, outcome)
@@ -161,6 +178,8 @@ class AcknowledgedSender:
                 else:
                     raise outcome
             pending = again
+            if any(isinstance(f, BREAKS_THE_PRODUCER) for f in [*futures, *results]):
+                await self._renew(producer)
             if not pending:
                 break
             if error is not None:  # the broker is away or busy: wait, then send what is left
@@ -177,6 +196,16 @@ class AcknowledgedSender:
             log.warning("broker acknowledged again after %.0fs of retries", time.monotonic() - self.retrying_since)
             self.retrying_since = None
 
+    async def _renew(self, broken) -> None:
+        """Replace ``broken`` with a new producer (BREAKS_THE_PRODUCER), unless a concurrent
+        send_all did already; ``broken`` is closed once its other sends are acknowledged or failed."""
+        async with self._renewing:
+            if self.producer is not broken:
+                return
+            log.warning("replacing the producer after the broker refused a batch (a new producer id)")
+            await self.start()
+        await self._close(broken)
+
     async def _wait(self, delay: float) -> None:
         try:
             await asyncio.wait_for(self.abandon.wait(), delay)
@@ -187,23 +216,28 @@ class AcknowledgedSender:
     async def stop(self) -> None:
         """Close the producer; sends the broker has not acknowledged within stop_timeout are abandoned."""
         self.abandon.set()
-        if self.producer is None:
-            return
-        closing = asyncio.ensure_future(self.producer.stop())
+        if self.producer is not None and not await self._close(self.producer):
+            log.warning("abandoned unacknowledged sends at shutdown; their input is routed again after the restart")
+
+    async def _close(self, producer) -> bool:
+        """Stop ``producer``; False if its sends were abandoned after stop_timeout."""
+        closing = asyncio.ensure_future(producer.stop())
         done, _ = await asyncio.wait({closing}, timeout=self.stop_timeout)
         if done:
-            return
-        log.warning("abandoning unacknowledged sends at shutdown; their input is routed again after the restart")
+            if not closing.cancelled() and closing.exception() is not None:  # a broken one: closed all the same
+                log.info("producer closed (%s)", type(closing.exception()).__name__)
+            return True
         # aiokafka's stop() waits for every pending batch; there is no public way to drop them, so
         # end its sender task and close its connections ourselves (aiokafka 0.14).
-        sender = getattr(self.producer, "_sender", None)
+        sender = getattr(producer, "_sender", None)
         if sender is not None and sender.sender_task is not None:
             sender.sender_task.cancel()
         closing.cancel()
         try:
-            await asyncio.wait_for(self.producer.client.close(), 2)
+            await asyncio.wait_for(producer.client.close(), 2)
         except Exception:  # noqa: BLE001 - the connections are going away anyway
             pass
+        return False
 
 
 async def acknowledged_batches(stream, runtime, name: str, handle, *, batch: int, within: float,

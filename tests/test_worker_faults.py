@@ -247,3 +247,53 @@ def test_an_oversized_record_is_dead_lettered_by_reference_and_the_partition_mov
         running.wait_for(lambda: get(running.worker.url("/ready"))[0] == 200, 20, "ready again after the stall")
         metrics = urllib.request.urlopen(running.worker.url("/metrics"), timeout=5).read().decode()
         assert f'masb_partition_stalled{{partition="0",topic="{running.topics.case_events}"}} 0.0' in metrics
+
+
+async def _set_topic_config(bootstrap: str, topic: str, **config: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    wanted = {k.replace("_", "."): v for k, v in config.items()}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
+        for _ in range(100):  # KRaft: the broker applies the change a moment after the controller took it
+            described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            entries = {e[0]: e[1] for e in described[0].resources[0][4]}
+            if all(entries.get(k) == v for k, v in wanted.items()):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the broker did not apply {wanted} to {topic}")
+    finally:
+        await admin.close()
+
+
+def test_an_envelope_the_broker_refuses_is_dead_lettered_and_the_partner_partition_moves_on(kafka, tmp_path):
+    """A partner topic whose max.message.bytes is below an envelope's size refuses it: the envelope
+    is replaced by a SEND_REFUSED dead letter and its REFUSAL entry, the other agencies get the event,
+    and once the limit is raised the next event of the same case reaches the same partner partition
+    (the router does not stall on it)."""
+    with running_deployment(kafka, tmp_path) as running:
+        first = fixture_event("CASE_CLOSED", case_ref="WM-T2CASE0002")
+        agencies = entitled(running, "CASE_CLOSED", first["header"]["area"])
+        victim, others = agencies[0], agencies[1:]
+        running.publish(first)
+        running.wait_feed(victim, first["header"]["event_id"])
+
+        topic = running.topics.partner(victim)
+        asyncio.run(_set_topic_config(running.bootstrap, topic, max_message_bytes="200"))
+        refused = fixture_event("CASE_CLOSED", case_ref="WM-T2CASE0002")
+        running.publish(refused)
+        letters = running.wait_for(lambda: [d for d in running.dead_letters() if d["reason_code"] == "SEND_REFUSED"],
+                                   60, "the SEND_REFUSED dead letter")
+        assert topic in letters[0]["reason"] and letters[0]["payload"] is None
+        for agency in others:
+            running.wait_feed(agency, refused["header"]["event_id"])
+        assert any(e["kind"] == "REFUSAL" and e["reason_code"] == "SEND_REFUSED" for e in running.audit_entries())
+
+        asyncio.run(_set_topic_config(running.bootstrap, topic, max_message_bytes="1048588"))
+        after = fixture_event("CASE_CLOSED", case_ref="WM-T2CASE0002")
+        running.publish(after)
+        running.wait_feed(victim, after["header"]["event_id"], timeout=60)
+
