@@ -21,32 +21,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from aiokafka.errors import (
-    CorruptRecordException,
-    InvalidTopicError,
-    KafkaError,
-    MessageSizeTooLargeError,
-    OutOfOrderSequenceNumber,
-    RecordListTooLargeError,
-    RecordTooLargeError,
-    UnsupportedForMessageFormatError,
-)
+from aiokafka.errors import KafkaError
 
 from agents import faust_fixes
 from agents.supervision import backoff
-from streams.kafka import producer, start_client
+from streams.kafka import BREAKS_THE_PRODUCER, NEVER_ACCEPTED, REFUSED_WITH_ITS_BATCH, producer, start_client
 
 log = logging.getLogger("masb.sending")
 
-NEVER_ACCEPTED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException,
-                  InvalidTopicError, UnsupportedForMessageFormatError)
-# A topic's max.message.bytes limits a record batch: records that fit on their own can be refused
-# together. Such a record is sent once more on its own before it counts as refused for good.
-REFUSED_WITH_ITS_BATCH = (MessageSizeTooLargeError, RecordListTooLargeError)
-# aiokafka numbers an idempotent producer's batches per partition and does not take the numbers of
-# a refused batch back: every later batch to that partition is refused as out of order, for ever
-# (and its sender task ends). After either, the producer is replaced: a new producer id numbers afresh.
-BREAKS_THE_PRODUCER = (*NEVER_ACCEPTED, OutOfOrderSequenceNumber)
 RETRY_LOG_EVERY = 30.0  # while retrying, one line when it starts and one every this many seconds
 
 

@@ -22,14 +22,21 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
     ClusterAuthorizationFailedError,
+    CorruptRecordException,
     GroupAuthorizationFailedError,
+    InvalidTopicError,
     KafkaConnectionError,
     KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    RecordListTooLargeError,
+    RecordTooLargeError,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
     UnknownError,
+    UnsupportedForMessageFormatError,
 )
 
 from streams.errors import AccessDenied, BrokerUnavailable, InvalidInput, MasbError, shown
@@ -44,7 +51,8 @@ _DENIED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError, Cluster
 def broker_error(exc: BaseException, bootstrap: str, *, security: KafkaSecurity | None = None,
                  operation: str | None = None, resource: str | None = None) -> MasbError:
     """The MASB error for an aiokafka failure: AccessDenied for authentication and authorization
-    refusals, BrokerUnavailable for everything else (connection, timeouts, broker errors).
+    refusals, InvalidInput for a record refused for good (NEVER_ACCEPTED), BrokerUnavailable for
+    everything else (connection, timeouts, broker errors).
 
     ``operation`` and ``resource`` (e.g. "READ", "topic partner.x") say what was refused, so that
     the message names the principal, the operation and the resource in one line.
@@ -66,6 +74,10 @@ def broker_error(exc: BaseException, bootstrap: str, *, security: KafkaSecurity 
         return AccessDenied(f"Kafka at {bootstrap} denied {_principal(security)} {action} ({name})",
                             hint="the principal's ACLs do not allow it; `masb acl diff` compares the cluster's ACLs "
                                  "with those the policy calls for (docs/security.md)")
+    if isinstance(exc, NEVER_ACCEPTED):  # the record is at fault, not the broker: sending it again cannot help
+        return InvalidInput(f"Kafka at {bootstrap} refused a record for {resource or 'a topic'} for good ({name})",
+                            hint="a record batch larger than the topic's max.message.bytes is never taken "
+                                 "(docs/routing.md, SEND_REFUSED)")
     if isinstance(exc, (KafkaError, asyncio.TimeoutError, OSError)):
         return BrokerUnavailable(bootstrap, name)
     raise TypeError(f"not a broker error: {name}")
@@ -157,6 +169,28 @@ async def _diagnose(bootstrap: str, security: KafkaSecurity | None) -> BaseExcep
         return exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else None
     conn.close()
     return None
+
+
+# Records the broker refuses for good: sending them again cannot help.
+NEVER_ACCEPTED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException,
+                  InvalidTopicError, UnsupportedForMessageFormatError)
+# A topic's max.message.bytes limits a record batch: records that fit on their own can be refused together.
+REFUSED_WITH_ITS_BATCH = (MessageSizeTooLargeError, RecordListTooLargeError)
+# aiokafka numbers an idempotent producer's batches per partition and does not take back the
+# numbers of a refused batch: every later batch to that partition is refused as out of order, for
+# ever (and its sender task ends). After one of these the producer must be replaced (renewed()).
+BREAKS_THE_PRODUCER = (*NEVER_ACCEPTED, OutOfOrderSequenceNumber)
+
+
+async def renewed(broken: AIOKafkaProducer, bootstrap: str, security: KafkaSecurity | None = None,
+                  **overrides) -> AIOKafkaProducer:
+    """A started producer (a new producer id, so its batches are numbered afresh) to use instead of
+    ``broken`` after one of BREAKS_THE_PRODUCER; ``broken`` is stopped. A broker error (MasbError)
+    if the new one cannot start: ``broken`` is then left as it is."""
+    fresh = producer(bootstrap, security=security, **overrides)
+    await start_client(fresh, bootstrap, security)
+    await stop_quietly(broken)
+    return fresh
 
 
 async def stop_quietly(client, timeout: float = 3.0) -> None:

@@ -20,7 +20,7 @@ from streams.crypto.envelope import (
     RouterKeys,
 )
 from streams.crypto.keys import Keyring
-from streams.kafka import kafka_operation, read_topic
+from streams.kafka import BREAKS_THE_PRODUCER, kafka_operation, read_topic, renewed
 from streams.kafka_security import KafkaSecurity
 from streams.policy import Policy
 from streams.topics import Topics
@@ -107,4 +107,8 @@ class ReceiptSender:
                              router_exchange_public=router_key.public_key, event_id=envelope.event_id,
                              envelope_sha256=envelope.envelope_sha256, status=status)
         with kafka_operation(self.bootstrap, "WRITE", f"topic {self.topics.receipts}", self.security):
-            await self._producer.send_and_wait(self.topics.receipts, value=value, key=envelope.event_id.encode())
+            try:
+                await self._producer.send_and_wait(self.topics.receipts, value=value, key=envelope.event_id.encode())
+            except BREAKS_THE_PRODUCER:  # refused: the next receipt needs a new producer
+                self._producer = await renewed(self._producer, self.bootstrap, self.security)
+                raise

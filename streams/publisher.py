@@ -17,7 +17,7 @@ from streams.crypto.keys import PrivateKeyRecord
 from streams.crypto.pseudonym import PseudonymKeys
 from streams.crypto.publication import seal_publication
 from streams.errors import InvalidInput
-from streams.kafka import kafka_operation, producer, start_client
+from streams.kafka import BREAKS_THE_PRODUCER, kafka_operation, producer, renewed, start_client
 from streams.kafka_security import KafkaSecurity
 from streams.policy import Policy
 from streams.topics import Topics
@@ -97,4 +97,8 @@ class Publisher:
     async def send_raw(self, key: bytes | None, value: bytes | None) -> None:
         """Produce bytes as they are (prepared ones, or for tests of the router's refusals)."""
         with kafka_operation(self.bootstrap, "WRITE", f"topic {self.topics.case_events}", self.security):
-            await self._producer.send_and_wait(self.topics.case_events, value=value, key=key)
+            try:
+                await self._producer.send_and_wait(self.topics.case_events, value=value, key=key)
+            except BREAKS_THE_PRODUCER:  # refused: the next publication needs a new producer
+                self._producer = await renewed(self._producer, self.bootstrap, self.security)
+                raise

@@ -89,3 +89,36 @@ def test_a_refused_record_does_not_stall_its_partition(kafka):
     assert [len(m.value) for m in replaced] == [LIMIT + 1_000]
     assert delivered == [b"before", b"after"]
 
+
+
+def test_a_publisher_goes_on_publishing_after_the_broker_refused_a_record(kafka, tmp_path):
+    """The Python client (`masb publish`, long-running unit systems): a record refused for its
+    size is one clear error, and the next events of the same case are acknowledged."""
+    from agents.deployment import prepare_deployment
+    from streams.crypto.keys import Keyring
+    from streams.crypto.pseudonym import PseudonymKeys
+    from streams.errors import InvalidInput
+    from streams.publisher import Publisher
+    from streams.topics import Topics
+    from tests.harness import fixture_event
+
+    deployment = prepare_deployment(tmp_path)
+    topics = Topics(f"p{uuid.uuid4().hex[:8]}.")
+    unit_key = Keyring.load_dir(deployment.keys_dir, "hau-worcestershire", kind="signing").current
+
+    async def scenario():
+        await ensure_topics(kafka, [TopicSpec(topics.case_events, config={"max.message.bytes": str(LIMIT)})])
+        events = [fixture_event("CASE_CLOSED", case_ref="WM-T2CASE0003") for _ in range(2)]
+        async with Publisher(kafka, deployment.policy, unit_key, topics,
+                             pseudonyms=PseudonymKeys.load_dir(deployment.keys_dir)) as publisher:
+            await asyncio.wait_for(publisher.publish(events[0]), 30)
+            key = publisher.pseudonyms.pseudonym("WM-T2CASE0003")
+            with pytest.raises(InvalidInput) as refused:
+                await asyncio.wait_for(publisher.send_raw(key, b"\x00" * (LIMIT + 1_000)), 30)
+            await asyncio.wait_for(publisher.publish(events[1]), 30)
+        return refused.value, events, len(await _values(kafka, topics.case_events))
+
+    error, events, count = asyncio.run(scenario())
+    assert str(error).endswith(f"refused a record for topic {topics.case_events} for good (MessageSizeTooLargeError)")
+    assert error.exit_code == 2 and "\n" not in str(error)
+    assert count == 2
