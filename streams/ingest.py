@@ -10,7 +10,7 @@ Run by the unit itself, next to its case system (its private signing key never l
 Status codes (docs/publishing.md): 202 accepted and acknowledged by Kafka; 400 invalid or
 ambiguous JSON (streams.jsonin: repeated keys, lone surrogates, NaN, ...) or invalid events (each error names a field path and a problem, never a value); 401 bad or missing
 bearer token (when one is configured); 403 the unit may not publish this type/area; 413 body too
-large; 415 not application/json; 503 Kafka unreachable: the events may or may not have been
+large (or a record Kafka refused for good: a case-events topic whose max.message.bytes is too small); 415 not application/json; 503 Kafka unreachable: the events may or may not have been
 written, and the client must retry with the same event ids (the router delivers an event id once).
 """
 
@@ -30,7 +30,7 @@ from streams import codec, jsonin
 from streams.crypto.keys import PrivateKeyRecord
 from streams.crypto.pseudonym import PseudonymKeys
 from streams.errors import InvalidInput
-from streams.kafka import producer as make_producer
+from streams.kafka import NEVER_ACCEPTED, producer as make_producer
 from streams.kafka_security import KafkaSecurity
 from streams.policy import Policy
 from streams.publisher import PublishRefused, prepare
@@ -71,6 +71,15 @@ class KafkaUnavailable(Exception):
     def __init__(self, acknowledged: list[str]):
         super().__init__("Kafka did not acknowledge")
         self.acknowledged = acknowledged
+
+
+class KafkaRefused(KafkaUnavailable):
+    """Kafka refused a record for good (larger than the topic's max.message.bytes): a retry of the
+    same request cannot succeed. ``error``: the aiokafka error's class name."""
+
+    def __init__(self, acknowledged: list[str], error: str):
+        super().__init__(acknowledged)
+        self.error = error
 
 
 class IngestService:
@@ -154,7 +163,9 @@ class IngestService:
         except Exception as exc:  # noqa: BLE001 - connection, timeout, broker errors: all mean "not known written"
             log.warning("Kafka did not acknowledge (%s); %d of %d events acknowledged",
                         type(exc).__name__, len(acknowledged), len(prepared))
-            await self._drop_producer()
+            await self._drop_producer()  # also what a refusal needs: aiokafka's producer is unusable after one
+            if isinstance(exc, NEVER_ACCEPTED):
+                raise KafkaRefused(acknowledged, type(exc).__name__) from None
             raise KafkaUnavailable(acknowledged) from None
         return acknowledged
 
@@ -245,6 +256,11 @@ def build_ingest_app(service: IngestService) -> web.Application:
             return _error_response(status, problems)
         try:
             ids = await service.produce(prepared)
+        except KafkaRefused as exc:
+            return _error_response(413, [Problem("<kafka>", f"Kafka refused the record for {service.topics.case_events} "
+                                                 f"for good ({exc.error}): the topic's max.message.bytes is below "
+                                                 f"MASB's event size limit; do not retry, tell the platform team")],
+                                   acknowledged=exc.acknowledged)
         except KafkaUnavailable as exc:
             return _error_response(503, [Problem("<kafka>", "Kafka did not acknowledge in time; the events may "
                                                  "or may not have been written: retry the same request (same "

@@ -234,3 +234,24 @@ def replace_file(path: Path, text: str) -> None:
 
 def deep(event: dict) -> dict:
     return copy.deepcopy(event)
+
+
+async def set_topic_config(bootstrap: str, topic: str, **config: str) -> None:
+    """Alter a topic's configuration (``max_message_bytes="200"``) and wait until the broker applies it."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    wanted = {k.replace("_", "."): v for k, v in config.items()}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
+        for _ in range(100):  # KRaft: the broker applies the change a moment after the controller took it
+            described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            entries = {e[0]: e[1] for e in described[0].resources[0][4]}
+            if all(entries.get(k) == v for k, v in wanted.items()):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the broker did not apply {wanted} to {topic}")
+    finally:
+        await admin.close()

@@ -176,6 +176,36 @@ def test_kafka_unreachable_is_503_then_a_retry_delivers_once(deployment_on_kafka
     assert sorted(e["agency_id"] for e in deliveries) == ["idva-west-mercia", "worcs-childrens-services"]
 
 
+def test_a_record_kafka_refuses_for_good_is_413_not_a_retry_and_the_next_request_goes_through(deployment_on_kafka):
+    """A case-events topic whose max.message.bytes is below an event's size refuses the record for
+    good: 503 would have the case system retry it for ever. Once the topic is fixed, the same
+    ingest (its producer replaced) publishes again."""
+    import uuid
+
+    from streams.kafka import TopicSpec, ensure_topics
+    from streams.topics import Topics
+    from tests.harness import set_topic_config
+
+    topics = Topics(f"i{uuid.uuid4().hex[:8]}.")
+    run(ensure_topics(deployment_on_kafka.bootstrap, [TopicSpec(topics.case_events)]))
+    service = IngestService(deployment_on_kafka.bootstrap, deployment_on_kafka.policy,
+                            deployment_on_kafka.unit_key(UNIT), topics, pseudonyms=deployment_on_kafka.pseudonyms)
+    first = fixture_event("PROTECTION_NOTICE_ISSUED", case_ref="WM-INGEST413A")
+    assert post(service, first)[0] == 202
+    run(set_topic_config(deployment_on_kafka.bootstrap, topics.case_events, max_message_bytes="200"))
+    refused = fixture_event("PROTECTION_NOTICE_ISSUED", case_ref="WM-INGEST413A")
+    status, headers, _, body = post(service, refused)
+    assert status == 413 and "Retry-After" not in headers and body["acknowledged"] == []
+    problem = body["errors"][0]
+    assert problem["path"] == "<kafka>" and "max.message.bytes" in problem["problem"] and "do not retry" in problem["problem"]
+    assert topics.case_events in problem["problem"] and "WM-INGEST413A" not in json.dumps(body)
+
+    run(set_topic_config(deployment_on_kafka.bootstrap, topics.case_events, max_message_bytes="1048588"))
+    assert post(service, refused)[0] == 202
+    keys = [r.key for r in deployment_on_kafka.records(topics.case_events)]
+    assert keys == [key_of(deployment_on_kafka, "WM-INGEST413A")] * 2
+
+
 def test_bearer_token_when_configured(deployment_on_kafka):
     service = service_for(deployment_on_kafka, token="s3cret-token")
     event = fixture_event("CASE_CLOSED", case_ref="WM-INGEST401A")

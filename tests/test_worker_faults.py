@@ -17,7 +17,7 @@ import pytest
 from deploy.brokers import KafkaBroker
 from streams.kafka import producer
 from streams.publisher import Publisher
-from tests.harness import demo_event, fixture_event, running_deployment
+from tests.harness import demo_event, fixture_event, running_deployment, set_topic_config
 
 pytestmark = pytest.mark.kafka
 
@@ -249,26 +249,6 @@ def test_an_oversized_record_is_dead_lettered_by_reference_and_the_partition_mov
         assert f'masb_partition_stalled{{partition="0",topic="{running.topics.case_events}"}} 0.0' in metrics
 
 
-async def _set_topic_config(bootstrap: str, topic: str, **config: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    wanted = {k.replace("_", "."): v for k, v in config.items()}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
-        for _ in range(100):  # KRaft: the broker applies the change a moment after the controller took it
-            described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-            entries = {e[0]: e[1] for e in described[0].resources[0][4]}
-            if all(entries.get(k) == v for k, v in wanted.items()):
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"the broker did not apply {wanted} to {topic}")
-    finally:
-        await admin.close()
-
-
 def test_an_envelope_the_broker_refuses_is_dead_lettered_and_the_partner_partition_moves_on(kafka, tmp_path):
     """A partner topic whose max.message.bytes is below an envelope's size refuses it: the envelope
     is replaced by a SEND_REFUSED dead letter and its REFUSAL entry, the other agencies get the event,
@@ -282,7 +262,7 @@ def test_an_envelope_the_broker_refuses_is_dead_lettered_and_the_partner_partiti
         running.wait_feed(victim, first["header"]["event_id"])
 
         topic = running.topics.partner(victim)
-        asyncio.run(_set_topic_config(running.bootstrap, topic, max_message_bytes="200"))
+        asyncio.run(set_topic_config(running.bootstrap, topic, max_message_bytes="200"))
         refused = fixture_event("CASE_CLOSED", case_ref="WM-T2CASE0002")
         running.publish(refused)
         letters = running.wait_for(lambda: [d for d in running.dead_letters() if d["reason_code"] == "SEND_REFUSED"],
@@ -292,7 +272,7 @@ def test_an_envelope_the_broker_refuses_is_dead_lettered_and_the_partner_partiti
             running.wait_feed(agency, refused["header"]["event_id"])
         assert any(e["kind"] == "REFUSAL" and e["reason_code"] == "SEND_REFUSED" for e in running.audit_entries())
 
-        asyncio.run(_set_topic_config(running.bootstrap, topic, max_message_bytes="1048588"))
+        asyncio.run(set_topic_config(running.bootstrap, topic, max_message_bytes="1048588"))
         after = fixture_event("CASE_CLOSED", case_ref="WM-T2CASE0002")
         running.publish(after)
         running.wait_feed(victim, after["header"]["event_id"], timeout=60)
