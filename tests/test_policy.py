@@ -176,6 +176,7 @@ CASES = [
     (_set("policy_version", "7"), "policy_version: must be a positive integer"),
     (_set("policy_version", True), "policy_version: must be a positive integer"),
     (_set("effective_from", "1st November"), "effective_from: must be a date like 2026-11-01"),
+    (_set("effective_from", "0001-01-01"), "effective_from: date is outside the accepted range 1900-01-01 to 9999-12-31"),
     (_set("colour", "blue"), "policy: unknown key 'colour'"),
     (_delete("agreements"), "policy: missing required key 'agreements'"),
     (_set("router/backup", 1), "router: unknown key 'backup'"),

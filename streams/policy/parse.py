@@ -9,7 +9,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from streams import yamlin
+from streams import rules, yamlin
 from streams.codec import EVENT_TYPES, field_paths
 
 from .calendar import DEADLINES_KEYS, DEFAULT_EXPIRY, DeadlineSettings, parse_school_calendar
@@ -333,15 +333,22 @@ class _Parser:
     def effective_from(self, value: Any) -> date | None:
         where = Where("effective_from", ("effective_from",))
         if isinstance(value, date) and not isinstance(value, datetime):
-            return value
-        if isinstance(value, str) and _DATE.fullmatch(value):
+            parsed = value
+        elif isinstance(value, str) and _DATE.fullmatch(value):
             try:
-                return date.fromisoformat(value)
+                parsed = date.fromisoformat(value)
             except ValueError as exc:  # e.g. "month must be in 1..12"
                 self.problem(where, f"{value!r} is not a calendar date ({exc})")
                 return None
-        self.problem(where, "must be a date like 2026-11-01")
-        return None
+        else:
+            self.problem(where, "must be a date like 2026-11-01")
+            return None
+        # The events' range (streams/rules.py): a policy in force from year 1 is a typo, not a policy.
+        out_of_range = rules.date_problem((parsed - date(1970, 1, 1)).days)
+        if out_of_range:
+            self.problem(where, out_of_range)
+            return None
+        return parsed
 
     def router(self, value: Any) -> RouterKeySet | None:
         where = Where("router", ("router",))
