@@ -45,6 +45,16 @@ def test_generate_one_kind(tmp_path, capsys):
     assert [p.name.split(".")[1] for p in tmp_path.glob("*.key")] == ["signing"]
 
 
+def test_generate_again_for_the_same_owner_says_it_makes_another_key(tmp_path, capsys):
+    main(["keys", "generate", "--owner", "hau-x", "--kind", "exchange", "--out", str(tmp_path)])
+    first = lines(capsys.readouterr().out)[0]
+    assert main(["keys", "generate", "--owner", "hau-x", "--kind", "exchange", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert lines(captured.out)[0]["key_id"] != first["key_id"]
+    assert f"already holds exchange key {first['key_id']} of hau-x; this makes another" in captured.err
+    assert "keys rotate" in captured.err
+
+
 def test_generate_needs_an_owner(tmp_path, capsys):
     assert main(["keys", "generate", "--out", str(tmp_path)]) == 2
     assert "--owner" in capsys.readouterr().err

@@ -87,6 +87,11 @@ def _generate(args) -> int:
         return _generate_pseudonym_key(args, out)
     kinds = ["signing", "exchange"] if args.kind == "both" else [args.kind]
     for kind in kinds:
+        earlier = sorted(p.name.split(".")[-2] for p in out.glob(f"{args.owner}.{kind}.*.key"))
+        if earlier and args.action == "generate":
+            print(f"masb: note: {out} already holds {kind} key {', '.join(earlier)} of {args.owner}; this makes "
+                  f"another (the policy's key ids say which is used; `masb keys rotate` is the command for a "
+                  f"planned new key, docs/keys.md)", file=sys.stderr)
         record = generate_key(args.owner, kind)
         path = out / f"{args.owner}.{kind}.{record.key_id}.key"
         write_private_key(path, record)
