@@ -4,6 +4,7 @@ used from a folder that has nothing to do with the source checkout."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -53,6 +54,13 @@ def test_keys_policy_and_schemas_commands_work_from_any_folder(installed, tmp_pa
     result = masb(installed, "schemas", "check", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
+    # Registering edits a registry: never the installed package's own (a reinstall would undo it).
+    shipped = result.stdout.split()[1].rstrip(":")
+    result = masb(installed, "schemas", "register", cwd=tmp_path)
+    assert result.returncode == 2 and "needs --root" in result.stderr and "Traceback" not in result.stderr
+    shutil.copytree(shipped, tmp_path / "my-schemas")
+    result = masb(installed, "schemas", "register", "--root", "my-schemas", cwd=tmp_path)
+    assert result.returncode == 0 and json.loads(result.stdout) == {"registered": []}, result.stderr
     template = (ROOT / "tests" / "fixtures" / "policy" / "valid.yaml").read_text()
     (tmp_path / "policy.yaml").write_text(template)
     result = masb(installed, "policy", "check", "policy.yaml", cwd=tmp_path)
