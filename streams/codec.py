@@ -51,8 +51,8 @@ PREFIX_BYTES = _PREFIX.size
 class EventValidationError(InvalidInput, ValueError):
     """The event is invalid; ``errors`` lists every problem found.
 
-    ``event_id`` is the event's header.event_id when it is a canonical UUID (else None): an id, not
-    a value, so refusals may carry it.
+    ``event_id`` is the event's header.event_id when it is a valid one (a canonical UUID, not the
+    nil UUID; else None): an id, not a value, so refusals may carry it.
     """
 
     def __init__(self, errors: list[FieldError], event_id: str | None = None):
@@ -225,7 +225,7 @@ def _header_type(event: Any) -> Any:
 def _event_id(datum: Any) -> str | None:
     header = datum.get("header") if isinstance(datum, dict) else None
     candidate = header.get("event_id") if isinstance(header, dict) else None
-    return candidate if rules.is_canonical_uuid(candidate) else None
+    return candidate if rules.uuid_problem(candidate) is None else None  # the nil UUID identifies nothing
 
 
 _default: Codec | None = None

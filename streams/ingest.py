@@ -33,7 +33,7 @@ from streams.errors import InvalidInput
 from streams.kafka import NEVER_ACCEPTED, producer as make_producer
 from streams.kafka_security import KafkaSecurity
 from streams.policy import Policy
-from streams.publisher import PublishRefused, prepare
+from streams.publisher import PublishRefused, prepare_publication
 from streams.topics import Topics
 
 log = logging.getLogger("masb.ingest")
@@ -113,13 +113,14 @@ class IngestService:
 
     # -- checks (no I/O) ---------------------------------------------------------------------
     def check(self, events: list[Any], indexed: bool) -> tuple[list[tuple[str, bytes, bytes]], list[Problem], int]:
-        """(event id, key, value) per event, the problems found, and the status they call for
-        (202 if none, 400 if any event is invalid, else 403: every problem is a refusal)."""
+        """(event id, key, value) per event (the id lower-case, as the log stores it), the problems
+        found, and the status they call for (202 if none, 400 if any event is invalid, else 403:
+        every problem is a refusal)."""
         prepared, problems, refused, invalid = [], [], False, False
         for i, event in enumerate(events):
             index = i if indexed else None
             try:
-                key, value = prepare(event, self.policy, self.unit_key, self.pseudonyms)
+                ready = prepare_publication(event, self.policy, self.unit_key, self.pseudonyms)
             except codec.EventValidationError as exc:
                 problems += [Problem(e.path, e.problem, index) for e in exc.errors]
                 invalid = True
@@ -132,7 +133,7 @@ class IngestService:
                 problems.append(Problem("<event>", "not a case event object (see docs/events.md)", index))
                 invalid = True
                 continue
-            prepared.append((event["header"]["event_id"], key, value))
+            prepared.append((ready.event_id, ready.key, ready.value))  # the id as the log stores it
         return prepared, problems, 400 if invalid else 403 if refused else 202
 
     # -- Kafka -------------------------------------------------------------------------------

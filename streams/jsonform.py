@@ -52,15 +52,33 @@ class _Rejected:
 REJECTED = _Rejected()
 
 
+TIMESTAMP_SYNTAX = "expected an RFC 3339 timestamp with offset, e.g. 2026-11-20T21:14:00Z"
+TIMESTAMP_NOT_CALENDAR = ("not a calendar date and time: the day does not exist in that month, or the hour, minute, "
+                          "second or offset is out of range (00-23, 00-59, 00-59, within ±23:59)")
+DATE_SYNTAX = "expected a date YYYY-MM-DD"
+DATE_NOT_CALENDAR = "not a calendar date: the month is not 01-12 or the day does not exist in that month"
+
+
+class NotCalendarError(ValueError):
+    """Text of the right syntax naming a date or time that does not exist (1991-02-29, 24:00, :60)."""
+
+
 def parse_timestamp_ms(text: str) -> int:
     """RFC 3339 with an explicit offset and at most millisecond precision -> ms since epoch (UTC).
 
     The offset is applied, so "0001-01-01T00:30:00+01:00" is an instant in year 0: the result may be
-    outside any range; streams.rules bounds it. ValueError if the text is not such a timestamp.
+    outside any range; streams.rules bounds it. ValueError if the text is not such a timestamp,
+    NotCalendarError (a ValueError) if it has the syntax but names no real date, time or offset.
     """
     if not isinstance(text, str) or not _TIMESTAMP_RE.fullmatch(text):
         raise ValueError("bad timestamp")
-    return (datetime.fromisoformat(text) - _EPOCH) // _MS
+    if text[-1] != "Z" and int(text[-2:]) > 59:  # Python reads "+00:99" as +01:39
+        raise NotCalendarError("offset minutes out of range")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise NotCalendarError("no such date or time") from None
+    return (moment - _EPOCH) // _MS
 
 
 def render_timestamp_ms(ms: int) -> str:
@@ -72,10 +90,15 @@ def render_timestamp_ms(ms: int) -> str:
 
 
 def parse_date_days(text: str) -> int:
-    """'YYYY-MM-DD' -> days since 1970-01-01; ValueError if it is not a real calendar date."""
+    """'YYYY-MM-DD' -> days since 1970-01-01; ValueError if it is not that syntax, NotCalendarError
+    (a ValueError) if it names no real calendar date (1991-02-29, 2026-13-01)."""
     if not isinstance(text, str) or not _DATE_RE.fullmatch(text):
         raise ValueError("bad date")
-    return (date.fromisoformat(text) - _EPOCH_DATE).days
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise NotCalendarError("no such date") from None
+    return (day - _EPOCH_DATE).days
 
 
 def render_date_days(days: int) -> str:
@@ -232,14 +255,20 @@ class SchemaWalker:
         if logical == "timestamp-millis":
             try:
                 return parse_timestamp_ms(value)
+            except NotCalendarError:
+                errors.append(FieldError(path, TIMESTAMP_NOT_CALENDAR))
+                return REJECTED
             except (TypeError, ValueError):
-                errors.append(FieldError(path, "expected an RFC 3339 timestamp with offset, e.g. 2026-11-20T21:14:00Z"))
+                errors.append(FieldError(path, TIMESTAMP_SYNTAX))
                 return REJECTED
         if logical == "date":
             try:
                 return parse_date_days(value)
+            except NotCalendarError:
+                errors.append(FieldError(path, DATE_NOT_CALENDAR))
+                return REJECTED
             except (TypeError, ValueError):
-                errors.append(FieldError(path, "expected a date YYYY-MM-DD"))
+                errors.append(FieldError(path, DATE_SYNTAX))
                 return REJECTED
         return self._convert(node["type"], value, path, errors)
 

@@ -10,6 +10,7 @@ Connection security (TLS, SASL) comes from ``security`` or the environment (docs
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from streams import codec, rules
@@ -35,10 +36,22 @@ class PublishRefused(InvalidInput, ValueError):
         self.reason_code = reason_code
 
 
-def prepare(event: dict[str, Any], policy: Policy, unit_key: PrivateKeyRecord,
-            pseudonyms: PseudonymKeys) -> tuple[bytes, bytes]:
-    """(Kafka key, record value) for an event: the one door every publisher goes through. The key
-    is the case's pseudonym under the current pseudonym key (docs/keys.md).
+@dataclass(frozen=True)
+class Prepared:
+    """A publication ready to produce. ``event_id`` and ``event_type`` are read back from the
+    encoded event as the router reads it: the event id in its canonical lower-case form, the one
+    the exchange log stores and every command finds it by (docs/events.md)."""
+
+    event_id: str
+    event_type: str
+    key: bytes
+    value: bytes
+
+
+def prepare_publication(event: dict[str, Any], policy: Policy, unit_key: PrivateKeyRecord,
+                        pseudonyms: PseudonymKeys) -> Prepared:
+    """The one door every publisher goes through: the Kafka key is the case's pseudonym under the
+    current pseudonym key (docs/keys.md), the value the sealed publication.
 
     Raises codec.EventValidationError (every invalid field) or PublishRefused. The event is
     checked with the rules of streams.rules, encoded, and the encoded bytes are then read back
@@ -61,7 +74,14 @@ def prepare(event: dict[str, Any], policy: Policy, unit_key: PrivateKeyRecord,
     router_key = policy.router.active_exchange_key
     value = seal_publication(unit_id=unit_id, unit_signing_key=unit_key, router_key_id=router_key.key_id,
                              router_exchange_public=router_key.public_key, wire_event=wire)
-    return pseudonyms.pseudonym(header["case_ref"]), value
+    return Prepared(header["event_id"], header["event_type"], pseudonyms.pseudonym(header["case_ref"]), value)
+
+
+def prepare(event: dict[str, Any], policy: Policy, unit_key: PrivateKeyRecord,
+            pseudonyms: PseudonymKeys) -> tuple[bytes, bytes]:
+    """(Kafka key, record value) of :func:`prepare_publication`; same checks and errors."""
+    prepared = prepare_publication(event, policy, unit_key, pseudonyms)
+    return prepared.key, prepared.value
 
 
 class Publisher:
@@ -89,10 +109,11 @@ class Publisher:
         await self.stop()
 
     async def publish(self, event: dict[str, Any]) -> str:
-        """Send one event and wait for the broker's acknowledgement; returns its event id."""
-        key, value = prepare(event, self.policy, self.unit_key, self.pseudonyms)
-        await self.send_raw(key, value)
-        return event["header"]["event_id"]
+        """Send one event and wait for the broker's acknowledgement; returns its event id in the
+        canonical lower-case form the exchange log stores (whatever case the event gave it in)."""
+        prepared = prepare_publication(event, self.policy, self.unit_key, self.pseudonyms)
+        await self.send_raw(prepared.key, prepared.value)
+        return prepared.event_id
 
     async def send_raw(self, key: bytes | None, value: bytes | None) -> None:
         """Produce bytes as they are (prepared ones, or for tests of the router's refusals)."""

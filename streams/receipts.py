@@ -76,8 +76,9 @@ def body_problems(event_id: Any, envelope_sha256: Any, status: Any, at: Any) -> 
     """Why a receipt body is not acceptable (empty if it is): the one rule set for receipts,
     applied by the partner before sealing and by the router after opening. Names fields only."""
     problems = []
-    if not rules.is_canonical_uuid(event_id):
-        problems.append("event_id: is not a UUID in canonical form (lower-case, hyphenated)")
+    uuid_problem = rules.uuid_problem(event_id)
+    if uuid_problem:
+        problems.append(f"event_id: {uuid_problem}")
     if not isinstance(envelope_sha256, str) or not _SHA256_HEX.fullmatch(envelope_sha256):
         problems.append("envelope_sha256: is not 64 lower-case hexadecimal digits")
     if status not in STATUSES:

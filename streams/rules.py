@@ -14,7 +14,8 @@ The rules (docs/events.md, "Validation rules"):
   :func:`text_problem`), in NFC, not blank;
 - identifiers: fields named in IDENTIFIER_RULES are ASCII only, matched with [0-9]/[A-Z] and
   re.ASCII (``\\d``, ``str.isdigit`` and ``int()`` accept any Unicode digit, e.g. full-width);
-- uuids in their canonical lower-case form;
+- uuids in their canonical lower-case form, and never the nil UUID (all zeros: it identifies
+  nothing, and an event id must identify one event);
 - time: every timestamp and date lies between EARLIEST and LATEST (UTC), a range every reader of
   the data can represent;
 - required arrays that mean nothing when empty (answers, conditions, actions) are not empty;
@@ -38,7 +39,7 @@ from streams.jsonin import key_label
 __all__ = [
     "EARLIEST", "LATEST", "MIN_TIMESTAMP_MS", "MAX_TIMESTAMP_MS", "MIN_DATE_DAYS", "MAX_DATE_DAYS",
     "IDENTIFIER_RULES", "NON_EMPTY_ARRAYS", "DASH_MAX_SCORE", "text_problem", "timestamp_problem", "date_problem",
-    "is_canonical_uuid", "event_problems", "publisher_refusal", "dash_level",
+    "NIL_UUID", "is_canonical_uuid", "uuid_problem", "canonical_uuid", "event_problems", "publisher_refusal", "dash_level",
 ]
 
 # ---------------------------------------------------------------- time range
@@ -164,6 +165,36 @@ _UUID_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 def is_canonical_uuid(text: Any) -> bool:
     """The 36-character lower-case hyphenated form (the wire form of every uuid)."""
     return isinstance(text, str) and _UUID_CANONICAL.fullmatch(text) is not None
+
+
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def uuid_problem(text: Any) -> str | None:
+    """Why a wire uuid (an event id, a receipt's event id) is not acceptable, None if it is: not
+    in canonical form, or the nil UUID. Never quotes the value."""
+    if not is_canonical_uuid(text):
+        return "is not a UUID in canonical form (36 characters, lower-case hexadecimal, hyphenated)"
+    if text == NIL_UUID:
+        return "is the nil UUID (all zeros), which identifies nothing; give each event its own UUID (version 4)"
+    return None
+
+
+_H = "[0-9a-fA-F]"
+# The forms a person may type an id in (upper or lower case; hyphenated or 32 digits; in braces or
+# as urn:uuid:), ASCII only: Python's uuid.UUID alone would also take "_" and non-ASCII digits.
+_UUID_TYPED = re.compile(rf"(?:[uU][rR][nN]:[uU][uU][iI][dD]:)?(\{{)?(?:{_H}{{8}}-{_H}{{4}}-{_H}{{4}}-{_H}{{4}}-{_H}{{12}}"
+                         rf"|{_H}{{32}})(?(1)\}})", re.ASCII)
+
+
+def canonical_uuid(text: Any) -> str | None:
+    """The canonical form (what the wire and the exchange log hold) of a uuid typed in any of the
+    forms above, None if ``text`` is not one or is the nil UUID: how every command reads an event id."""
+    if not isinstance(text, str) or not _UUID_TYPED.fullmatch(text):
+        return None
+    digits = text.rsplit(":", 1)[-1].strip("{}").replace("-", "").lower()
+    canonical = "-".join((digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:]))
+    return None if uuid_problem(canonical) else canonical
 
 
 # Required arrays of top-level fields that carry the event's substance: empty means nothing.
@@ -327,9 +358,10 @@ def _date_checker(value: Any, path: str, errors: list[FieldError]) -> None:
 
 
 def _uuid_checker(value: Any, path: str, errors: list[FieldError]) -> None:
-    if isinstance(value, str) and not is_canonical_uuid(value):
-        errors.append(FieldError(path, "is not a UUID in canonical form (36 characters, lower-case hexadecimal, "
-                                       "hyphenated)"))
+    if isinstance(value, str):
+        problem = uuid_problem(value)
+        if problem:
+            errors.append(FieldError(path, problem))
 
 
 def _fits_test(node: Any) -> Callable[[Any], bool]:

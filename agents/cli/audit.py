@@ -27,6 +27,7 @@ from agents.cli.common import (
     UsageError,
     bootstrap,
     check_case_ref,
+    event_id,
     existing_dir,
     existing_file,
     kafka_flags,
@@ -64,7 +65,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("prove", help="inclusion proof of an event's deliveries, as a self-contained JSON file")
     log_source(p)
-    p.add_argument("event_id", nargs="+", help="one or more event ids: one file proves all their deliveries")
+    p.add_argument("event_id", nargs="+", type=event_id,
+                   help="one or more event ids: one file proves all their deliveries")
     p.add_argument("--agency", help="only the deliveries to this agency")
     p.add_argument("--extends", type=non_negative(int), action="append", default=[], metavar="SIZE",
                    help="add a consistency proof from this earlier size (a checkpoint the auditor trusts); the "

@@ -279,16 +279,19 @@ def refuse_empty_arguments(parser: argparse.ArgumentParser, args: argparse.Names
 
 
 def event_id(text: str) -> str:
-    """argparse type: an event id, a UUID (any form Python's uuid reads: upper case, braces, no
-    hyphens), given back in the canonical form events carry."""
+    """argparse type of every argument and flag that takes an event id (`status`, `audit prove`,
+    `dlq --event-id`): a UUID in any case, hyphenated or not, in braces or as urn:uuid:, given back
+    in the canonical lower-case form the exchange log stores (streams.rules.canonical_uuid). Anything
+    else, and the nil UUID, is refused without echoing the value (it may be a case reference)."""
     import argparse
-    import uuid
 
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError("not an event id: event ids are UUIDs "
+    from streams.rules import canonical_uuid
+
+    canonical = canonical_uuid(text)
+    if canonical is None:
+        raise argparse.ArgumentTypeError("not an event id: event ids are UUIDs, not the nil UUID "
                                           "(like 123e4567-e89b-42d3-a456-426614174000)") from None
+    return canonical
 
 
 def check_case_ref(text: str, what: str) -> None:

@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from agents.cli.common import UsageError, bootstrap, existing_topics, kafka_flags, non_negative, print_json, topics
+from agents.cli.common import (UsageError, bootstrap, event_id, existing_topics, kafka_flags, non_negative, print_json,
+                               topics)
 from streams.errors import CheckFailed, shown
 
 
@@ -41,7 +42,7 @@ def register(sub) -> None:
 
 def _filters(p) -> None:
     p.add_argument("--reason", action="append", metavar="CODE", help="only this reason code (repeatable)")
-    p.add_argument("--event-id", help="only dead letters of this event id")
+    p.add_argument("--event-id", type=event_id, help="only dead letters of this event id (a UUID, any case)")
 
 
 @dataclass
@@ -171,8 +172,7 @@ def cmd_redrive(args) -> int:
         raise CheckFailed(f"nothing to redrive: {len(letters)} dead letters match, none can be sent back now")
     if args.dry_run:
         for d in chosen:
-            print_json({"would_redrive": d.offset, "reason_code": d.letter["reason_code"],
-                        "event_id": d.letter["event_id"], "to": d.letter["source_topic"]})
+            print_json({**_redrive_line(d), "dry_run": True})
         return 0
 
     async def request_all() -> tuple[dict[str, DeadLetter], dict[int, int]]:
@@ -200,14 +200,20 @@ def cmd_redrive(args) -> int:
     recorded = asyncio.run(_wait_recorded(server, names.audit, audit_end, set(expected), args.wait))
     for action, d in expected.items():
         entry = recorded.get(action)
-        print_json({"redriven": d.offset, "reason_code": d.letter["reason_code"], "event_id": d.letter["event_id"],
-                    "to": d.letter["source_topic"], "recorded_at": _iso(entry["recorded_at"]) if entry else None})
+        print_json({**_redrive_line(d), "recorded_at": _iso(entry["recorded_at"]) if entry else None})
     missing = len(expected) - len(recorded)
     if missing:
         raise CheckFailed(f"the worker did not record {missing} of {len(expected)} redrives within {args.wait:.0f}s",
                           hint="is a worker running? it records each redrive once it has read the request "
                                "(see its log)")
     return 0
+
+
+def _redrive_line(d: DeadLetter) -> dict:
+    """What `redrive` prints per dead letter (docs/deadlines.md, "Redrive"): its offset on the
+    dead-letter topic (an address, as `dlq list` shows it and `--offset` takes it; not a count)."""
+    return {"dead_letter_offset": d.offset, "reason_code": d.letter["reason_code"], "event_id": d.letter["event_id"],
+            "to": d.letter["source_topic"]}
 
 
 async def _end_offsets(server: str, topic: str) -> dict[int, int]:

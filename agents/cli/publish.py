@@ -51,7 +51,7 @@ def unit_signing_key(args):
 
 def cmd_publish(args) -> int:
     from streams.codec import EventValidationError
-    from streams.publisher import Publisher, prepare
+    from streams.publisher import Publisher, prepare_publication
 
     given(args.unit, "--as", "the publishing unit's id")
     policy = load_policy(args)
@@ -64,7 +64,7 @@ def cmd_publish(args) -> int:
     prepared, refusals = [], []
     for number, event in enumerate(events, 1):
         try:
-            prepared.append((event, prepare(event, policy, unit_key, pseudonyms)))
+            prepared.append(prepare_publication(event, policy, unit_key, pseudonyms))
         except EventValidationError as exc:
             refusals.append(f"event {number}: invalid ({len(exc.errors)} problem(s)):")
             refusals += [f"  {e.path}: {e.problem}" for e in exc.errors]
@@ -82,9 +82,10 @@ def cmd_publish(args) -> int:
 
     async def send() -> None:
         async with Publisher(bootstrap(args), policy, unit_key, topics(args), pseudonyms=pseudonyms) as publisher:
-            for event, (key, value) in prepared:
-                await publisher.send_raw(key, value)
-                print_json({"published": event["header"]["event_id"], "event_type": event["header"]["event_type"]})
+            for ready in prepared:
+                await publisher.send_raw(ready.key, ready.value)
+                # The id as the log stores it (lower-case), so `status` and `audit prove` find it.
+                print_json({"published": ready.event_id, "event_type": ready.event_type})
 
     asyncio.run(send())
     return 0
