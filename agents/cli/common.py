@@ -287,6 +287,8 @@ def event_id(text: str) -> str:
 
     from streams.rules import canonical_uuid
 
+    if text == "":  # as for every other argument (refuse_empty_arguments runs after the types)
+        raise argparse.ArgumentTypeError("empty; give an event id (a UUID)")
     canonical = canonical_uuid(text)
     if canonical is None:
         raise argparse.ArgumentTypeError("not an event id: event ids are UUIDs, not the nil UUID "
