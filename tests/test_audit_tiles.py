@@ -162,7 +162,8 @@ def test_prove_uses_the_index_and_rebuilds_an_altered_one(deployment, tmp_path, 
 
     key = Keyring.load_dir(deployment.keys_dir, deployment.policy.router.id, kind="signing").current.signing_key()
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    items = [encode_entry(make_entry("DELIVERY", recorded_at=t0 + timedelta(minutes=i), event_id=f"ev-{i // 3}",
+    items = [encode_entry(make_entry("DELIVERY", recorded_at=t0 + timedelta(minutes=i),
+                                     event_id=f"00000000-0000-4000-8000-{i // 3:012d}",
                                      agency_id=f"agency-{i % 3}", policy_version=1)) for i in range(700)]
     notes, cr = [], CompactRange()
     for e in items:
@@ -175,8 +176,8 @@ def test_prove_uses_the_index_and_rebuilds_an_altered_one(deployment, tmp_path, 
 
     def prove(*extra: str) -> tuple[int, str]:
         capsys.readouterr()
-        code = main(["audit", "prove", "ev-5", "ev-90", "--from-export", str(bundle), "--policy",
-                     str(deployment.policy_path), *extra])
+        code = main(["audit", "prove", "00000000-0000-4000-8000-000000000005", "00000000-0000-4000-8000-000000000090",
+                     "--from-export", str(bundle), "--policy", str(deployment.policy_path), *extra])
         captured = capsys.readouterr()
         return code, captured.err
 
