@@ -113,7 +113,10 @@ class Runtime:
     def __init__(self, settings: Settings, policy: Policy | None = None) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
-        self.policy_mtime = settings.policy_path.stat().st_mtime_ns  # before loading: a later edit is seen
+        from agents.policy_watch import file_signature
+
+        # Before loading: a later edit is seen. None if the file cannot be read (then loading fails).
+        self.policy_mtime, self.policy_problem = file_signature(settings.policy_path)
         self.policy = policy or load_policy(settings.policy_path)
         # The audit side's per-case keys (crypto-shredding), shared by every worker through Kafka: the
         # router seals each entry's case reference with them (docs/audit.md, "Case keys").

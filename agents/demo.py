@@ -25,13 +25,15 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import subprocess
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from agents.deployment import DEMO_DIR, Deployment, WorkerProcess, prepare_deployment, worker_env
-from streams.errors import CheckFailed, InvalidInput
+from streams.errors import BrokerUnavailable, CheckFailed, InvalidInput, MasbError
 from streams.kafka import IDEMPOTENCE_VARIABLE
 from deploy.brokers import TansuBroker, wait_until_ready
 
@@ -126,7 +128,15 @@ def check_workdir(workdir: Path) -> None:
 
 
 class DemoWorkerStopped(CheckFailed):
-    """The worker of `masb demo --keep` exited while the demo was meant to keep it running."""
+    """The worker of `masb demo --keep` exited while the demo was meant to keep it running (exit 1)."""
+
+
+class DemoBrokerStopped(BrokerUnavailable):
+    """The broker `masb demo --keep` started exited while the demo was meant to keep it running (exit 3)."""
+
+    def __init__(self, bootstrap: str, message: str) -> None:
+        MasbError.__init__(self, message)  # the message says it all: no "check --bootstrap" hint
+        self.bootstrap = bootstrap
 
 
 class Identities:
@@ -197,6 +207,34 @@ def run_demo(bootstrap: str | None, workdir: Path, keep: bool = False, secure: b
         with contextlib.suppress(OSError, ValueError):
             if int((workdir / PID_FILE).read_text()) == os.getpid():
                 (workdir / PID_FILE).unlink()
+                _say_what_is_left(workdir)
+
+
+# What a finished demo leaves in its folder, and why (anything else is listed by name).
+LEFT_BEHIND = {
+    "keys": "keys/ (the demo parties' private keys)",
+    "policy.yaml": "policy.yaml (the demo policy)",
+    "worker.log": "worker.log (the worker's log)",
+    "clients": "clients/ (each party's Kafka client settings)",
+    "kafka": "kafka/ (the broker's certificates, data and log)",
+    "env": "env (settings for the Kafka given with --bootstrap, which still runs)",
+}
+
+
+def _tidy_after_broker(workdir: Path, broker_stopped: bool) -> None:
+    """Remove what only made sense while the demo ran: the worker's local state, and the env file
+    once the broker it names has been stopped (it would point at a dead broker)."""
+    shutil.rmtree(workdir / "worker-data", ignore_errors=True)
+    if broker_stopped:
+        with contextlib.suppress(FileNotFoundError):
+            (workdir / "env").unlink()
+
+
+def _say_what_is_left(workdir: Path) -> None:
+    left = sorted(p.name for p in workdir.iterdir() if p.name not in (MARKER_FILE, PID_FILE))
+    if left:
+        say(f"left in {workdir} for a look afterwards: " + ", ".join(LEFT_BEHIND.get(n, n) for n in left)
+            + "; nothing the demo started still runs, and the next `masb demo` empties the folder")
 
 
 def _run_demo(bootstrap: str | None, workdir: Path, started: float, keep: bool, secure: bool) -> int:
@@ -214,10 +252,11 @@ def _run_demo(bootstrap: str | None, workdir: Path, started: float, keep: bool, 
         else:
             asyncio.run(wait_until_ready(bootstrap, timeout=20))
             say(f"using Kafka at {bootstrap}")
-        return _run(bootstrap, _fresh_deployment(workdir), started, keep, Identities())
+        return _run(bootstrap, _fresh_deployment(workdir), started, keep, Identities(), broker=broker)
     finally:
         if broker is not None:
             broker.cleanup()
+        _tidy_after_broker(workdir, broker_stopped=broker is not None)
 
 
 def _fresh_deployment(workdir: Path) -> Deployment:
@@ -259,16 +298,17 @@ def _run_secure(workdir: Path, started: float, keep: bool) -> int:
         say(f"the admin created the topics and granted {len(applied.diff.missing)} ACLs derived from the policy "
             f"(`masb acl plan`); recorded in {topics.audit}")
         identities = Identities(broker, properties)
-        return _run(broker.bootstrap, deployment, started, keep, identities, prefix=DEMO_PREFIX)
+        return _run(broker.bootstrap, deployment, started, keep, identities, prefix=DEMO_PREFIX, broker=broker)
     finally:
         broker.cleanup()
+        _tidy_after_broker(workdir, broker_stopped=True)
 
 
 DEMO_PREFIX = "demo."
 
 
 def _run(bootstrap: str, deployment: Deployment, started: float, keep: bool, identities: Identities,
-         prefix: str | None = None) -> int:
+         prefix: str | None = None, broker=None) -> int:
     from streams.publisher import Publisher
     from streams.crypto.keys import Keyring
     from streams.crypto.pseudonym import PseudonymKeys
@@ -327,7 +367,8 @@ def _run(bootstrap: str, deployment: Deployment, started: float, keep: bool, ide
             say(f"PROBLEM: {problem}")
         say(f"demo {'completed' if ok else 'FAILED'} in {elapsed:.1f}s")
         if keep:
-            return _keep_running(bootstrap, prefix, deployment, worker, identities, env, received) or (0 if ok else 1)
+            return _keep_running(bootstrap, prefix, deployment, worker, identities, env, received,
+                                 broker) or (0 if ok else 1)
         else:
             say("to keep exploring: `masb demo --keep` leaves the broker and the worker running and prints "
                 "the settings that make every other masb command work against them")
@@ -341,10 +382,11 @@ TOPOLOGY_SETTINGS = ("MASB_PARTITIONS", "MASB_REPLICATION_FACTOR", "MASB_MIN_INS
 
 
 def _keep_running(bootstrap: str, prefix: str, deployment, worker, identities: Identities, worker_settings: dict,
-                  received: dict) -> int | None:
+                  received: dict, broker=None) -> int | None:
     """Leave the broker and the worker running until Ctrl-C (then KeyboardInterrupt: exit 130) or
     SIGTERM (exit 143), with settings every command can use. The worker stopping by itself ends the
-    demo with a message and exit 1."""
+    demo with a message and exit 1; the broker the demo started (``broker``, None for --bootstrap)
+    stopping by itself, with exit 3."""
     settings = {"MASB_BOOTSTRAP": bootstrap, "MASB_TOPIC_PREFIX": prefix,
                 "MASB_POLICY": str(deployment.policy_path.resolve()), "MASB_KEYS_DIR": str(deployment.keys_dir.resolve())}
     settings.update({k: worker_settings[k] for k in TOPOLOGY_SETTINGS if k in worker_settings})
@@ -370,14 +412,30 @@ def _keep_running(bootstrap: str, prefix: str, deployment, worker, identities: I
     say(f"worker metrics: {worker.url('/metrics')}")
     if identities.broker is None:
         say("(the embedded broker serves one worker: try a second `masb worker` on Apache Kafka, docs/operations.md)")
+    # The broker first: when it goes, the worker only waits for it (and may stop too, later).
+    watched = [("broker", broker.process)] if broker is not None and broker.process is not None else []
+    watched.append(("worker", worker.proc))
     try:
-        while worker.proc.poll() is None:
-            time.sleep(1)
+        while (ended := next(((role, proc) for role, proc in watched if proc.poll() is not None), None)) is None:
+            time.sleep(1)  # poll() also reaps a process that ended: no zombie is left
     except BaseException:  # Ctrl-C, or SIGTERM (agents/cli raises for it): stop both, exit 130 or 143
         say("stopping the worker and the broker")
         raise
+    role, proc = ended
+    if role == "broker":
+        raise DemoBrokerStopped(bootstrap, f"the demo's broker (process {proc.pid}) ended ({_how_it_ended(proc)}); "
+                                "stopping the demo")
     raise DemoWorkerStopped(f"the demo's worker stopped by itself (exit {worker.proc.returncode}); its log: "
                             f"{deployment.workdir / 'worker.log'}")
+
+
+def _how_it_ended(proc: subprocess.Popen) -> str:
+    code = proc.returncode
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+        return f"signal {-code}"
+    return f"exit {code}"
 
 
 def _print_summary(events, policy, received) -> None:

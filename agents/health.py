@@ -99,6 +99,7 @@ class Health:
         self.wedged_seconds = wedged_seconds
         self.broker_ok: bool | None = None  # None until the first probe
         self.broker_since = time.monotonic()
+        self._outage_logged_at = self.broker_since  # when the log last said the broker is away
         self.broker_error: str | None = None
         self.partitions: dict[tuple[str, int], PartitionState] = {}
         self._gauged: set[tuple[str, int]] = set()  # partitions whose gauges this worker serves
@@ -124,7 +125,6 @@ class Health:
         offsets = self._offsets_client()
         started = False
         try:
-            last_summary = time.monotonic()
             while True:
                 try:
                     if not started:
@@ -138,23 +138,26 @@ class Health:
                     self._broker(False, type(exc).__name__)
                     if not started:  # a client that failed to start is closed: make a fresh one
                         offsets = self._offsets_client()
-                    if time.monotonic() - last_summary >= SUMMARY_EVERY:
-                        last_summary = time.monotonic()
-                        log.error("Kafka at %s still unreachable (for %.0fs); routing resumes by itself when it "
-                                  "is back", self.bootstrap, time.monotonic() - self.broker_since)
                 await asyncio.sleep(self.interval)
         finally:
             await stop_quietly(offsets)
 
     def _broker(self, ok: bool, error: str | None) -> None:
+        """Record one probe's outcome; log when the broker goes away or comes back, and once every
+        SUMMARY_EVERY seconds of an outage how long it has lasted (counted from the first failed probe)."""
         BROKER_UP.set(1 if ok else 0)
+        now = time.monotonic()
         if ok != self.broker_ok:
-            now = time.monotonic()
             if ok and self.broker_ok is False:
                 log.warning("Kafka at %s reachable again after %.0fs", self.bootstrap, now - self.broker_since)
             elif not ok:
-                log.error("Kafka at %s unreachable (%s); routing waits and resumes by itself", self.bootstrap, error)
-            self.broker_ok, self.broker_since = ok, now
+                log.error("Kafka at %s %s (%s); routing waits and resumes by itself", self.bootstrap,
+                          "is unreachable" if self.broker_ok is None else "became unreachable", error)
+            self.broker_ok, self.broker_since, self._outage_logged_at = ok, now, now
+        elif not ok and now - self._outage_logged_at >= SUMMARY_EVERY:
+            self._outage_logged_at = now
+            log.error("Kafka at %s still unreachable, for %.0fs now (%s); routing resumes by itself when it is back",
+                      self.bootstrap, now - self.broker_since, error)
         self.broker_error = error
 
     async def _probe(self, offsets) -> None:

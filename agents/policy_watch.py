@@ -3,13 +3,17 @@
 The swap happens between two events (the router reads runtime.router once per event), so no
 event is routed half under one version and half under another, and none is lost or repeated.
 Every change is recorded in the audit log as a POLICY_CHANGE entry; a file that fails the checks
-is refused and the version in force stays.
+is refused and the version in force stays. A file that cannot be read (missing, a directory, a
+dangling link, no permission) is one log line and one counted failed reload per problem, never a
+crash of the watcher; it is read again as soon as it can be.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import stat
+from pathlib import Path
 
 import faust
 
@@ -39,18 +43,51 @@ async def watch_policy(runtime) -> None:
             runtime.initial_policy_recorded = True
         while True:
             await asyncio.sleep(runtime.settings.policy_poll_interval)
-            try:
-                current = path.stat().st_mtime_ns
-            except FileNotFoundError:
-                if runtime.policy_mtime is not None:
-                    log.error("policy file %s is missing; keeping version %d", path, runtime.policy.version)
-                runtime.policy_mtime = None
-                continue
-            if current != runtime.policy_mtime:
-                runtime.policy_mtime = current
-                await reload(runtime, sender, path)
+            await check_policy_file(runtime, sender, path)
     finally:
         await sender.stop()
+
+
+async def check_policy_file(runtime, sender: AcknowledgedSender, path: Path) -> None:
+    """One poll: reload the file if it changed; a file that cannot be read is one failed reload."""
+    signature, problem = file_signature(path)
+    if problem is not None:
+        unreadable(runtime, path, problem)
+        return
+    if signature != runtime.policy_mtime:
+        runtime.policy_mtime = signature
+        await reload(runtime, sender, path)
+
+
+def file_signature(path: Path) -> tuple[tuple | None, str | None]:
+    """(what identifies this version of the file, None), or (None, why it cannot be read). The
+    signature changes on a write, a replacement (mv) and a change of permissions (ctime), so that a
+    file made readable again is read again."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None, ("is a symbolic link to a file that does not exist" if path.is_symlink() else "is missing")
+    except OSError as exc:  # a loop of links, a parent that is a file or may not be searched
+        return None, f"cannot be read ({_reason(exc)})"
+    if stat.S_ISDIR(status.st_mode):
+        return None, "is a directory"
+    if not stat.S_ISREG(status.st_mode):  # a FIFO or a device: reading it could block the watcher
+        return None, "is not a regular file"
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns), None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__  # "Permission denied": never the file's contents
+
+
+def unreadable(runtime, path: Path, problem: str) -> None:
+    """Log and count a policy file that cannot be read, once per problem (the watcher polls every
+    few seconds), and read it again at the next poll."""
+    if problem != getattr(runtime, "policy_problem", None):
+        runtime.policy_problem = problem
+        metrics.POLICY_RELOAD_FAILURES.inc()
+        log.error("policy file %s %s; keeping version %d", path, problem, runtime.policy.version)
+    runtime.policy_mtime = None
 
 
 async def record_change(runtime, sender: AcknowledgedSender, previous) -> None:
@@ -67,10 +104,15 @@ def _never_refused(message: Message, error: Exception) -> list[Message]:
 async def reload(runtime, sender: AcknowledgedSender, path) -> None:
     try:
         new = await asyncio.get_running_loop().run_in_executor(None, load_policy, path)
+    except OSError as exc:  # replaced or made unreadable between the check and the read
+        unreadable(runtime, path, f"cannot be read ({_reason(exc)})")
+        return
     except PolicyError as exc:
+        runtime.policy_problem = None
         metrics.POLICY_RELOAD_FAILURES.inc()
         log.error("policy file refused, keeping version %d: %s", runtime.policy.version, exc)
         return
+    runtime.policy_problem = None
     if new.digest == runtime.policy.digest:
         return
     from agents.app import load_identity, worker_topic_specs

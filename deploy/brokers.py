@@ -104,6 +104,11 @@ class _ProcessBroker:
     def log_path(self) -> Path:
         return self.workdir / f"{self.name}.log"
 
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The broker's process while started (poll() tells whether it still runs), else None."""
+        return self._proc
+
     def _command(self) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
