@@ -425,8 +425,8 @@ def _keep_running(bootstrap: str, prefix: str, deployment, worker, identities: I
     if role == "broker":
         raise DemoBrokerStopped(bootstrap, f"the demo's broker (process {proc.pid}) ended ({_how_it_ended(proc)}); "
                                 "stopping the demo")
-    raise DemoWorkerStopped(f"the demo's worker stopped by itself (exit {worker.proc.returncode}); its log: "
-                            f"{deployment.workdir / 'worker.log'}")
+    raise DemoWorkerStopped(f"the demo's worker (process {proc.pid}) ended ({_how_it_ended(proc)}); stopping the "
+                            f"demo; its log: {deployment.workdir / 'worker.log'}")
 
 
 def _how_it_ended(proc: subprocess.Popen) -> str:
