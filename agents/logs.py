@@ -4,7 +4,9 @@ aiokafka logs every failed connection and metadata refresh (hundreds of lines a 
 broker is away). :class:`RepeatFilter` lets the first line of each message template through, holds
 back its repeats for ``window`` seconds, then lets one through that says how many it held back.
 MASB's own loggers (``masb.*``) are not filtered: they already log once per state change plus a
-periodic summary.
+periodic summary. A record of the Kafka client or of aiohttp's server is made one line: its
+traceback (aiokafka's connection errors; aiohttp's parse errors, whose text quotes the request's
+bytes) becomes the exception's class name.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import asyncio
 import logging
 import time
 
-FILTERED_PREFIXES = ("aiokafka", "kafka", "faust", "mode")
+FILTERED_PREFIXES = ("aiokafka", "kafka", "faust", "mode", "aiohttp.server")
+ONE_LINE_PREFIXES = ("aiokafka", "kafka", "aiohttp.server")
 
 
 class RepeatFilter(logging.Filter):
@@ -30,6 +33,8 @@ class RepeatFilter(logging.Filter):
             # expected (the agent restarts and its batch is read again), so one line says it.
             record.exc_info, record.exc_text = None, None
         key = (record.name, record.msg)  # the template: its arguments (hosts, ids) vary between repeats
+        if record.name.startswith(ONE_LINE_PREFIXES):
+            _one_line(record)
         now = time.monotonic()
         seen = self._seen.get(key)
         if seen is not None and now - seen[0] < self.window:
@@ -40,6 +45,17 @@ class RepeatFilter(logging.Filter):
         if held:
             record.msg = f"{record.msg} [and {held} more like it in the last {self.window:.0f}s]"
         return True
+
+
+def _one_line(record: logging.LogRecord) -> None:
+    """The record as one line; an exception only by its class name (its text may quote request bytes)."""
+    if record.exc_info and record.exc_info[1] is not None:
+        error = type(record.exc_info[1]).__name__
+        record.msg, record.args = f"{record.getMessage()} ({error})", None
+        record.exc_info, record.exc_text = None, None
+    message = record.getMessage()
+    if "\n" in message:
+        record.msg, record.args = " ".join(message.split()), None
 
 
 def install_repeat_filter(logger: logging.Logger, window: float = 60.0) -> None:

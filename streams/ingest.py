@@ -19,14 +19,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, ContentLengthError, TransferEncodingError
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
-from streams import codec, jsonin
+from streams import codec, jsonin, problems as shown_problems
 from streams.crypto.keys import PrivateKeyRecord
 from streams.crypto.pseudonym import PseudonymKeys
 from streams.errors import InvalidInput
@@ -110,6 +112,19 @@ class IngestService:
         self.max_events = max_events
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self._kafka_up: bool | None = None  # None until the first request or health check
+        self._kafka_since = time.monotonic()
+
+    def _kafka_state(self, up: bool, error: str | None = None) -> None:
+        """Log once when Kafka is lost and once when it is back, not once per request."""
+        if up == self._kafka_up:
+            return
+        now = time.monotonic()
+        if up and self._kafka_up is False:
+            log.warning("Kafka at %s reachable again after %.0fs", self.bootstrap, now - self._kafka_since)
+        elif not up:
+            log.error("Kafka at %s unreachable (%s); POST /events answers 503 until it is back", self.bootstrap, error)
+        self._kafka_up, self._kafka_since = up, now
 
     # -- checks (no I/O) ---------------------------------------------------------------------
     def check(self, events: list[Any], indexed: bool) -> tuple[list[tuple[str, bytes, bytes]], list[Problem], int]:
@@ -162,21 +177,27 @@ class IngestService:
                 await asyncio.wait_for(future, self.send_timeout + 1)
                 acknowledged.append(event_id)
         except Exception as exc:  # noqa: BLE001 - connection, timeout, broker errors: all mean "not known written"
-            log.warning("Kafka did not acknowledge (%s); %d of %d events acknowledged",
-                        type(exc).__name__, len(acknowledged), len(prepared))
             await self._drop_producer()  # also what a refusal needs: aiokafka's producer is unusable after one
             if isinstance(exc, NEVER_ACCEPTED):
+                log.warning("Kafka refused a record for good (%s); %d of %d events acknowledged",
+                            type(exc).__name__, len(acknowledged), len(prepared))
                 raise KafkaRefused(acknowledged, type(exc).__name__) from None
+            self._kafka_state(False, type(exc).__name__)
+            log.info("503: %d of %d events acknowledged (%s)", len(acknowledged), len(prepared), type(exc).__name__)
             raise KafkaUnavailable(acknowledged) from None
+        self._kafka_state(True)
         return acknowledged
 
     async def kafka_ok(self) -> bool:
         try:
             producer = await self._ready_producer()
-            return bool(await asyncio.wait_for(producer.client.force_metadata_update(), self.send_timeout))
-        except Exception:  # noqa: BLE001 - any failure means Kafka does not answer
+            ok = bool(await asyncio.wait_for(producer.client.force_metadata_update(), self.send_timeout))
+        except Exception as exc:  # noqa: BLE001 - any failure means Kafka does not answer
             await self._drop_producer()
+            self._kafka_state(False, type(exc).__name__)
             return False
+        self._kafka_state(ok, None if ok else "no metadata")
+        return ok
 
     async def _drop_producer(self) -> None:
         async with self._lock:
@@ -202,7 +223,11 @@ def _refusal_path(event: Any, unit_id: str) -> str:
 
 
 def _error_response(status: int, problems: list[Problem], **extra: Any) -> web.Response:
+    """The documented error body; at most streams.problems.MAX_SHOWN problems, then ``total_problems``."""
     REQUESTS.labels(str(status)).inc()
+    problems, left_out = shown_problems.first(problems)
+    if left_out:
+        extra["total_problems"] = len(problems) + left_out
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="masb-ingest"'}
@@ -221,6 +246,30 @@ def _body_problem(status: int, problem: str) -> web.Response:
     return _error_response(status, [Problem("<body>", problem)])
 
 
+# Content-Encodings of a request body: aiohttp decodes gzip and deflate with the standard library
+# (and refuses a body larger than the limit once decoded); br and zstd need optional libraries, so
+# whether they worked would depend on the installation: they are refused, like any other.
+ACCEPTED_ENCODINGS = ("identity", "gzip", "deflate")
+
+
+def _unreadable_body(exc: BaseException, encoding: str) -> web.Response:
+    """400 for a body that could not be read: bad compressed data, a truncated or malformed chunked
+    body, a connection closed early. One log line naming the kind, never the bytes."""
+    cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) and exc.__cause__ else exc
+    if isinstance(cause, ContentEncodingError):
+        problem = f"the body is not valid {encoding} data (Content-Encoding: {encoding})"
+    elif isinstance(cause, TransferEncodingError):
+        problem = "the chunked body is malformed or incomplete"
+    elif isinstance(cause, ContentLengthError):
+        problem = "the body is shorter than its Content-Length"
+    elif isinstance(cause, ConnectionError):
+        problem = "the connection closed before the whole body arrived"
+    else:
+        problem = "the body could not be read"
+    log.warning("400: request body unreadable (%s)", type(cause).__name__)
+    return _body_problem(400, problem)
+
+
 def build_ingest_app(service: IngestService) -> web.Application:
     # client_max_size makes aiohttp refuse a larger body while reading it (chunked bodies included).
     app = web.Application(client_max_size=service.max_body_bytes)
@@ -234,12 +283,22 @@ def build_ingest_app(service: IngestService) -> web.Application:
             return _body_problem(415, "the content type must be application/json")
         if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
             return _body_problem(415, "the charset must be utf-8")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+        if encoding not in ACCEPTED_ENCODINGS:
+            return _body_problem(415, f"the Content-Encoding must be one of {', '.join(ACCEPTED_ENCODINGS)}")
         if request.content_length is not None and request.content_length > service.max_body_bytes:
             return _body_problem(413, f"the body is larger than {service.max_body_bytes} bytes")
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _body_problem(413, f"the body is larger than {service.max_body_bytes} bytes")
+        except (web.RequestPayloadError, ConnectionError) as exc:
+            # The rest of this body cannot be read either: mark it read, so that aiohttp does not
+            # try again (and log the error with a traceback), and close the connection after the answer.
+            request.content.feed_eof()
+            response = _unreadable_body(exc, encoding)
+            response.force_close()
+            return response
         try:
             body = jsonin.loads(raw)  # strict: repeated keys, lone surrogates, NaN... are refused
         except jsonin.JsonInputError as exc:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from streams.errors import InvalidInput
+from streams.problems import first, more_line
 
 __all__ = ["MAX_DEPTH", "MAX_INTEGER_DIGITS", "JsonProblem", "JsonInputError", "loads", "loads_events", "load_file",
            "key_label", "format_path"]
@@ -91,8 +92,9 @@ class JsonInputError(InvalidInput, ValueError):
         self.problems = list(problems)
         self.source = source
         prefix = f"{source}: " if source else ""
-        lines = "\n".join(f"{prefix}{p}" for p in self.problems)
-        super().__init__(f"not accepted as JSON ({len(self.problems)} problem(s)):\n{lines}")
+        shown_problems, left_out = first(self.problems)  # the first few say what is wrong (streams/problems.py)
+        lines = [f"{prefix}{p}" for p in shown_problems] + ([more_line(left_out)] if left_out else [])
+        super().__init__(f"not accepted as JSON ({len(self.problems)} problem(s)):\n" + "\n".join(lines))
 
 
 class _Invalid:

@@ -19,6 +19,7 @@ from agents.cli.common import (
     pseudonym_keys,
     topics,
 )
+from agents.logs import install_repeat_filter
 from streams.errors import shown
 
 
@@ -66,6 +67,9 @@ def cmd_ingest(args) -> int:
         max_body_bytes=args.max_body_bytes or MAX_BODY_BYTES,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # The worker's log style (agents/logs.py): a client library's line is one line, its repeats are
+    # held back; the ingest itself says once when Kafka is lost and once when it is back.
+    install_repeat_filter(logging.getLogger())
     app = build_ingest_app(service)
 
     def listening(_aiohttp_banner: str) -> None:  # aiohttp calls it once the port is bound

@@ -61,23 +61,20 @@ def cmd_publish(args) -> int:
     unit_key = unit_signing_key(args)
     events = read_events(args.file)
     pseudonyms = pseudonym_keys(args)
-    prepared, refusals = [], []
+    prepared, refusals = [], []  # refusals: (event line, its problem lines)
     for number, event in enumerate(events, 1):
         try:
             prepared.append(prepare_publication(event, policy, unit_key, pseudonyms))
         except EventValidationError as exc:
-            refusals.append(f"event {number}: invalid ({len(exc.errors)} problem(s)):")
-            refusals += [f"  {e.path}: {e.problem}" for e in exc.errors]
+            refusals.append((f"event {number}: invalid ({len(exc.errors)} problem(s)):",
+                             [f"{e.path}: {e.problem}" for e in exc.errors]))
         except InvalidInput as exc:  # valid, but the policy does not let this unit publish it
-            refusals.append(f"event {number}: refused: {exc}")
+            refusals.append((f"event {number}: refused: {exc}", []))
         except (TypeError, KeyError, AttributeError):
-            refusals.append(f"event {number}: refused: not a case event object (see docs/events.md)")
+            refusals.append((f"event {number}: refused: not a case event object (see docs/events.md)", []))
     if refusals:
-        # One error: `masb: N of M events refused ...`, then each event's problems, indented.
-        refused = sum(not line.startswith(" ") for line in refusals)
-        raise InvalidInput("\n".join([f"{refused} of {len(events)} events refused; nothing was published:",
-                                      *refusals]))
-
+        raise InvalidInput("\n".join([f"{len(refusals)} of {len(events)} events refused; nothing was published:",
+                                      *_refusal_lines(refusals)]))
     existing_topics(args, "WRITE", topics(args).case_events)  # a mistyped prefix must not create a topic
 
     async def send() -> None:
@@ -89,3 +86,21 @@ def cmd_publish(args) -> int:
 
     asyncio.run(send())
     return 0
+
+
+def _refusal_lines(refusals: list[tuple[str, list[str]]]) -> list[str]:
+    """Each refused event, indented problems under it; at most streams.problems.MAX_SHOWN problems
+    (a refused event counts as one), then `... and N more problems`."""
+    from streams.problems import MAX_SHOWN, more_line
+
+    lines, shown_count, left_out = [], 0, 0
+    for event_line, problems in refusals:
+        room = MAX_SHOWN - shown_count
+        if room <= 0:
+            left_out += len(problems) or 1
+            continue
+        lines.append(event_line)
+        lines += [f"  {p}" for p in problems[:room]]
+        shown_count += min(len(problems), room) or 1
+        left_out += max(0, len(problems) - room)
+    return lines + ([more_line(left_out)] if left_out else [])
