@@ -9,6 +9,7 @@ count, at both doors; and the Python example of the docs runs as written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
@@ -138,6 +139,23 @@ def test_a_request_that_does_not_parse_is_logged_in_one_line_without_its_bytes(d
     """`curl -H 'Content-Length: 5' --data-binary @event.json`: aiohttp reads the rest of the body as
     a second request. Its log line must not quote those bytes (personal data) nor carry a traceback.
     (aiohttp 3.14 already logs this one at DEBUG only; this guards the log if that changes.)"""
+    with ingest_without_a_broker(deployment, tmp_path) as port:
+        event = json.dumps(fixture_event("CASE_CLOSED", case_ref="WM-FRESHLEN01")).encode()
+        request = (b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 5\r\n\r\n" + event)
+        answer = run(raw_exchange(port, request))
+        assert answer.split(b"\r\n", 1)[0].split()[1] == b"400"
+        # aiohttp's answer to a request it cannot parse quotes the bytes it could not parse; no
+        # public aiohttp API replaces it (aio-libs/aiohttp#3287): only the log is checked here.
+    log = (tmp_path / "ingest.err").read_text()
+    assert "WM-FRESHLEN01" not in log and "Traceback" not in log
+    assert not [line for line in log.splitlines() if line.startswith((" ", "\t"))], log
+
+
+@contextlib.contextmanager
+def ingest_without_a_broker(deployment, tmp_path):
+    """`masb ingest` as a unit runs it, against a port where no broker listens; yields its HTTP port
+    and leaves its stderr in tmp_path/ingest.err once it has stopped."""
     key_file = next(deployment.keys_dir.glob(f"{UNIT}.signing.*.key"))
     port = free_port()
     with open(tmp_path / "ingest.err", "wb") as err:
@@ -148,19 +166,10 @@ def test_a_request_that_does_not_parse_is_logged_in_one_line_without_its_bytes(d
             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         try:
             _wait_listening(port)
-            event = json.dumps(fixture_event("CASE_CLOSED", case_ref="WM-FRESHLEN01")).encode()
-            request = (b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: 5\r\n\r\n" + event)
-            answer = run(raw_exchange(port, request))
-            assert answer.split(b"\r\n", 1)[0].split()[1] == b"400"
-            # aiohttp's answer to a request it cannot parse quotes the bytes it could not parse; no
-            # public aiohttp API replaces it (aio-libs/aiohttp#3287): only the log is checked here.
+            yield port
         finally:
             proc.terminate()
             proc.wait(timeout=15)
-    log = (tmp_path / "ingest.err").read_text()
-    assert "WM-FRESHLEN01" not in log and "Traceback" not in log
-    assert not [line for line in log.splitlines() if line.startswith((" ", "\t"))], log
 
 
 def _wait_listening(port: int, timeout: float = 30) -> None:
@@ -177,24 +186,12 @@ def _wait_listening(port: int, timeout: float = 30) -> None:
 # -- 3. the broker is away ------------------------------------------------------------------------
 
 def test_ingest_says_once_that_kafka_is_away_and_client_library_lines_are_one_line(deployment, tmp_path):
-    key_file = next(deployment.keys_dir.glob(f"{UNIT}.signing.*.key"))
-    port = free_port()
-    with open(tmp_path / "ingest.err", "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agents", "ingest", "--as", UNIT, "--key", str(key_file),
-             "--policy", str(deployment.policy_path), "--keys-dir", str(deployment.keys_dir),
-             "--port", str(port), "--bootstrap", f"127.0.0.1:{free_port()}", "--send-timeout", "1"],
-            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        try:
-            _wait_listening(port)
-            for _ in range(4):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10)
-                except urllib.error.HTTPError as answer:
-                    assert answer.code == 503
-        finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+    with ingest_without_a_broker(deployment, tmp_path) as port:
+        for _ in range(4):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10)
+            except urllib.error.HTTPError as answer:
+                assert answer.code == 503
     lines = (tmp_path / "ingest.err").read_text().splitlines()
     assert not [line for line in lines if line.startswith((" ", "\t", "Traceback"))], lines
     assert len([line for line in lines if "masb.ingest ERROR" in line and "unreachable" in line]) == 1, lines
