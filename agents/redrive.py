@@ -48,7 +48,14 @@ async def decide(runtime, request_value: bytes, request_source: str) -> list[Mes
         log.error("ignoring redrive request %s: no dead letter with that SHA-256 at %s/0/%d", request_source,
                   topics.dead_letter, offset)
         return []
-    letter = decode_dead_letter(value)
+    try:
+        letter = decode_dead_letter(value)
+    except Exception as exc:  # noqa: BLE001 - fastavro raises many types on bytes that are no dead letter
+        # Whoever can write the dead-letter topic must not be able to stop the worker (it did: a
+        # crash, a restart and the same request again).
+        log.error("ignoring redrive request %s: %s/0/%d cannot be redriven: not a dead letter (%s)",
+                  request_source, topics.dead_letter, offset, type(exc).__name__)
+        return []
     why_not = why_not_redrivable(letter, topics)
     if why_not is not None:
         log.error("ignoring redrive request %s: %s/0/%d cannot be redriven: %s", request_source,

@@ -277,3 +277,27 @@ def test_an_envelope_the_broker_refuses_is_dead_lettered_and_the_partner_partiti
         running.publish(after)
         running.wait_feed(victim, after["header"]["event_id"], timeout=60)
 
+
+
+def test_a_redrive_request_for_a_record_that_is_no_dead_letter_is_ignored_and_routing_goes_on(kafka, tmp_path):
+    """Whoever may write the dead-letter topic and the redrive requests (docs/security.md) must not
+    be able to stop the worker: a request naming bytes that are not a dead letter is logged and
+    ignored, as a malformed request is, and the next events are routed."""
+    from datetime import datetime, timezone
+
+    from streams.redrive import dead_letter_sha256, encode_request
+
+    with running_deployment(kafka, tmp_path) as running:
+        garbage = b"\x02\xff\xff\xff not a dead letter"
+        running.produce(running.topics.dead_letter, garbage)
+        running.produce(running.topics.redrive_requests,
+                        encode_request(0, dead_letter_sha256(garbage), datetime.now(timezone.utc)))
+        running.wait_for(lambda: "cannot be redriven" in (tmp_path / "worker.log").read_text(), 30,
+                         "the ignored request in the worker's log")
+        after = fixture_event("CASE_CLOSED")
+        running.publish(after)
+        for agency in entitled(running, "CASE_CLOSED", after["header"]["area"]):
+            running.wait_feed(agency, after["header"]["event_id"])
+        status, health = get(running.worker.url("/health"))
+        assert status == 200 and health["tasks"]["redrive"]["restarts"] == 0, health
+        assert "Traceback" not in (tmp_path / "worker.log").read_text()
