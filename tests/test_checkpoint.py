@@ -235,3 +235,15 @@ def test_case_15_proof_with_16_pq_sized_cosignatures_is_accepted(capsys) -> None
     out = capsys.readouterr().out
     assert code == 0, out
     assert "VALID: 1 entries are in the log masb.local/exchange-log as signed at size 5" in out
+
+
+def test_a_checkpoint_record_with_a_repeated_key_is_refused() -> None:
+    """The checkpoint topic's records are JSON: a repeated "note" (or "next_offset") would be read
+    one way here and another by a reader whose parser keeps the first, so it is no record at all."""
+    from streams.audit.checkpoint_record import CheckpointRecordError, note_of
+
+    good = b'{"format": "masb-checkpoint-record-v1", "note": "a", "next_offset": 1, "compact_range": {}}'
+    assert note_of(good) == "a"
+    repeated = b'{"format": "masb-checkpoint-record-v1", "note": "a", "note": "b", "next_offset": 1}'
+    with pytest.raises(CheckpointRecordError):
+        note_of(repeated)

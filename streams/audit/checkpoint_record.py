@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from streams import jsonin
 from streams.audit.checkpoint import CheckpointError, open_checkpoint
 from streams.audit.merkle import CompactRange
 from streams.errors import CheckFailed
@@ -39,7 +40,7 @@ def encode_checkpoint_record(note: str, next_offset: int, compact_range: Compact
 def note_of(value: bytes) -> str:
     """The signed note inside a record (what auditors verify), without trusting the rest."""
     try:
-        obj = json.loads(value.decode("utf-8"))
+        obj = jsonin.loads(value)  # strict: a repeated "note" or "next_offset" would be read two ways
         if obj.get("format") != RECORD_FORMAT or not isinstance(obj.get("note"), str):
             raise ValueError
         return obj["note"]
@@ -50,7 +51,7 @@ def note_of(value: bytes) -> str:
 def open_checkpoint_record(value: bytes, verifiers: list[str], origin: str) -> CheckpointRecord:
     """Parse a record and check its signature, and that its resume state hashes to the signed root."""
     note = note_of(value)
-    obj = json.loads(value)
+    obj = jsonin.loads(value)
     try:
         checkpoint = open_checkpoint(note, verifiers, origin=origin)
         compact_range = CompactRange.from_dict(obj["compact_range"])
