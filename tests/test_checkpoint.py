@@ -245,5 +245,6 @@ def test_a_checkpoint_record_with_a_repeated_key_is_refused() -> None:
     good = b'{"format": "masb-checkpoint-record-v1", "note": "a", "next_offset": 1, "compact_range": {}}'
     assert note_of(good) == "a"
     repeated = b'{"format": "masb-checkpoint-record-v1", "note": "a", "note": "b", "next_offset": 1}'
-    with pytest.raises(CheckpointRecordError):
-        note_of(repeated)
+    for not_a_record in (repeated, None, b"", b"\xff"):  # None: a tombstone on the checkpoint topic
+        with pytest.raises(CheckpointRecordError):
+            note_of(not_a_record)
