@@ -8,10 +8,13 @@ Run by the unit itself, next to its case system (its private signing key never l
     GET  /metrics  Prometheus counters of this ingest (labels: status codes and event types only)
 
 Status codes (docs/publishing.md): 202 accepted and acknowledged by Kafka; 400 invalid or
-ambiguous JSON (streams.jsonin: repeated keys, lone surrogates, NaN, ...) or invalid events (each error names a field path and a problem, never a value); 401 bad or missing
-bearer token (when one is configured); 403 the unit may not publish this type/area; 413 body too
-large (or a record Kafka refused for good: a case-events topic whose max.message.bytes is too small); 415 not application/json; 503 Kafka unreachable: the events may or may not have been
-written, and the client must retry with the same event ids (the router delivers an event id once).
+ambiguous JSON (streams.jsonin: repeated keys, lone surrogates, NaN, ...) or invalid events (each
+error names a field path and a problem, never a value); 401 bad or missing bearer token (when one
+is configured); 403 the unit may not publish this type/area; 413 body too large (or a record
+Kafka refused for good: a case-events topic whose max.message.bytes is too small); 415 not
+application/json, or a Content-Encoding other than identity, gzip or deflate; 503 Kafka
+unreachable: the events may or may not have been written, and the client must retry with the
+same event ids (the router delivers an event id once).
 """
 
 from __future__ import annotations
