@@ -61,3 +61,29 @@ def deployment_on_kafka(kafka, tmp_path_factory):
 
     with running_deployment(kafka, tmp_path_factory.mktemp("deployment")) as running:
         yield running
+
+
+# -- a deployment without a broker: keys and the demo policy in a folder, for tests of the doors --
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """The demo deployment's files (policy, keys) in a folder of its own, shared by one test module."""
+    from agents.deployment import prepare_deployment
+
+    return prepare_deployment(tmp_path_factory.mktemp("deployment"))
+
+
+@pytest.fixture(scope="module")
+def unit_key(deployment):
+    """The signing key of hau-worcestershire, the unit the demo's events come from."""
+    from streams.crypto.keys import Keyring
+
+    return Keyring.load_dir(deployment.keys_dir, "hau-worcestershire", kind="signing").current
+
+
+@pytest.fixture(scope="module")
+def pseudonyms(deployment):
+    """The deployment's case pseudonym keys (record keys of case events)."""
+    from streams.crypto.pseudonym import PseudonymKeys
+
+    return PseudonymKeys.load_dir(deployment.keys_dir)
+

@@ -20,10 +20,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agents.app import load_identity
-from agents.deployment import prepare_deployment
 from streams import codec, jsonin, rules
 from streams.codec import EventValidationError
-from streams.crypto.keys import Keyring
 from streams.crypto.pseudonym import PseudonymKeys
 from streams.ingest import IngestService, build_ingest_app
 from streams.publisher import PublishRefused, prepare
@@ -34,21 +32,6 @@ from tests.harness import fixture_event, run
 FIELD = Path(__file__).parent / "fixtures" / "field"
 UNIT = "hau-worcestershire"
 UNREACHABLE = "127.0.0.1:9"  # never contacted: every input here is refused before Kafka
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    return prepare_deployment(tmp_path_factory.mktemp("door"))
-
-
-@pytest.fixture(scope="module")
-def unit_key(deployment):
-    return Keyring.load_dir(deployment.keys_dir, UNIT, kind="signing").current
-
-
-@pytest.fixture(scope="module")
-def pseudonyms(deployment):
-    return PseudonymKeys.load_dir(deployment.keys_dir)
 
 
 @pytest.fixture(scope="module")

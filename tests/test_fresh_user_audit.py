@@ -27,7 +27,6 @@ import nacl.signing
 import pytest
 
 from agents.cli import main
-from agents.deployment import prepare_deployment
 from streams.audit.checkpoint import Checkpoint, sign_checkpoint
 from streams.audit.decoding import CHUNK, MAX_REQUESTED, decode_entries
 from streams.audit.entry import encode_entry, make_entry
@@ -39,11 +38,6 @@ from streams.crypto.keys import Keyring
 NO_BROKER = "127.0.0.1:1"  # nothing listens there: a command that reads the log would exit 3
 AGENCIES = ("nhs-worcs-acute", "idva-west-mercia", "worcs-childrens-services")
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    return prepare_deployment(tmp_path_factory.mktemp("fresh-user"))
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,8 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from agents.deployment import prepare_deployment
 from streams import codec
 from streams.codec import EventValidationError
-from streams.crypto.keys import Keyring
 from streams.crypto.pseudonym import PseudonymKeys
 from streams.ingest import IngestService, build_ingest_app
 from streams.publisher import Publisher, prepare
@@ -41,21 +39,6 @@ UNIT = "hau-worcestershire"
 NO_BROKER = "127.0.0.1:1"  # nothing listens on port 1
 NIL = "00000000-0000-0000-0000-000000000000"
 CASE_REF = "WM-7Q2K9D4XJ3"
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    return prepare_deployment(tmp_path_factory.mktemp("ids"))
-
-
-@pytest.fixture(scope="module")
-def unit_key(deployment):
-    return Keyring.load_dir(deployment.keys_dir, UNIT, kind="signing").current
-
-
-@pytest.fixture(scope="module")
-def pseudonyms(deployment):
-    return PseudonymKeys.load_dir(deployment.keys_dir)
 
 
 def masb(*args, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

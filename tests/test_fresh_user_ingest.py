@@ -42,11 +42,6 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "publishing.md"
 JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    return prepare_deployment(tmp_path_factory.mktemp("fresh-user-ingest"))
-
-
 def service(deployment, **options) -> IngestService:
     """An ingest whose broker is away: every check here ends before Kafka."""
     unit_key = Keyring.load_dir(deployment.keys_dir, UNIT, kind="signing").current
