@@ -76,9 +76,14 @@ async def until_done(what: str, attempt_once):
             now = time.monotonic()
             if now - last_log >= RETRY_LOG_EVERY:
                 last_log = now
-                log.error("%s failed (%s); retrying with backoff (for %.0fs)", what, type(exc).__name__, now - started)
+                log.error("%s failed (%s); retrying with backoff%s", what, type(exc).__name__, _for(now - started))
             await asyncio.sleep(backoff(attempt, 0.5, 10.0))
             attempt += 1
+
+
+def _for(seconds: float) -> str:
+    """How long retries have gone on, for the periodic retry line; nothing on the first one."""
+    return f" (for {seconds:.0f}s now)" if seconds >= 1 else ""
 
 
 def crash_stops_worker(runtime, name: str, exc: BaseException) -> None:
@@ -170,8 +175,8 @@ class AcknowledgedSender:
                     self.retrying_since = now
                 if now - last_log >= RETRY_LOG_EVERY:
                     last_log = now
-                    log.error("broker did not acknowledge %d records (%s); retrying with backoff (for %.0fs)",
-                              len(pending), type(error).__name__, now - self.retrying_since)
+                    log.error("broker did not acknowledge %d records (%s); retrying with backoff%s",
+                              len(pending), type(error).__name__, _for(now - self.retrying_since))
                 await self._wait(backoff(attempt, 0.5, 10.0))
                 attempt += 1
         if self.retrying_since is not None:
