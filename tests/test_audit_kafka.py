@@ -220,6 +220,11 @@ def test_shredding_a_case_keeps_verify_green_and_unlinks_the_case(audited, capsy
     notice_id = events["notice"]["header"]["event_id"]
     assert {r["case"] for r in after["deliveries"] if r["event_id"] == notice_id} == {"shredded"}
     assert {r["case"] for r in after["deliveries"] if r["event_id"] != notice_id} == {"WM-7Q2K9D4XJ3"}
+    capsys.readouterr()
+    code = main(audit_args(running, "report", "--format", "csv", "--keys-dir", keys, "--case-ref", SHROPSHIRE_CASE))
+    captured = capsys.readouterr()
+    assert code == 0 and SHROPSHIRE_CASE not in captured.out + captured.err
+    assert "masb: note: no live case key for that case reference" in captured.err  # said, not only inside the report
     gone = report(running, capsys, "--case-ref", SHROPSHIRE_CASE)
     assert gone["deliveries"] == [] and "no live case key" in gone["notes"][0]
     assert main(["audit", "shred", SHROPSHIRE_CASE, "--keys-dir", keys, *kafka]) == 1  # nothing left to destroy

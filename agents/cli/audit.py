@@ -591,6 +591,10 @@ def report(args, filters, log: Log, verifiers, origin, witnesses=None, workers: 
         cosigners = open_witnessed_checkpoint(note, verifiers, origin, witnesses).cosigners
         verification = replace(verification, checkpoint=replace(verification.checkpoint, cosigners=cosigners))
     result.set_verification(verification)
+    if filters.case_ref is not None and not result.deliveries and not result.refusals:
+        # A report that is empty for its case says why where the user looks, not only inside it.
+        for note in result.notes or ["no delivery or refusal of that case matches the filters"]:
+            print(f"masb: note: {note}", file=sys.stderr)
     _write(RENDERERS[args.format](result), args.out, f"{args.format} report")
     if result.log.intact:
         return 0
