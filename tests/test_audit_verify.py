@@ -305,6 +305,18 @@ def test_corrupted_export_file_is_detected(tmp_path) -> None:
         read_export(tmp_path)
 
 
+def test_a_manifest_naming_a_file_outside_the_export_is_refused(tmp_path) -> None:
+    """The manifest must not claim to cover a file that no reader checks (`../../etc/passwd`)."""
+    import json
+
+    write_export(tmp_path, GOOD[:3], NOTES[:0], META)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "bytes": 1}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="files lists 1 name"):
+        read_export(tmp_path)
+
+
 def test_forged_export_with_rewritten_manifest_still_fails_verification(tmp_path) -> None:
     write_export(tmp_path, GOOD, NOTES, META)
     path = tmp_path / "entries.bin"

@@ -165,6 +165,10 @@ def _load_manifest(directory: Path) -> ExportManifest:
     for key, ok in checks.items():
         if not ok(doc.get(key)):
             raise ExportError(f"{MANIFEST_FILE}: field {key} is missing or has the wrong type")
+    unknown = sorted(set(doc["files"]) - {ENTRIES_FILE, CHECKPOINTS_FILE})
+    if unknown:  # a manifest that claims to cover a file no reader checks says more than it proves
+        raise ExportError(f"{MANIFEST_FILE}: files lists {len(unknown)} name(s) that are not part of an export "
+                          f"(only {ENTRIES_FILE} and {CHECKPOINTS_FILE} are)")
     for name in (ENTRIES_FILE, CHECKPOINTS_FILE):
         info = doc["files"].get(name)
         if not (
