@@ -208,11 +208,21 @@ class _ProcessBroker:
 
 
 def kafka_lib_dir() -> Path:
-    return Path(os.environ.get("MASB_KAFKA_LIB", KAFKA_DIR / "lib"))
+    """MASB_KAFKA_LIB; else deploy/kafka/lib in a source checkout; else, for an installed package
+    (never written into: it may be read-only, and a reinstall would drop the jars),
+    $XDG_CACHE_HOME/masb/kafka-lib or ~/.cache/masb/kafka-lib."""
+    explicit = os.environ.get("MASB_KAFKA_LIB")
+    if explicit:
+        return Path(explicit)
+    if not any(part in ("site-packages", "dist-packages") for part in KAFKA_DIR.resolve().parts):
+        return KAFKA_DIR / "lib"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "masb" / "kafka-lib"
 
 
 def ensure_kafka_jars() -> Path:
-    """Resolve Apache Kafka's jars from Maven Central once (cached in deploy/kafka/lib)."""
+    """Resolve Apache Kafka's jars from Maven Central once (cached in kafka_lib_dir())."""
     lib = kafka_lib_dir()
     marker = lib / ".resolved"
     pom = KAFKA_DIR / "pom.xml"

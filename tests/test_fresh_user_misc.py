@@ -321,3 +321,21 @@ def test_a_mistyped_topic_prefix_is_refused_on_kafka(kafka, setup):
 @pytest.mark.tansu
 def test_a_mistyped_topic_prefix_is_refused_on_tansu(tansu, setup):
     _mistyped_prefix_is_refused(tansu, setup, {"MASB_KAFKA_ENABLE_IDEMPOTENCE": "false"})
+
+
+def test_kafka_jars_of_an_installed_package_go_to_the_user_cache_not_into_site_packages(tmp_path, monkeypatch):
+    """`masb demo --secure` from a wheel wrote 43 MB into site-packages (read-only on many hosts)."""
+    from deploy import brokers
+
+    installed = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "deploy" / "kafka"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(brokers, "KAFKA_DIR", installed)
+    monkeypatch.delenv("MASB_KAFKA_LIB", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert brokers.kafka_lib_dir() == tmp_path / "cache" / "masb" / "kafka-lib"
+    monkeypatch.setenv("MASB_KAFKA_LIB", str(tmp_path / "mine"))
+    assert brokers.kafka_lib_dir() == tmp_path / "mine"
+    checkout = tmp_path / "src" / "deploy" / "kafka"
+    monkeypatch.setattr(brokers, "KAFKA_DIR", checkout)
+    monkeypatch.delenv("MASB_KAFKA_LIB")
+    assert brokers.kafka_lib_dir() == checkout / "lib"
