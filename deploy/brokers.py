@@ -377,14 +377,14 @@ class SecuredKafkaBroker(KafkaBroker):
         set MASB_KAFKA_CONFIG to it (and MASB_BOOTSTRAP to ``bootstrap``)."""
         from deploy.tls import _write_private
 
-        directory = Path(directory)
+        directory = Path(directory).resolve()  # absolute paths: the file works from any folder
         directory.mkdir(parents=True, exist_ok=True)
         secret = directory / f"{user}.password"
         _write_private(secret, self.passwords[user].encode() + b"\n")
         props = directory / f"{user}.properties"
         _write_private(props, "\n".join([
             "security.protocol=SASL_SSL", "sasl.mechanism=SCRAM-SHA-512", f"sasl.username={user}",
-            f"sasl.password.file={secret}", f"ssl.cafile={self.ca.cert_path}", ""]).encode())
+            f"sasl.password.file={secret}", f"ssl.cafile={self.ca.cert_path.resolve()}", ""]).encode())
         return props
 
     def certificate_properties(self, common_name: str, directory, key_password: bytes | None = None) -> Path:
@@ -392,11 +392,11 @@ class SecuredKafkaBroker(KafkaBroker):
         ``mtls_bootstrap``); an encrypted key's password goes in a file of its own."""
         from deploy.tls import _write_private
 
-        directory = Path(directory)
+        directory = Path(directory).resolve()  # absolute paths: the file works from any folder
         directory.mkdir(parents=True, exist_ok=True)
         issued = self.ca.issue(common_name, key_password=key_password)
-        lines = ["security.protocol=SSL", f"ssl.cafile={self.ca.cert_path}", f"ssl.certfile={issued.cert}",
-                 f"ssl.keyfile={issued.key}"]
+        lines = ["security.protocol=SSL", f"ssl.cafile={self.ca.cert_path.resolve()}",
+                 f"ssl.certfile={issued.cert.resolve()}", f"ssl.keyfile={issued.key.resolve()}"]
         if key_password:
             secret = directory / f"{common_name}.key-password"
             _write_private(secret, key_password + b"\n")

@@ -19,11 +19,13 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from streams.errors import InvalidInput, why_unreadable
+from streams.private_files import too_open
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
@@ -56,6 +58,12 @@ ALIASES = {
 }
 CANONICAL = sorted(set(ALIASES.values()))
 SECRET_SETTINGS = {"sasl.password", "ssl.key.password", "sasl.jaas.config"}
+# Settings that name a file: in a properties file, a relative path is relative to that file's folder.
+PATH_SETTINGS = {"sasl.password.file", "ssl.cafile", "ssl.certfile", "ssl.keyfile", "ssl.keystore.location",
+                 "ssl.key.password.file"}
+# Settings for which an empty value means something (do not check the broker's host name); any
+# other MASB_KAFKA_* variable set empty is refused, as `--bootstrap ''` is (docs/cli.md).
+EMPTY_ALLOWED = {"ssl.endpoint.identification.algorithm"}
 
 
 def variable(name: str) -> str:
@@ -90,11 +98,14 @@ class KafkaSecurity:
         environ = os.environ if environ is None else environ
         settings: dict[str, str] = {}
         sources = []
+        for name in (CONFIG_VARIABLE, *(variable(n) for n in CANONICAL if n not in EMPTY_ALLOWED)):
+            if name in environ and not environ[name].strip():
+                raise KafkaSettingsError(f"{name} is set but empty: give a value, or unset it")
         config = environ.get(CONFIG_VARIABLE)
         if config:
             settings.update(read_properties(config))
             sources.append(f"{CONFIG_VARIABLE}={config}")
-        from_vars = {name: environ[variable(name)] for name in CANONICAL if environ.get(variable(name))}
+        from_vars = {name: environ[variable(name)] for name in CANONICAL if variable(name) in environ}
         if from_vars:
             sources.append("MASB_KAFKA_* variables")
         settings.update(from_vars)
@@ -122,7 +133,7 @@ class KafkaSecurity:
             jaas_user, jaas_password = _parse_jaas(s["sasl.jaas.config"], where)
             username, password = username or jaas_user, password or jaas_password
         if s.get("sasl.password.file"):
-            password = _read_secret(s["sasl.password.file"], "sasl.password.file", where)
+            password = _read_secret(s["sasl.password.file"], "sasl.password.file", where, "a password file")
         mechanism = s.get("sasl.mechanism", "").upper() or None
         if sasl:
             mechanism = mechanism or DEFAULT_MECHANISM
@@ -147,15 +158,15 @@ class KafkaSecurity:
             certfile = keyfile = s["ssl.keystore.location"]  # one PEM file: private key and certificate chain
         key_password = s.get("ssl.key.password")
         if s.get("ssl.key.password.file"):
-            key_password = _read_secret(s["ssl.key.password.file"], "ssl.key.password.file", where)
+            key_password = _read_secret(s["ssl.key.password.file"], "ssl.key.password.file", where, "a password file")
         if bool(certfile) != bool(keyfile):
             raise KafkaSettingsError(f"{where}ssl.certfile and ssl.keyfile must be given together (mutual TLS)")
         if not tls and (cafile or certfile):
             raise KafkaSettingsError(f"{where}TLS files are given but security.protocol is {protocol}",
                                      hint="set security.protocol=SSL or SASL_SSL")
         for name, path in (("ssl.cafile", cafile), ("ssl.certfile", certfile), ("ssl.keyfile", keyfile)):
-            if path and not Path(path).is_file():
-                raise KafkaSettingsError(f"{where}{name} {path}: not found or not a file")
+            if path:
+                _check_file(path, name, where, secret="a private key file" if name == "ssl.keyfile" else None)
         algorithm = s.get("ssl.endpoint.identification.algorithm", "https").lower()
         if algorithm not in ("https", ""):
             raise KafkaSettingsError(f"{where}ssl.endpoint.identification.algorithm must be https or empty")
@@ -174,16 +185,19 @@ class KafkaSecurity:
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.uses_tls:
             return None
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ssl_cafile)
+        try:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ssl_cafile)
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            why = why_unreadable(exc) if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) \
+                else "holds no PEM certificate"
+            raise KafkaSettingsError(f"{self.source}: ssl.cafile {self.ssl_cafile}: {why}") from None
         context.check_hostname = self.check_hostname
         if self.ssl_certfile:
             try:
                 context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password=self.ssl_key_password)
             except (ssl.SSLError, ValueError, OSError):
-                raise KafkaSettingsError(
-                    f"{self.source}: ssl.certfile {self.ssl_certfile} / ssl.keyfile {self.ssl_keyfile} cannot be "
-                    "loaded: not a PEM certificate and key that belong together, or a wrong ssl.key.password"
-                ) from None
+                raise KafkaSettingsError(f"{self.source}: {_why_no_cert_chain(self.ssl_certfile, self.ssl_keyfile)}") \
+                    from None
         return context
 
     def aiokafka_options(self) -> dict:
@@ -239,12 +253,46 @@ def certificate_subject(path: str) -> str | None:
         return None
 
 
-def _read_secret(path: str, name: str, where: str) -> str:
+def _check_file(path: str, name: str, where: str, secret: str | None = None) -> bytes:
+    """The bytes of the file a setting names; KafkaSettingsError (exit 2) naming the setting and the
+    file if it is missing, not a regular file or unreadable, or (``secret``: what it holds) if group
+    or others may access it (streams.private_files)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KafkaSettingsError(f"{where}{name} {path}: not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO must not hang the check
+    except OSError as exc:
+        raise KafkaSettingsError(f"{where}{name} {path}: {why_unreadable(exc)}") from None
+    try:
+        status = os.fstat(fd)  # the file checked is the file read
+        if stat.S_ISDIR(status.st_mode):
+            raise KafkaSettingsError(f"{where}{name} {path}: is a directory")
+        if not stat.S_ISREG(status.st_mode):
+            raise KafkaSettingsError(f"{where}{name} {path}: not a regular file")
+        refusal = secret and too_open(path, status.st_mode, secret, owner=status.st_uid)
+        if refusal:
+            raise KafkaSettingsError(f"{where}{name} {refusal}")
+        try:
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                return handle.read(1024 * 1024)
+        except OSError as exc:
+            raise KafkaSettingsError(f"{where}{name} {path}: {why_unreadable(exc)}") from None
+    finally:
+        os.close(fd)
+
+
+def _why_no_cert_chain(certfile: str, keyfile: str | None) -> str:
+    """Which of the client certificate and key did not load, for the message."""
+    if b"-----BEGIN CERTIFICATE-----" not in _check_file(certfile, "ssl.certfile", ""):
+        return f"ssl.certfile {certfile}: holds no PEM certificate"
+    if keyfile and b"PRIVATE KEY-----" not in _check_file(keyfile, "ssl.keyfile", ""):
+        return f"ssl.keyfile {keyfile}: holds no PEM private key"
+    return (f"ssl.certfile {certfile} / ssl.keyfile {keyfile} cannot be loaded: not a certificate and "
+            "key that belong together, or a wrong ssl.key.password")
+
+
+def _read_secret(path: str, name: str, where: str, what: str) -> str:
+    try:
+        text = _check_file(path, name, where, secret=what).decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise KafkaSettingsError(f"{where}{name} {path}: {why_unreadable(exc)}") from None
     secret = text.rstrip("\r\n")
     if not secret:
@@ -316,10 +364,16 @@ def _continues(line: str) -> bool:
 
 
 def read_properties(path: str | os.PathLike) -> dict[str, str]:
+    """The settings of a client properties file, with every file path in it made relative to the
+    file's own folder (an absolute path stays as it is). A file that holds a secret (sasl.password,
+    ssl.key.password, sasl.jaas.config) must not be accessible by group or others."""
+    raw = _check_file(str(path), CONFIG_VARIABLE, "")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KafkaSettingsError(f"{CONFIG_VARIABLE} {path}: not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        settings = parse_properties(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise KafkaSettingsError(f"{CONFIG_VARIABLE} {path}: {why_unreadable(exc)}") from None
-    return parse_properties(text)
+    if any(ALIASES.get(name) in SECRET_SETTINGS and value for name, value in settings.items()):
+        _check_file(str(path), CONFIG_VARIABLE, "", secret="a properties file that holds a password")
+    folder = Path(path).parent
+    return {name: str(folder / value.strip()) if ALIASES.get(name) in PATH_SETTINGS and value.strip() else value
+            for name, value in settings.items()}

@@ -27,6 +27,7 @@ def pki(tmp_path_factory):
 def secret(tmp_path, text: str = PASSWORD, name: str = "password"):
     path = tmp_path / name
     path.write_text(text + "\n")
+    path.chmod(0o600)  # a secret file others can read is refused (docs/security.md)
     return str(path)
 
 
@@ -71,6 +72,7 @@ def test_a_java_client_properties_file_works_as_it_is_and_variables_win(tmp_path
         "ssl.truststore.type=PEM\n"
         f"ssl.truststore.location={ca.cert_path}\n"
         "ssl.endpoint.identification.algorithm=\n")
+    props.chmod(0o600)  # it holds a password
     security = KafkaSecurity.from_env({"MASB_KAFKA_CONFIG": str(props)})
     assert (security.sasl_mechanism, security.sasl_username, security.sasl_password) == (
         "SCRAM-SHA-256", "masb-auditor", PASSWORD)

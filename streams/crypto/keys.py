@@ -14,7 +14,6 @@ import glob
 import hashlib
 import json
 import os
-import shlex
 import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ import nacl.signing
 
 from streams import jsonin
 from streams.errors import InvalidInput
+from streams.private_files import too_open
 
 KeyKind = Literal["signing", "exchange"]
 
@@ -269,10 +269,7 @@ def read_private_file(path: str | os.PathLike[str], max_bytes: int = 64 * 1024) 
         if mode & 0o077:
             if not data.lstrip().startswith(b"{"):  # not a key file at all: no advice to chmod it
                 raise KeyFileError(f"{path}: not a MASB key file (a key file is a JSON document)")
-            raise KeyFileError(
-                f"{path}: permissions {stat.S_IMODE(mode):04o} are too open; a private key file "
-                f"must not be accessible by group or others (run: chmod 600 {shlex.quote(str(path))})"
-            )
+            raise KeyFileError(too_open(path, mode))
         return data
     finally:
         os.close(fd)
