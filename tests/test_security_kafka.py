@@ -86,6 +86,7 @@ def secured(tmp_path_factory):
         props["tls:foreign"].write_text(f"security.protocol=SSL\nssl.cafile={broker.ca.cert_path}\n"
                                         f"ssl.certfile={foreign.cert}\nssl.keyfile={foreign.key}\n")
         (clients / "nobody.password").write_text("not-a-password\n")
+        (clients / "nobody.password").chmod(0o600)  # a secret: refused if others may read it
         props["masb-nobody"] = clients / "nobody.properties"
         props["masb-nobody"].write_text("security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
                                         f"sasl.username=masb-nobody\nsasl.password.file={clients / 'nobody.password'}\n"
