@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from agents.cli.common import port_or_zero
+from agents.cli.common import port_or_zero, positive
 
 
 def register(sub) -> None:
@@ -31,6 +31,9 @@ def register(sub) -> None:
     q.add_argument("--port", type=port_or_zero, default=7380, help="port (default 7380; 0 picks a free one)")
     q.add_argument("--policy", help="sharing policy YAML: trust the router's signing keys (env MASB_POLICY)")
     q.add_argument("--origin", help="the log's origin with --policy (env MASB_LOG_ORIGIN)")
+    q.add_argument("--request-timeout", type=positive(float, maximum=3600), default=20.0, metavar="SECONDS",
+                   help="longest wait for a request's headers, and again for its body (default 20): "
+                        "then 408 or the connection is closed")
     q.add_argument("--log-key", action="append", default=[], metavar="VKEY",
                    help="a log's C2SP verifier key (its name is the log's origin); repeatable, instead of --policy")
     p.set_defaults(func=cmd_witness)
@@ -91,7 +94,7 @@ def _serve(args) -> int:
     from agents.cli.common import UsageError, existing_file, output_dir
     from streams.audit.checkpoint import CheckpointError
     from streams.audit.cosignature import parse_cosigner_signer_key
-    from streams.witness.http import build_witness_app
+    from streams.witness.http import build_witness_runner
     from streams.witness.service import WitnessService
     from streams.witness.state import WitnessState, WitnessStateError
 
@@ -116,7 +119,7 @@ def _serve(args) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # until the server runs
 
     async def run() -> None:
-        runner = web.AppRunner(build_witness_app(service), access_log=None)
+        runner = build_witness_runner(service, args.request_timeout, access_log=None)
         await runner.setup()
         try:
             site = web.TCPSite(runner, args.host, args.port)

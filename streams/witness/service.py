@@ -62,13 +62,24 @@ class WitnessService:
             if exc.reason in ("bad_signature", "no_known_signature"):
                 return Response(403, f"checkpoint not signed by the log: {exc}\n")
             return Response(400, f"bad checkpoint: {exc}\n")
-        if request.old_size > checkpoint.size:
-            return Response(400, "old size is larger than the checkpoint's size\n")
         with self._lock:
-            return self._check_and_cosign(origin, request, text, verified, checkpoint)
+            stored = self.state.latest(origin)
+            self._keep_if_fork(stored, request.note, verified, checkpoint)
+            if request.old_size > checkpoint.size:
+                return Response(400, "old size is larger than the checkpoint's size\n")
+            return self._check_and_cosign(origin, stored, request, text, verified, checkpoint)
 
-    def _check_and_cosign(self, origin, request, text, verified, checkpoint) -> Response:
-        stored = self.state.latest(origin)
+    def _keep_if_fork(self, stored: LogState | None, note: str, verified: list, checkpoint) -> None:
+        """Whatever the request's old size and proof: the log signed this checkpoint and the stored one,
+        of one size with different roots; both cannot be true, so the two signed notes are evidence.
+        Nothing else is: a proof that does not verify is anyone's work, not the log's."""
+        if stored is None or checkpoint.size != stored.size or checkpoint.root == stored.root:
+            return
+        kept = self.state.keep_fork(stored, self._signed_only(note, verified), checkpoint.root)
+        log.error("log %s: fork: a second checkpoint of size %d with another root; refused; %s",
+                  stored.origin, stored.size, f"evidence in {kept}" if kept else "evidence not kept")
+
+    def _check_and_cosign(self, origin, stored, request, text, verified, checkpoint) -> Response:
         known = stored.size if stored else 0
         if request.old_size != known:
             return Response(409, f"{known}\n", SIZE_CONTENT_TYPE)
@@ -78,13 +89,12 @@ class WitnessService:
             if request.proof:
                 return Response(422, "a consistency proof from size 0 must be empty\n")
         elif not verify_consistency(stored.size, checkpoint.size, stored.root, checkpoint.root, request.proof):
-            fork = checkpoint.size == stored.size
-            kind = "fork" if fork else "inconsistent"
-            detail = (f"a second checkpoint of size {checkpoint.size} with another root" if fork else
-                      f"no valid consistency proof from size {stored.size} to {checkpoint.size}")
-            kept = self.state.keep_evidence(kind, stored, request.note, request.old_size, request.proof, detail)
-            log.error("log %s: %s; refused%s", origin, detail, f"; evidence kept in {kept}" if kept else "")
-            return Response(422, f"{detail}: not cosigned\n")
+            if checkpoint.size == stored.size:  # a fork, kept as evidence above
+                return Response(422, f"a second checkpoint of size {checkpoint.size} with another root: not cosigned\n")
+            log.warning("log %s: consistency proof from size %d to %d does not verify; refused",
+                        origin, stored.size, checkpoint.size)
+            return Response(422, f"the consistency proof from size {stored.size} to {checkpoint.size} does not "
+                                 "verify: not cosigned\n")
         line = self.signer.cosign(text, int(self.clock()))
         self.state.store(LogState(origin, checkpoint.size, checkpoint.root,
                                   self._as_cosigned(request.note, text, verified, line)))
@@ -92,12 +102,22 @@ class WitnessService:
         return Response(200, line)
 
     @staticmethod
-    def _as_cosigned(note: str, text: str, verified: list, line: str) -> str:
-        """The checkpoint with the log signatures we verified and our cosignature (what monitors get)."""
+    def _signature_lines(note: str, verified: list) -> str:
+        """The note's signature lines by the log keys we verified (other cosignatures dropped)."""
         keys = {(v.name, v.key_id) for v in verified}
         _, signatures = split_note(note)
-        kept = "".join(raw_line for name, raw, raw_line in signatures if (name, raw[:4]) in keys)
-        return f"{text}\n{kept}{line}"
+        return "".join(raw_line for name, raw, raw_line in signatures if (name, raw[:4]) in keys)
+
+    @classmethod
+    def _signed_only(cls, note: str, verified: list) -> str:
+        """The note as the log signed it: its text and the log signatures we verified."""
+        text, _ = split_note(note)
+        return f"{text}\n{cls._signature_lines(note, verified)}"
+
+    @classmethod
+    def _as_cosigned(cls, note: str, text: str, verified: list, line: str) -> str:
+        """The checkpoint with the log signatures we verified and our cosignature (what monitors get)."""
+        return f"{text}\n{cls._signature_lines(note, verified)}{line}"
 
     def latest_note(self, hex_hash: str) -> str | None:
         """The latest cosigned checkpoint of the log whose origin hashes to hex_hash (monitoring API)."""

@@ -1,13 +1,14 @@
 """A witness's persistent state: per log origin, the latest checkpoint it cosigned; and the
-evidence it keeps when a log shows it a fork or an inconsistent checkpoint.
+evidence it keeps when the log signed two checkpoints of one size with different roots (a fork).
 
 Layout of the state directory (docs/audit.md, "Witness state"):
 
     lock                                   held (flock) by the one witness process using the directory
     logs/<sha256 hex of the origin>.json   {"format": "masb-witness-state-v1", "origin", "size", "root",
                                             "note", "updated_at"}; replaced atomically
-    evidence/<time>-<kind>-<id>.json       {"format": "masb-witness-evidence-v1", "kind", "origin",
-                                            "recorded_at", "cosigned": {...}, "submitted": {...}}
+    evidence/<time>-fork-<id>.json         {"format": "masb-witness-evidence-v2", "kind": "fork", "origin",
+                                            "recorded_at", "detail", "cosigned": {"size", "root", "note"},
+                                            "submitted": {"size", "root", "note"}}; one file per fork
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from streams.errors import InvalidInput
 log = logging.getLogger("masb.witness")
 
 STATE_FORMAT = "masb-witness-state-v1"
-EVIDENCE_FORMAT = "masb-witness-evidence-v1"
+EVIDENCE_FORMAT = "masb-witness-evidence-v2"  # v1 also kept unprovable "inconsistent" files
 MAX_EVIDENCE_FILES = 1000  # a misbehaving log cannot fill the disk through us
 
 
@@ -102,25 +103,29 @@ class WitnessState:
                "root": base64.b64encode(state.root).decode("ascii"), "note": state.note, "updated_at": _now()}
         atomic_write(self._path(state.origin), (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
-    def keep_evidence(self, kind: str, cosigned: LogState, submitted_note: str, old_size: int,
-                      proof: list[bytes], detail: str) -> Path | None:
-        """Keep both signed checkpoints; one file per distinct submitted note. None if not written."""
-        digest = hashlib.sha256(submitted_note.encode("utf-8")).hexdigest()[:16]
+    def keep_fork(self, cosigned: LogState, submitted_note: str, submitted_root: bytes) -> Path | None:
+        """Keep a fork: the stored checkpoint and a second one the log signed at the same size with
+        another root (submitted_note: with only the log's verified signatures). One file per fork
+        (origin, size and the two roots), however often it is shown. The file's path (the one kept
+        before for this fork), or None when the evidence folder is full."""
+        roots = sorted((cosigned.root, submitted_root))
+        identity = f"{cosigned.origin}\n{cosigned.size}\n" + "\n".join(r.hex() for r in roots)
+        digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
         folder = self.directory / "evidence"
-        if any(folder.glob(f"*-{digest}.json")):
-            return None
+        for earlier in folder.glob(f"*-fork-{digest}.json"):
+            return earlier
         if sum(1 for _ in folder.iterdir()) >= MAX_EVIDENCE_FILES:
             log.error("evidence not kept: %s already holds %d files", folder, MAX_EVIDENCE_FILES)
             return None
         doc = {
-            "format": EVIDENCE_FORMAT, "kind": kind, "origin": cosigned.origin, "recorded_at": _now(),
-            "detail": detail,
+            "format": EVIDENCE_FORMAT, "kind": "fork", "origin": cosigned.origin, "recorded_at": _now(),
+            "detail": f"two checkpoints of size {cosigned.size} with different roots",
             "cosigned": {"size": cosigned.size, "root": base64.b64encode(cosigned.root).decode("ascii"),
                          "note": cosigned.note},
-            "submitted": {"old_size": old_size, "note": submitted_note,
-                          "proof": [base64.b64encode(h).decode("ascii") for h in proof]},
+            "submitted": {"size": cosigned.size, "root": base64.b64encode(submitted_root).decode("ascii"),
+                          "note": submitted_note},
         }
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = folder / f"{stamp}-{kind}-{digest}.json"
+        path = folder / f"{stamp}-fork-{digest}.json"
         atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
         return path
