@@ -12,14 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import nacl.signing
@@ -29,6 +23,7 @@ from streams.audit.checkpoint import Checkpoint, open_note_verified, sign_checkp
 from streams.audit.cosignature import cosigner_signer_key, generate_cosigner
 from streams.audit.merkle import consistency_proof, leaf_hash, root_from_leaf_hashes
 from streams.witness.protocol import format_add_checkpoint
+from tests.test_witness import WitnessProcess
 
 ORIGIN = "masb.example/audit/fresh-user"
 LOG_KEY = nacl.signing.SigningKey(bytes(range(1, 33)))
@@ -49,40 +44,18 @@ def with_junk_cosignature(text: str, n: int) -> str:
     return text + f"\u2014 junk{n}.example/witness {base64.b64encode(raw[:68]).decode()}\n"
 
 
-class Witness:
+class Witness(WitnessProcess):
+    """The witness under test: its own key and state, --request-timeout TIMEOUT."""
+
     def __init__(self, tmp: Path) -> None:
         key_file = tmp / "witness.key"
         key_file.write_text(cosigner_signer_key(WITNESS.name, WITNESS.signing_key) + "\n")
         key_file.chmod(0o600)
         self.state = tmp / "state"
-        self.log_path = tmp / "witness.log"
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents", "witness", "serve", "--key", str(key_file), "--state-dir", str(self.state),
-             "--port", "0", "--log-key", LOG_VKEY, "--request-timeout", str(TIMEOUT)],
-            stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, start_new_session=True)
-        line = self.proc.stdout.readline().decode()
-        assert "listening on" in line, self.log_path.read_text()
-        self.url = line.split("listening on ")[1].split(" ")[0]
-        self.address = (self.url.split("//")[1].split(":")[0], int(self.url.rsplit(":", 1)[1]))
-
-    def post(self, body: bytes) -> tuple[int, str]:
-        req = urllib.request.Request(self.url + "/add-checkpoint", data=body, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        super().__init__(tmp, key_file, self.state, LOG_VKEY, ("--request-timeout", str(TIMEOUT)))
 
     def evidence(self) -> list[Path]:
         return sorted((self.state / "evidence").iterdir())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        self.proc.stdout.close()
-        self.log.close()
 
 
 @pytest.fixture

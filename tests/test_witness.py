@@ -145,15 +145,19 @@ def test_restart_resumes_from_the_state_and_refuses_a_rollback(state_path) -> No
 
 # -- `masb witness serve` as a process ------------------------------------------------------------
 class WitnessProcess:
-    def __init__(self, tmp: Path, key_file: Path, state: Path) -> None:
-        self.log = open(tmp / "witness.log", "ab")
+    """`masb witness serve` on a free port, its stderr in tmp/witness.log; ``extra``: more flags."""
+
+    def __init__(self, tmp: Path, key_file: Path, state: Path, log_key: str = LOG_VKEY, extra: tuple = ()) -> None:
+        self.log_path = tmp / "witness.log"
+        self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agents", "witness", "serve", "--key", str(key_file), "--state-dir", str(state),
-             "--port", "0", "--log-key", LOG_VKEY],
+             "--port", "0", "--log-key", log_key, *extra],
             stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, start_new_session=True)
         line = self.proc.stdout.readline().decode()
-        assert "listening on" in line, (tmp / "witness.log").read_text()
+        assert "listening on" in line, self.log_path.read_text()
         self.url = line.split("listening on ")[1].split(" ")[0]
+        self.address = (self.url.split("//")[1].split(":")[0], int(self.url.rsplit(":", 1)[1]))
 
     def post(self, body: bytes) -> tuple[int, str]:
         req = urllib.request.Request(self.url + "/add-checkpoint", data=body, method="POST")
