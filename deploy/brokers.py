@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 
 from streams.errors import EXIT_UNAVAILABLE, MasbError
+from streams.resources import installed, user_cache_dir
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 
@@ -214,11 +215,7 @@ def kafka_lib_dir() -> Path:
     explicit = os.environ.get("MASB_KAFKA_LIB")
     if explicit:
         return Path(explicit)
-    if not any(part in ("site-packages", "dist-packages") for part in KAFKA_DIR.resolve().parts):
-        return KAFKA_DIR / "lib"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "masb" / "kafka-lib"
+    return user_cache_dir() / "kafka-lib" if installed(KAFKA_DIR) else KAFKA_DIR / "lib"
 
 
 def ensure_kafka_jars() -> Path:

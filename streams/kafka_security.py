@@ -257,6 +257,13 @@ def _check_file(path: str, name: str, where: str, secret: str | None = None) -> 
     """The bytes of the file a setting names; KafkaSettingsError (exit 2) naming the setting and the
     file if it is missing, not a regular file or unreadable, or (``secret``: what it holds) if group
     or others may access it (streams.private_files)."""
+    data, status = _read_regular(path, name, where)
+    _refuse_if_open(path, name, where, status, secret)
+    return data
+
+
+def _read_regular(path: str, name: str, where: str) -> tuple[bytes, os.stat_result]:
+    """(the bytes, the status) of a regular file a setting names; KafkaSettingsError otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO must not hang the check
     except OSError as exc:
@@ -267,16 +274,19 @@ def _check_file(path: str, name: str, where: str, secret: str | None = None) -> 
             raise KafkaSettingsError(f"{where}{name} {path}: is a directory")
         if not stat.S_ISREG(status.st_mode):
             raise KafkaSettingsError(f"{where}{name} {path}: not a regular file")
-        refusal = secret and too_open(path, status.st_mode, secret, owner=status.st_uid)
-        if refusal:
-            raise KafkaSettingsError(f"{where}{name} {refusal}")
         try:
             with os.fdopen(os.dup(fd), "rb") as handle:
-                return handle.read(1024 * 1024)
+                return handle.read(1024 * 1024), status
         except OSError as exc:
             raise KafkaSettingsError(f"{where}{name} {path}: {why_unreadable(exc)}") from None
     finally:
         os.close(fd)
+
+
+def _refuse_if_open(path: str, name: str, where: str, status: os.stat_result, secret: str | None) -> None:
+    refusal = secret and too_open(path, status.st_mode, secret, owner=status.st_uid)
+    if refusal:
+        raise KafkaSettingsError(f"{where}{name} {refusal}")
 
 
 def _why_no_cert_chain(certfile: str, keyfile: str | None) -> str:
@@ -367,13 +377,13 @@ def read_properties(path: str | os.PathLike) -> dict[str, str]:
     """The settings of a client properties file, with every file path in it made relative to the
     file's own folder (an absolute path stays as it is). A file that holds a secret (sasl.password,
     ssl.key.password, sasl.jaas.config) must not be accessible by group or others."""
-    raw = _check_file(str(path), CONFIG_VARIABLE, "")
+    raw, status = _read_regular(str(path), CONFIG_VARIABLE, "")
     try:
         settings = parse_properties(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise KafkaSettingsError(f"{CONFIG_VARIABLE} {path}: {why_unreadable(exc)}") from None
     if any(ALIASES.get(name) in SECRET_SETTINGS and value for name, value in settings.items()):
-        _check_file(str(path), CONFIG_VARIABLE, "", secret="a properties file that holds a password")
+        _refuse_if_open(str(path), CONFIG_VARIABLE, "", status, "a properties file that holds a password")
     folder = Path(path).parent
     return {name: str(folder / value.strip()) if ALIASES.get(name) in PATH_SETTINGS and value.strip() else value
             for name, value in settings.items()}

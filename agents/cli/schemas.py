@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from agents.cli.common import UsageError, existing_dir
+from streams.resources import installed
 from streams.errors import CheckFailed
 
 
@@ -51,7 +52,7 @@ def cmd_schemas(args) -> int:
             raise CheckFailed(f"schemas {root}: {len(problems)} problem(s)")
         print(f"schemas {root}: OK")
         return 0
-    if _installed(root):
+    if installed(root):
         # Registering edits files: never those of an installed package (a reinstall would undo it);
         # a source checkout's own streams/schemas is where a schema owner registers.
         raise UsageError(f"schemas register needs --root (or MASB_SCHEMA_ROOT) naming your copy of the schemas: "
@@ -60,8 +61,3 @@ def cmd_schemas(args) -> int:
     ids = schema_registry.register_pending(root)
     print(json.dumps({"registered": ids}))
     return 0
-
-
-def _installed(root: Path) -> bool:
-    """Whether ``root`` lies in an installed package (site-packages), not in a source checkout."""
-    return any(part in ("site-packages", "dist-packages") for part in root.resolve().parts)

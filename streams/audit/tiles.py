@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from streams.atomic import atomic_write
 from streams.errors import CheckFailed, InvalidInput
+from streams.resources import user_cache_dir
 
 from .merkle import EMPTY_ROOT, HASH_SIZE, leaf_hash, node_hash, verify_consistency, verify_inclusion
 
@@ -376,9 +377,7 @@ def default_index_dir(origin: str) -> Path:
     explicit = os.environ.get("MASB_INDEX_DIR")
     if explicit:
         return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "masb" / "index" / re.sub(r"[^A-Za-z0-9._-]", "_", origin)
+    return user_cache_dir() / "index" / re.sub(r"[^A-Za-z0-9._-]", "_", origin)
 
 
 def sync_index(directory: str | os.PathLike, entries: Sequence[bytes], signed: Sequence[tuple[int, bytes]], *,
