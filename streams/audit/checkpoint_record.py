@@ -37,21 +37,26 @@ def encode_checkpoint_record(note: str, next_offset: int, compact_range: Compact
     }, sort_keys=True).encode()
 
 
-def note_of(value: bytes) -> str:
-    """The signed note inside a record (what auditors verify), without trusting the rest."""
+def _record(value: bytes | None) -> dict:
+    """The record's JSON object, with a "format" of this kind and a string "note"."""
     try:
         obj = jsonin.loads(value or b"")  # strict: a repeated "note" or "next_offset" would be read two ways
         if obj.get("format") != RECORD_FORMAT or not isinstance(obj.get("note"), str):
             raise ValueError
-        return obj["note"]
+        return obj
     except (ValueError, AttributeError, TypeError, UnicodeDecodeError):
         raise CheckpointRecordError("not a masb-checkpoint-record-v1 record") from None
 
 
+def note_of(value: bytes) -> str:
+    """The signed note inside a record (what auditors verify), without trusting the rest."""
+    return _record(value)["note"]
+
+
 def open_checkpoint_record(value: bytes, verifiers: list[str], origin: str) -> CheckpointRecord:
     """Parse a record and check its signature, and that its resume state hashes to the signed root."""
-    note = note_of(value)
-    obj = jsonin.loads(value or b"")
+    obj = _record(value)
+    note = obj["note"]
     try:
         checkpoint = open_checkpoint(note, verifiers, origin=origin)
         compact_range = CompactRange.from_dict(obj["compact_range"])
